@@ -1,0 +1,14 @@
+"""bgcn — BackProp GCN: a GCN on a kNN graph of image features, trained end to end through the ranking step.
+
+Library of the book; see README.md and chapters/. Public API in DESIGN.md.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import utils
+from .utils import get_device, seed_everything
+from .similarity import cosine_similarity, knn_indices, normalize_rows
+from .topk import (ESTIMATORS, Selection, effective_neighbours, get_estimator, hard_topk, register_estimator,
+                   soft_topk, softmax_jacobian, topk_mass, topk_selection_matrix)
+from .graph import KNNGraph, edge_change_fraction, knn_graph, rankings_to_edges, to_networkx

@@ -1,0 +1,237 @@
+r"""From rankings to a graph: edges, weights, symmetrising, self-loops, networkx export.
+
+Convention (PyG's ``flow="source_to_target"``): ``edge_index[0]`` holds the neighbour j (source)
+and ``edge_index[1]`` the node i (target) whose ranking chose j, so that in a GCN node i aggregates
+the features of its k ranked neighbours. Seed 000's loop appends ``[i, neighbour]``, the reverse
+direction, under which each node instead receives messages from the nodes that chose *it*.
+
+Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .similarity import cosine_similarity, knn_indices, normalize_rows
+from .topk import Selection, get_estimator
+from .utils import check_k, check_tau, check_tensor
+
+__all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction"]
+
+
+@dataclass
+class KNNGraph:
+    """A kNN graph built from rankings.
+
+    Attributes:
+        edge_index: (2, E) long; row 0 = neighbour j (source), row 1 = node i (target).
+        edge_weight: (E,) float, differentiable when the estimator is.
+        indices: (N, k) long, the ranked neighbours of each node.
+        weights: (N, k) float, the estimator's weight of each ranked neighbour.
+        num_nodes: N.
+        dense: (N, N) float or ``None``: the estimator's dense selection mask (chapter 09), with
+            ``dense[i, j]`` the weight of edge j -> i.
+        estimator: the estimator's name.
+    """
+
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+    indices: torch.Tensor
+    weights: torch.Tensor
+    num_nodes: int
+    dense: torch.Tensor | None = None
+    estimator: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense weighted adjacency A (N, N) with ``A[i, j]`` = weight of edge j -> i (duplicates summed)."""
+        a = torch.zeros(self.num_nodes, self.num_nodes, dtype=self.edge_weight.dtype, device=self.edge_weight.device)
+        return a.index_put((self.edge_index[1], self.edge_index[0]), self.edge_weight, accumulate=True)
+
+    def to_networkx(self):
+        """A ``networkx.DiGraph`` with edge attribute ``weight`` (see :func:`to_networkx`)."""
+        return to_networkx(self.edge_index, self.edge_weight, self.num_nodes)
+
+    def detach(self) -> "KNNGraph":
+        """A copy without autograd history, on the CPU (for logging and replay)."""
+        return KNNGraph(self.edge_index.detach().cpu(), self.edge_weight.detach().cpu(), self.indices.detach().cpu(),
+                        self.weights.detach().cpu(), self.num_nodes,
+                        None if self.dense is None else self.dense.detach().cpu(), self.estimator, dict(self.info))
+
+
+def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None, *, symmetric: bool = False,
+                      self_loops: bool = False, self_loop_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Turn rankings into an edge list without Python loops.
+
+    .. math::
+        E = \{(j \to i) : j \in \mathcal N_k(i)\}, \qquad
+        \texttt{edge\_index} = \begin{pmatrix} \mathrm{vec}(\mathcal N) \\ (0,\dots,0,1,\dots,1,\dots) \end{pmatrix}
+
+    ``edge_index[0] = indices.flatten()``, ``edge_index[1] = arange(N).repeat_interleave(k)``, and
+    ``edge_weight = weights.flatten()`` (ones when ``weights`` is None). Autograd flows through the
+    weights; the indices are integers.
+
+    With ``symmetric=True`` every edge j -> i is paired with i -> j; a pair present in both
+    directions gets the mean of the two weights, a pair present in one direction keeps its weight in
+    both (``torch_geometric.utils.to_undirected`` with ``reduce="mean"``). ``self_loops=True``
+    appends (i -> i) with ``self_loop_weight`` (leave it off when the GCN adds its own).
+
+    Shapes:
+        - indices: (N, k) long
+        - weights: (N, k) float or None
+        - edge_index: (2, E) long, E = N·k (before symmetrising / self-loops)
+        - edge_weight: (E,)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    """
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2:
+        raise ValueError(f"indices must be a 2-D (N, k) tensor of neighbour indices, got "
+                         f"{tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__}")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+    n, k = indices.shape
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise ValueError(f"indices must lie in [0, N-1] = [0, {n - 1}]; got values in [{int(indices.min())}, {int(indices.max())}]")
+    if weights is None:
+        weights = torch.ones(n, k, device=indices.device)
+    elif not isinstance(weights, torch.Tensor) or weights.shape != indices.shape:
+        raise ValueError(f"weights must have the same shape as indices {tuple(indices.shape)}, got "
+                         f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
+    src = indices.reshape(-1).long()
+    dst = torch.arange(n, device=indices.device).repeat_interleave(k)
+    edge_index = torch.stack([src, dst])
+    edge_weight = weights.reshape(-1)
+    if symmetric:
+        from torch_geometric.utils import to_undirected
+
+        edge_index, edge_weight = to_undirected(edge_index, edge_weight, num_nodes=n, reduce="mean")
+    if self_loops:
+        loop = torch.arange(n, device=indices.device)
+        edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
+        edge_weight = torch.cat([edge_weight, torch.full((n,), float(self_loop_weight), dtype=edge_weight.dtype,
+                                                         device=edge_weight.device)])
+    return edge_index, edge_weight
+
+
+def rankings_to_edges_loop(rankings: torch.Tensor) -> torch.Tensor:
+    """Seed 000's Python double loop, kept as the slow reference: returns (2, N·k) edges ``[i, neighbour]``.
+
+    Note the direction: the seed appends ``[i, neighbour]`` (i is the source). Flip the rows to get
+    our convention: ``rankings_to_edges_loop(r).flip(0)`` equals ``rankings_to_edges(r)[0]``.
+
+    Shapes: rankings (N, k) -> (2, N·k)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    """
+    edges = []
+    n, k = rankings.shape
+    for i in range(n):
+        for j in range(k):
+            edges.append([i, int(rankings[i, j])])
+    return torch.tensor(edges, dtype=torch.long).reshape(-1, 2).T.contiguous()
+
+
+def to_networkx(edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None, num_nodes: int | None = None):
+    """Export to a ``networkx.DiGraph`` (nodes 0..N-1, edge attribute ``weight``; duplicates summed)."""
+    import networkx as nx
+
+    n = int(num_nodes if num_nodes is not None else (int(edge_index.max()) + 1 if edge_index.numel() else 0))
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    ei = edge_index.detach().cpu().tolist()
+    ew = [1.0] * len(ei[0]) if edge_weight is None else edge_weight.detach().cpu().double().tolist()
+    for s, t, w in zip(ei[0], ei[1], ew):
+        if g.has_edge(s, t):
+            g[s][t]["weight"] += w
+        else:
+            g.add_edge(s, t, weight=w)
+    return g
+
+
+def edge_change_fraction(old_indices: torch.Tensor, new_indices: torch.Tensor) -> float:
+    r"""Fraction of kNN edges that differ between two rankings (order within a row ignored).
+
+    :math:`1 - \frac{1}{Nk}\sum_i |\mathcal N^{old}_k(i) \cap \mathcal N^{new}_k(i)|`
+
+    Shapes: old_indices, new_indices (N, k) -> float in [0, 1]
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    if old_indices.shape != new_indices.shape:
+        raise ValueError(f"old_indices {tuple(old_indices.shape)} and new_indices {tuple(new_indices.shape)} must have the same shape")
+    n, k = old_indices.shape
+    a = torch.zeros(n, n, dtype=torch.bool) if n <= 4096 else None
+    if a is not None:
+        a[torch.arange(n).repeat_interleave(k), old_indices.reshape(-1).cpu()] = True
+        same = a[torch.arange(n).repeat_interleave(k), new_indices.reshape(-1).cpu()].sum()
+    else:
+        o = old_indices.cpu().sort(1).values
+        same = sum(int(torch.isin(new_indices[i].cpu(), o[i]).sum()) for i in range(n))
+    return 1.0 - float(same) / float(n * k)
+
+
+def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 1.0, *, exclude_self: bool = True,
+              symmetric: bool = False, self_loops: bool = False, chunk_size: int | None = None,
+              generator: torch.Generator | None = None, **estimator_kw) -> KNNGraph:
+    r"""Features → cosine similarity → estimator → edges, differentiable end to end.
+
+    .. math::
+        S = \hat F \hat F^\top,\quad (\mathcal N, \tilde w) = \text{estimator}(S, k, \tau),\quad
+        E = \{(j\to i, \tilde w_{ij}) : j\in\mathcal N_k(i)\}
+
+    The node itself is excluded from its ranking by default (``exclude_self=True``): its cosine
+    similarity is 1, so it would always be its own top-1 (the GCN adds self-loops anyway).
+
+    ``chunk_size`` (only for ``"hard"``, ``"values"`` and ``"masked_softmax"``, which need no full
+    rows): the neighbour indices are found chunk by chunk under ``no_grad`` and the k similarities
+    per row are recomputed with autograd, so memory is O(N·chunk + N·k·D) instead of O(N²)
+    (chapter 10).
+
+    Args:
+        features: :math:`F`, (N, D), may require grad.
+        k: neighbours per node.
+        estimator: a name in :data:`bgcn.ESTIMATORS` or a callable returning a :class:`~bgcn.topk.Selection`.
+        tau: temperature τ > 0 (ignored by estimators that have none).
+        symmetric, self_loops: see :func:`rankings_to_edges`.
+        generator: random generator for stochastic estimators.
+        **estimator_kw: passed to the estimator.
+
+    Shapes:
+        - features: (N, D)
+        - output.edge_index: (2, E), output.edge_weight: (E,), E = N·k before symmetrising
+        - output.indices, output.weights: (N, k)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); used in chapter 08.
+    """
+    check_tensor(features, "features", ndim=2)
+    n = features.shape[0]
+    k = check_k(k, n, exclude_self=exclude_self)
+    tau = check_tau(tau)
+    fn = get_estimator(estimator)
+    name = getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+    if chunk_size is not None:
+        if name not in ("hard", "values", "masked_softmax"):
+            raise ValueError(f"chunk_size works with estimator 'hard', 'values' or 'masked_softmax' (no full rows "
+                             f"needed), not {name!r}; leave chunk_size=None for it")
+        idx = knn_indices(features, k, exclude_self=exclude_self, chunk_size=chunk_size)
+        fhat = normalize_rows(features)
+        vals = (fhat.unsqueeze(1) * fhat[idx]).sum(-1)  # (N, k), O(N k D) autograd memory
+        if name == "hard":
+            w = torch.ones_like(vals).detach()
+        elif name == "values":
+            w = vals.clamp_min(0.0)
+        else:
+            w = torch.softmax(vals / tau, dim=-1)
+        sel = Selection(idx, w)
+    else:
+        s = cosine_similarity(features)
+        sel = fn(s, k, tau, exclude_self=exclude_self, generator=generator, **estimator_kw)
+        if not isinstance(sel, Selection):
+            raise TypeError(f"estimator {name!r} must return a bgcn.topk.Selection, got {type(sel).__name__}")
+    edge_index, edge_weight = rankings_to_edges(sel.indices, sel.weights, symmetric=symmetric, self_loops=self_loops)
+    return KNNGraph(edge_index, edge_weight, sel.indices, sel.weights, n, sel.dense, name)

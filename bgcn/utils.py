@@ -1,0 +1,118 @@
+"""Small shared helpers: device choice, seeding and argument checks with actionable errors.
+
+Every public function of :mod:`bgcn` validates its input with these helpers so that bad input
+raises a ``ValueError``/``TypeError`` naming the argument and the fix, never a deep traceback.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "get_device",
+    "seed_everything",
+    "check_tensor",
+    "check_k",
+    "check_tau",
+    "check_positive",
+    "check_finite",
+]
+
+
+def get_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the device to run on.
+
+    ``"auto"`` (or ``None``) picks CUDA when it is available, else the CPU. ``"cpu"``, ``"cuda"`` and
+    ``"cuda:N"`` are honoured; asking for CUDA on a machine without it raises a ``ValueError`` that
+    says so, instead of failing later inside a kernel.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from e
+    else:
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use device='auto' or 'cpu'")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded the same."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % (2**32))
+    torch.manual_seed(int(seed))
+    os.environ.setdefault("PYTHONHASHSEED", str(int(seed)))
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def check_tensor(x: Any, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = True,
+                 floating: bool = True) -> torch.Tensor:
+    """Check that ``x`` is a tensor with the expected number of dimensions, floating and finite."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor(...)")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in dims:
+            want = " or ".join(str(d) for d in dims)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; call .float()")
+    if finite and x.numel() and floating:
+        check_finite(x, name)
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (says how many)."""
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise ValueError(f"{name} contains {n} NaN/Inf value(s); clean the input (e.g. torch.nan_to_num) first")
+    return x
+
+
+def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
+    """Check ``1 <= k <= n`` (``n - 1`` when the node itself is excluded) and return ``int(k)``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    k = int(k)
+    hi = n - 1 if exclude_self else n
+    if k <= 0:
+        raise ValueError(f"{name}={k} must be positive; choose 1 <= {name} <= {hi}")
+    if k > hi:
+        extra = " (the node itself is excluded)" if exclude_self else ""
+        raise ValueError(f"{name}={k} is larger than the {hi} candidates per row{extra}; choose 1 <= {name} <= {hi}")
+    return k
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Check that a hyper-parameter is a finite number > 0 and return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value)
+        else:
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value} must be a finite number > 0")
+    return value
+
+
+def check_tau(tau: Any, name: str = "tau") -> float:
+    """Temperature check: finite and > 0 (τ → 0 is the hard limit; pass the hard estimator instead)."""
+    return check_positive(tau, name)
