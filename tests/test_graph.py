@@ -1,0 +1,112 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bgcn
+from bgcn.graph import edge_change_fraction, rankings_to_edges, rankings_to_edges_loop
+
+
+def test_edges_follow_source_to_target_convention():
+    idx = torch.tensor([[1, 2], [0, 2], [1, 0]])
+    w = torch.tensor([[0.5, 0.25], [1.0, 2.0], [3.0, 4.0]])
+    ei, ew = rankings_to_edges(idx, w)
+    assert ei.tolist() == [[1, 2, 0, 2, 1, 0], [0, 0, 1, 1, 2, 2]]
+    assert ew.tolist() == [0.5, 0.25, 1.0, 2.0, 3.0, 4.0]
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 25), k=st.integers(1, 6), seed=st.integers(0, 999))
+def test_vectorised_edges_equal_seed_loop(n, k, seed):
+    k = min(k, n - 1)
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed))
+    g = bgcn.knn_graph(x, k, estimator="hard")
+    loop = rankings_to_edges_loop(g.indices)
+    assert torch.equal(loop.flip(0), g.edge_index)
+    assert g.edge_index.shape == (2, n * k)
+
+
+def test_symmetric_and_self_loops():
+    idx = torch.tensor([[1], [2], [1]])  # 1->0, 2->1, 1->2 ; pair (1,2) mutual
+    w = torch.tensor([[1.0], [2.0], [4.0]])
+    ei, ew = rankings_to_edges(idx, w, symmetric=True)
+    a = torch.zeros(3, 3)
+    a[ei[1], ei[0]] = ew
+    assert torch.allclose(a, a.T)
+    assert float(a[1, 2]) == pytest.approx(3.0)  # mean of 2 and 4
+    assert float(a[0, 1]) == pytest.approx(1.0) and float(a[1, 0]) == pytest.approx(1.0)
+    ei2, ew2 = rankings_to_edges(idx, w, self_loops=True, self_loop_weight=0.5)
+    assert ei2.shape == (2, 6)
+    assert ei2[:, -3:].tolist() == [[0, 1, 2], [0, 1, 2]] and ew2[-3:].tolist() == [0.5] * 3
+
+
+def test_knn_graph_weights_are_differentiable_and_reach_features():
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    for name, expect_grad in [("hard", False), ("values", True), ("softmax", True), ("masked_softmax", True)]:
+        g = bgcn.knn_graph(x, 3, estimator=name, tau=0.5)
+        assert g.edge_weight.requires_grad == expect_grad, name
+        assert (g.indices != torch.arange(12).unsqueeze(1)).all()
+        if expect_grad:
+            (gr,) = torch.autograd.grad((g.edge_weight * torch.arange(36.0, dtype=torch.float64)).sum(), x)
+            assert float(gr.abs().sum()) > 0
+
+
+def test_knn_graph_gradcheck_softmax():
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: bgcn.knn_graph(f, 2, "softmax", 0.7).edge_weight, (x,))
+
+
+@pytest.mark.parametrize("name", ["hard", "values", "masked_softmax"])
+def test_chunked_graph_equals_dense(name):
+    x = torch.randn(40, 5, dtype=torch.float64, requires_grad=True)
+    a = bgcn.knn_graph(x, 4, name, 0.3)
+    b = bgcn.knn_graph(x, 4, name, 0.3, chunk_size=7)
+    assert torch.equal(a.indices, b.indices)
+    assert torch.allclose(a.edge_weight, b.edge_weight)
+    if name != "hard":
+        ga, = torch.autograd.grad(a.edge_weight.sum(), x)
+        gb, = torch.autograd.grad(b.edge_weight.sum(), x)
+        assert torch.allclose(ga, gb)
+
+
+def test_chunked_softmax_rejected():
+    with pytest.raises(ValueError, match="chunk_size"):
+        bgcn.knn_graph(torch.randn(10, 3), 2, "softmax", chunk_size=4)
+
+
+def test_to_dense_and_networkx():
+    x = torch.randn(8, 3)
+    g = bgcn.knn_graph(x, 2, "values")
+    a = g.to_dense()
+    for (s, t), w in zip(g.edge_index.T.tolist(), g.edge_weight.tolist()):
+        assert float(a[t, s]) == pytest.approx(w)
+    nxg = g.to_networkx()
+    assert nxg.number_of_nodes() == 8 and nxg.number_of_edges() == 16
+    s, t = g.edge_index[:, 0].tolist()
+    assert nxg[s][t]["weight"] == pytest.approx(float(g.edge_weight[0]))
+
+
+def test_edge_change_fraction():
+    a = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    assert edge_change_fraction(a, a) == 0.0
+    assert edge_change_fraction(a, a.flip(1)) == 0.0  # order in a row does not matter
+    b = torch.tensor([[1, 2], [0, 2], [3, 1]])
+    assert edge_change_fraction(a, b) == pytest.approx(1 / 6)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="k="):
+        bgcn.knn_graph(torch.randn(5, 2), 5)
+    with pytest.raises(ValueError, match="features"):
+        bgcn.knn_graph(torch.randn(5), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        bgcn.knn_graph(torch.tensor([[0.0, float("nan")], [1.0, 1.0], [2.0, 0.0]]), 1)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        bgcn.knn_graph(torch.randn(5, 2), 2, estimator="nope")
+    with pytest.raises(ValueError, match="tau"):
+        bgcn.knn_graph(torch.randn(5, 2), 2, tau=0.0)
+    with pytest.raises(ValueError, match="indices must lie"):
+        rankings_to_edges(torch.tensor([[0, 5]]))
+    with pytest.raises(ValueError, match="weights must have the same shape"):
+        rankings_to_edges(torch.tensor([[0], [1]]), torch.ones(3))
