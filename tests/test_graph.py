@@ -91,8 +91,10 @@ def test_edge_change_fraction():
     a = torch.tensor([[1, 2], [0, 2], [0, 1]])
     assert edge_change_fraction(a, a) == 0.0
     assert edge_change_fraction(a, a.flip(1)) == 0.0  # order in a row does not matter
-    b = torch.tensor([[1, 2], [0, 2], [3, 1]])
+    b = torch.tensor([[1, 2], [0, 2], [2, 1]])
     assert edge_change_fraction(a, b) == pytest.approx(1 / 6)
+    with pytest.raises(ValueError, match="same shape"):
+        edge_change_fraction(a, a[:2])
 
 
 def test_bad_input():
