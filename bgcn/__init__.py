@@ -12,3 +12,5 @@ from .similarity import cosine_similarity, knn_indices, normalize_rows
 from .topk import (ESTIMATORS, Selection, effective_neighbours, get_estimator, hard_topk, register_estimator,
                    soft_topk, softmax_jacobian, topk_mass, topk_selection_matrix)
 from .graph import KNNGraph, edge_change_fraction, knn_graph, rankings_to_edges, to_networkx
+from .data import Dataset, label_masks, load_dataset
+from .backbone import create_backbone, extract_features, list_backbones

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .utils import check_tensor, get_device
+from .utils import NotFoundError, check_tensor, get_device
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -48,10 +48,6 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
 _HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
 # Wrapping prefixes stripped from a weights file (DataParallel, torch.compile, wrappers).
 _WRAP_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
-
-
-class _NotFound(FileNotFoundError, ValueError):
-    """Missing file; catchable as FileNotFoundError and, per the conventions, as ValueError."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +264,7 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
 # --------------------------------------------------------------------------------------------------
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
-        raise _NotFound(f"weights file {str(path)!r} does not exist; give the path of a .safetensors "
+        raise NotFoundError(f"weights file {str(path)!r} does not exist; give the path of a .safetensors "
                         f"or torch.save state dict")
     if path.is_dir():
         raise ValueError(f"weights file {str(path)!r} is a folder; give the path of a weights file")

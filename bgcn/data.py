@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .utils import check_tensor
+from .utils import NotFoundError, check_tensor
 
 __all__ = [
     "Dataset",
@@ -202,7 +202,7 @@ def load_image_folder(path: str | os.PathLike, image_size: int | tuple[int, int]
 
     root = Path(path).expanduser()
     if not root.exists():
-        raise _NotFound(f"image folder {str(root)!r} does not exist; expected path/<class_name>/*.png")
+        raise NotFoundError(f"image folder {str(root)!r} does not exist; expected path/<class_name>/*.png")
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is a file, not a folder; expected path/<class_name>/*.png")
     class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
@@ -422,10 +422,6 @@ def normalize_images(images: torch.Tensor, mean: Any = None, std: Any = None) ->
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-class _NotFound(FileNotFoundError, ValueError):
-    """Missing file or folder; catchable as FileNotFoundError and, per the conventions, ValueError."""
-
-
 def _check_int(value: Any, name: str, minimum: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

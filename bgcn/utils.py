@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "NotFoundError",
     "get_device",
     "seed_everything",
     "check_tensor",
@@ -22,6 +23,10 @@ __all__ = [
     "check_positive",
     "check_finite",
 ]
+
+
+class NotFoundError(FileNotFoundError, ValueError):
+    """A missing file or folder: both a ``FileNotFoundError`` and a ``ValueError`` (bad argument)."""
 
 
 def get_device(device: str | torch.device | None = "auto") -> torch.device:
