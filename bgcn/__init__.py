@@ -14,3 +14,5 @@ from .topk import (ESTIMATORS, Selection, effective_neighbours, get_estimator, h
 from .graph import KNNGraph, edge_change_fraction, knn_graph, rankings_to_edges, to_networkx
 from .data import Dataset, label_masks, load_dataset
 from .backbone import create_backbone, extract_features, list_backbones
+from .gcn import GCN, dense_gcn_norm, edge_index_to_dense
+from . import gcn_spec
