@@ -6,6 +6,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+# torch_geometric 2.8 calls the deprecated torch.jit.script at import time; the warning is not ours
+# and would clutter every notebook page.
+_warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
 from . import utils
 from .utils import get_device, seed_everything
 from .similarity import cosine_similarity, knn_indices, normalize_rows
