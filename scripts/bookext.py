@@ -1,0 +1,226 @@
+"""Local Sphinx extension of the book (``sphinx: local_extensions: {bookext: scripts/}`` in _config.yml).
+
+It does four small things that _config.yml cannot say:
+
+1. **Plotly renderer for every kernel.** Sets ``PLOTLY_RENDERER=notebook_connected`` (and
+   ``TQDM_DISABLE=1``) in the environment of the build process before any notebook runs; kernels
+   inherit it and plotly reads it at import. Each figure's output is then self-contained HTML that
+   loads plotly.js from its CDN, with no ``application/vnd.plotly.v1+json`` output that MyST-NB
+   would warn about ("skipping unknown output mime type", fatal under -W). Chapters need not set
+   ``plotly.io.renderers.default``; readers running a chapter in Jupyter keep Jupyter's default.
+2. **Cache guard.** When ``bgcn/**/*.py`` (or the requirements) changed since the last build,
+   clears the execution cache and the doctrees, so every page is executed and read again
+   (``scripts/cache_guard.py``).
+3. **Front page and API page.** The front page's links to chapters that do not exist yet become
+   plain text. In ``chapters/api.md`` the marker ``<!-- bgcn:automodules -->`` becomes one
+   ``automodule`` per existing ``bgcn`` module, and ``<!-- bgcn:taught-in -->`` a table mapping
+   every public name to the chapter that teaches it, read from the ``Taught in:`` line of its
+   docstring. In docstrings, ``chapters/NN_name.md`` becomes a link to that chapter.
+4. **Short names.** A reference to a re-export such as ``bgcn.soft_topk`` resolves to where it is
+   documented (``bgcn.topk.soft_topk``), so chapters can write {py:func}`bgcn.soft_topk`.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cache_guard  # noqa: E402
+
+os.environ["PLOTLY_RENDERER"] = "notebook_connected"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+# planned order of the modules on the API page (DESIGN.md's data flow); others follow by name
+MODULE_ORDER = ["utils", "data", "backbone", "similarity", "topk", "estimators", "graph", "gcn",
+                "gcn_spec", "model", "train", "viz", "cli"]
+TAUGHT_RE = re.compile(r"Taught in:?(.*)", re.IGNORECASE)
+CHAPTER_RE = re.compile(r"(?:chapters/)?(\d\d_[A-Za-z0-9_]+)(?:\.md)?")
+AUTOMODULES_MARK = "<!-- bgcn:automodules -->"
+TAUGHT_MARK = "<!-- bgcn:taught-in -->"
+
+
+def _config_inited(app, config):
+    root = Path(app.srcdir)
+    cache = Path(config.nb_execution_cache_path or Path(app.outdir).parent / ".jupyter_cache")
+    if not cache.is_absolute():
+        cache = root / cache
+    doctrees = Path(app.doctreedir)
+    if cache_guard.guard(root, cache, doctrees):
+        doctrees.mkdir(parents=True, exist_ok=True)
+        print(f"bookext: bgcn sources changed (or first build): cleared {cache} and {doctrees}")
+
+
+def bgcn_modules() -> list[str]:
+    """Public submodules of bgcn that exist on disk, in the planned order."""
+    try:
+        import bgcn
+    except Exception:  # noqa: BLE001 - the API page then says so; autodoc warns
+        return []
+    names = [m.name for m in pkgutil.iter_modules(bgcn.__path__) if not m.name.startswith("_")]
+    order = {n: i for i, n in enumerate(MODULE_ORDER)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def public_names(module) -> list[str]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [n for n, obj in vars(module).items() if not n.startswith("_")
+                 and (inspect.isfunction(obj) or inspect.isclass(obj))
+                 and getattr(obj, "__module__", None) == module.__name__]
+    return list(names)
+
+
+def _is_data(obj) -> bool:
+    return not (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj))
+
+
+def _attr_docs(module) -> dict:
+    """Module-level attributes with a ``#:`` doc comment (the only data autodoc documents)."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    try:
+        return ModuleAnalyzer.for_module(module.__name__).find_attr_docs()
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def chapters_of(obj) -> list[str]:
+    """Chapter docnames (chapters/NN_name) named in the object's ``Taught in:`` line."""
+    doc = inspect.getdoc(obj) or ""
+    found = []
+    for line in doc.splitlines():
+        m = TAUGHT_RE.search(line)
+        if m:
+            found += ["chapters/" + c for c in CHAPTER_RE.findall(m.group(1))]
+    return list(dict.fromkeys(found))
+
+
+def _chapter_link(docname: str, found_docs) -> str:
+    return f"{{doc}}`/{docname}`" if docname in found_docs else f"`{docname}.md` (not written yet)"
+
+
+def taught_in_table(found_docs) -> str:
+    import bgcn
+
+    top = set(getattr(bgcn, "__all__", None) or [n for n in vars(bgcn) if not n.startswith("_")])
+    rows = []
+    for modname in bgcn_modules():
+        try:
+            module = importlib.import_module(f"bgcn.{modname}")
+        except Exception as exc:  # noqa: BLE001
+            rows.append(f"| `bgcn.{modname}` | | import failed: {type(exc).__name__} |")
+            continue
+        for name in public_names(module):
+            obj = getattr(module, name, None)
+            target = f"bgcn.{modname}.{name}"
+            short = f"bgcn.{name}" if name in top and getattr(bgcn, name, None) is obj else target
+            documented = not _is_data(obj) or ("", name) in _attr_docs(module)
+            ref = f"{{py:obj}}`{short} <{target}>`" if documented else f"`{short}`"
+            chapters = chapters_of(obj) if obj is not None else []
+            if not chapters and inspect.ismodule(module):
+                chapters = chapters_of(module) if name.isupper() else []
+            links = ", ".join(_chapter_link(c, found_docs) for c in chapters) or "—"
+            rows.append(f"| {ref} | `bgcn.{modname}` | {links} |")
+    head = "| name | module | taught in |\n|---|---|---|\n"
+    return head + "\n".join(rows) + "\n"
+
+
+def automodules() -> str:
+    # the package itself first (its docstring, and a target for :mod:`bgcn`)
+    blocks = ["```{eval-rst}\n.. automodule:: bgcn\n```\n"]
+    for modname in bgcn_modules():
+        # autodoc emits reStructuredText: wrap it in eval-rst (a bare MyST {automodule} renders nothing)
+        blocks.append(f"## `bgcn.{modname}`\n\n```{{eval-rst}}\n.. automodule:: bgcn.{modname}\n"
+                      "   :members:\n   :undoc-members:\n```\n")
+    return "\n".join(blocks) or "The library could not be imported.\n"
+
+
+LINK_RE = re.compile(r"\[([^\]]+)\]\((chapters/\d\d_[A-Za-z0-9_]+)\.md\)")
+
+
+def _source_read(app, docname, source):
+    text = source[0]
+    if docname == app.config.root_doc:
+        # the front page's chapter map links only chapters that exist (a dangling link fails -W)
+        text = LINK_RE.sub(lambda m: m.group(0) if m.group(2) in app.env.found_docs
+                           else f"{m.group(1)} *(in preparation)*", text)
+    if TAUGHT_MARK in text:
+        text = text.replace(TAUGHT_MARK, taught_in_table(app.env.found_docs))
+    if AUTOMODULES_MARK in text:
+        text = text.replace(AUTOMODULES_MARK, automodules())
+    source[0] = text
+
+
+def _env_get_outdated(app, env, added, changed, removed):
+    # generated from the library and the chapter list: read them again on every build (cheap)
+    return [d for d in env.found_docs if d == app.config.root_doc or d.endswith("api")]
+
+
+def _process_docstring(app, what, name, obj, options, lines):
+    found = app.env.found_docs
+    for i, line in enumerate(lines):
+        if TAUGHT_RE.search(line):
+            def link(m):
+                doc = "chapters/" + m.group(1)
+                return f":doc:`/{doc}`" if doc in found else m.group(0)
+            head, _, tail = line.partition("Taught in")
+            lines[i] = head + "Taught in" + CHAPTER_RE.sub(link, tail)
+
+
+def _missing_reference(app, env, node, contnode):
+    """Resolve ``bgcn.NAME`` (a re-export) to the one documented ``bgcn.<module>.NAME``."""
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("bgcn."):
+        return None
+    from sphinx.util.nodes import make_refnode
+
+    suffix = target[len("bgcn."):]
+    objects = env.get_domain("py").objects
+    hits = [n for n in objects if n.startswith("bgcn.") and n.endswith("." + suffix)
+            and n.count(".") == suffix.count(".") + 2]
+    if len(hits) != 1:
+        # an existing object that autodoc cannot document (a module-level constant without a
+        # "#:" doc comment): link to the documented module that holds it
+        holder = _holding_module(target)
+        hits = [f"bgcn.{holder}"] if holder and f"bgcn.{holder}" in objects else []
+        if not hits:
+            return None
+    entry = objects[hits[0]]
+    return make_refnode(app.builder, node.get("refdoc", ""), entry.docname, entry.node_id, contnode, hits[0])
+
+
+def _holding_module(target: str) -> str | None:
+    """Name of the bgcn submodule that exports ``target`` (``bgcn.NAME`` or ``bgcn.mod.NAME``).
+
+    Looked up by name in the submodules' ``__all__``: inside Sphinx the package object may be
+    a half-initialised copy (autodoc re-imports modules), so attributes of ``bgcn`` can't be trusted.
+    """
+    parts = target.split(".")
+    if len(parts) == 3 and parts[1] in bgcn_modules():
+        candidates = [parts[1]]
+    elif len(parts) == 2:
+        candidates = bgcn_modules()
+    else:
+        return None
+    for modname in candidates:
+        try:
+            module = importlib.import_module(f"bgcn.{modname}")
+        except Exception:  # noqa: BLE001
+            continue
+        if parts[-1] in (getattr(module, "__all__", None) or ()):
+            return modname
+    return None
+
+
+def setup(app):
+    app.connect("config-inited", _config_inited)
+    app.connect("source-read", _source_read)
+    app.connect("env-get-outdated", _env_get_outdated)
+    app.connect("autodoc-process-docstring", _process_docstring)
+    app.connect("missing-reference", _missing_reference)
+    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
