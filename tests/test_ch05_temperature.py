@@ -1,0 +1,167 @@
+"""Chapter 05 (temperature): every formula and measured claim of the chapter, and bgcn.temperature."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bgcn
+from bgcn.temperature import (TAU_METHODS, gradient_norm_vs_tau, soft_topk_gradient, suggest_tau,
+                              temperature_sweep)
+
+
+def _sim(n=60, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return bgcn.cosine_similarity(f)
+
+
+@pytest.fixture(scope="module")
+def digits_similarity():
+    from bgcn.data import load_dataset
+
+    images, _ = load_dataset("digits")
+    return bgcn.cosine_similarity(images.flatten(1).double())
+
+
+# --------------------------------------------------------------------------- eq. (7): the limits
+
+def test_eq7_cold_limit_is_one_hot_at_argmax():
+    s = torch.tensor([0.3, 0.9, -0.2, 0.85, 0.1], dtype=torch.float64)
+    w = torch.softmax(s / 1e-3, 0)
+    one_hot = torch.nn.functional.one_hot(s.argmax(), 5).double()
+    assert (w - one_hot).abs().max() < 1e-12
+    # the approach is exponential in the gaps: w_max = 1 / sum_j exp(-(s_max - s_j)/τ) exactly
+    for tau in (0.1, 0.02, 0.01):
+        w = torch.softmax(s / tau, 0)
+        assert w.max().item() == pytest.approx(1 / torch.exp(-(s.max() - s) / tau).sum().item(), rel=1e-12)
+
+
+def test_eq7_hot_limit_is_uniform():
+    s = _sim()[0]
+    for tau in (1e2, 1e4, 1e6):
+        w = torch.softmax(s / tau, 0)
+        bound = (math.exp((s.max() - s.min()).item() / tau) - 1) / s.numel()  # |w_j - 1/n| <= (e^{range/τ} - 1)/n
+        assert (w - 1 / s.numel()).abs().max() <= bound
+
+
+def test_temperature_sweep_limits_and_monotone():
+    S = _sim(50)
+    taus = np.logspace(-4, 3, 15)
+    r = temperature_sweep(S, taus, k=5, exclude_self=True)
+    assert r["n"] == 49
+    assert r["effective"][0] == pytest.approx(1.0, abs=0.05)
+    assert r["effective"][-1] == pytest.approx(49.0, rel=1e-3)
+    assert r["topk_mass"][0] == pytest.approx(1.0, abs=1e-3)
+    assert r["topk_mass"][-1] == pytest.approx(5 / 49, rel=1e-2)
+    assert torch.all(torch.diff(r["topk_mass"]) <= 1e-12)     # mass of the top-k decreases with τ
+    assert torch.all(torch.diff(r["effective"]) >= -1e-9)     # e^H increases with τ
+    assert torch.allclose(r["entropy"].exp(), r["effective"], rtol=0.2)  # exp of the mean ≈ mean of exp here
+    sub = temperature_sweep(S, taus, k=5, exclude_self=True, rows=torch.arange(10))
+    manual = temperature_sweep(S[:10], taus, k=5)  # without masking: differs (self included)
+    assert not torch.allclose(sub["topk_mass"], manual["topk_mass"])
+    assert temperature_sweep(S, [1.0], k=5, rows=500)["n"] == 50  # rows >= N: all rows
+    with pytest.raises(ValueError):
+        temperature_sweep(S, [], k=5)
+    with pytest.raises(ValueError):
+        temperature_sweep(S[0], [1.0], k=5, exclude_self=True)
+    with pytest.raises(ValueError):
+        temperature_sweep(S, [1.0, -1.0], k=5)
+
+
+# --------------------------------------------------------------------------- DESIGN point 3 on the digits
+
+def test_design3_tau1_softmax_over_all_digits_is_nearly_uniform(digits_similarity):
+    S = digits_similarity
+    assert S.shape == (1797, 1797)
+    w = torch.softmax(S / 1.0, dim=-1)  # seed 000 eq. (9), τ = 1, self included as in the seed
+    eff = bgcn.effective_neighbours(w).mean().item()
+    mass = bgcn.topk_mass(w, 10).mean().item()
+    assert 1780 < eff < 1797          # measured 1788.8
+    assert 0.006 < mass < 0.008       # measured 0.72 %
+    r = temperature_sweep(S, [1.0], 10, exclude_self=True)
+    assert 1780 < r["effective"][0] < 1796 and 0.006 < r["topk_mass"][0] < 0.008
+
+
+# --------------------------------------------------------------------------- the gradient against τ
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_soft_topk_gradient_matches_autograd(exclude_self):
+    S = _sim(20).clone().requires_grad_(True)
+    g = torch.randn(20, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for tau in (0.05, 0.5, 3.0):
+        S.grad = None
+        w, _ = bgcn.soft_topk(S, 4, tau, exclude_self=exclude_self)
+        (g * w).sum().backward()
+        formula = soft_topk_gradient(S.detach(), g, 4, tau, exclude_self=exclude_self)
+        assert (S.grad - formula).abs().max() < 1e-12
+        # every entry of a row gets gradient through the normaliser (off the diagonal)
+        off = ~torch.eye(20, dtype=torch.bool) if exclude_self else torch.ones(20, 20, dtype=torch.bool)
+        assert (formula[off] != 0).all()
+
+
+def test_gradient_norm_vs_tau_agrees_and_vanishes_at_both_ends():
+    S = _sim(40)
+    taus = [1e-4, 1e-2, 0.1, 1.0, 10.0, 100.0]
+    r = gradient_norm_vs_tau(S, taus, 5, upstream="random", seed=0)
+    g = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for i, t in enumerate(taus):
+        ref = soft_topk_gradient(S, g, 5, t, exclude_self=True).norm(dim=-1)
+        assert r["grad_norm"][i].item() == pytest.approx(ref.mean().item(), rel=1e-10, abs=1e-300)
+        assert r["grad_norm_median"][i].item() == pytest.approx(ref.median().item(), rel=1e-10, abs=1e-300)
+    peak = r["grad_norm"].max()
+    # cold: most rows saturated and their gradient vanishes (the mean keeps the rare near-tie rows)
+    assert r["grad_norm_median"][0] < 1e-6 * r["grad_norm_median"].max() and r["saturated"][0] > 0.9
+    assert r["grad_norm"][-1] < 1e-2 * peak and r["saturated"][-1] == 0      # hot: ∝ 1/(Nτ)
+    assert r["grad_norm"][-2] / r["grad_norm"][-1] == pytest.approx(10.0, rel=0.05)
+    assert 0 <= r["outside_share"].min() and r["outside_share"].max() <= 1
+    ones = gradient_norm_vs_tau(S, [1.0], 5, upstream="ones")
+    assert ones["grad_norm"][0] > 0
+    with pytest.raises(ValueError):
+        gradient_norm_vs_tau(S, [1.0], 5, upstream="bad")
+    with pytest.raises(ValueError):
+        gradient_norm_vs_tau(S, [1.0], 5, upstream=torch.ones(3, 5))
+    sub = gradient_norm_vs_tau(S, [0.1], 5, rows=10, seed=1)
+    assert sub["grad_norm"].shape == (1,)
+
+
+# --------------------------------------------------------------------------- suggest_tau
+
+def test_suggest_tau_mass_hits_target():
+    S = _sim(80)
+    for target in (0.3, 0.5, 0.8):
+        t = suggest_tau(S, 5, "mass", target_mass=target)
+        m = temperature_sweep(S, [t], 5, exclude_self=True)["topk_mass"][0].item()
+        assert m == pytest.approx(target, abs=1e-4)
+
+
+def test_suggest_tau_gap_and_kth_gap():
+    S = _sim(80)
+    v = torch.topk(bgcn.topk.mask_diagonal(S), 6, dim=-1).values
+    assert suggest_tau(S, 5, "kth_gap") == pytest.approx((v[:, 4] - v[:, 5]).mean().item())
+    tg = suggest_tau(S, 5, "gap")
+    assert tg > 0 and math.isfinite(tg)
+    # all three are scales of the same row: kth_gap < mass-based τ here
+    assert suggest_tau(S, 5, "kth_gap") < suggest_tau(S, 5, "mass")
+
+
+def test_suggest_tau_bad_input():
+    S = _sim(30)
+    with pytest.raises(ValueError, match="method"):
+        suggest_tau(S, 5, "entropy")
+    with pytest.raises(ValueError, match="target_mass"):
+        suggest_tau(S, 5, "mass", target_mass=0.1)  # below k/N: the uniform level
+    with pytest.raises(ValueError, match="target_mass"):
+        suggest_tau(S, 5, "mass", target_mass=1.5)
+    with pytest.raises(ValueError):
+        suggest_tau(S, 40)
+    with pytest.raises(ValueError):
+        suggest_tau(S[0], 5)
+    assert set(TAU_METHODS) == {"mass", "gap", "kth_gap"}
+
+
+def test_suggest_tau_on_digits(digits_similarity):
+    t = suggest_tau(digits_similarity, 10, "mass", target_mass=0.5)
+    assert 0.01 < t < 0.05           # measured 0.023: some 40x below seed 000's τ = 1
