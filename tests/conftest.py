@@ -1,0 +1,74 @@
+"""Shared fixtures. ``built_book`` builds the Jupyter Book once per test session, into ``_build/``,
+for tests/test_book.py (marker ``book``) and tests/test_browser.py (marker ``browser``).
+
+Environment:
+  BGCN_BOOK_CACHE=keep   reuse _build/.jupyter_cache (default: start from a clean cache, so every
+                         chapter is executed by this run)
+  BGCN_BOOK_PREBUILT=1   do not build; test the _build/html that is there (e.g. after `make book`)
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+HTML = BUILD / "html"
+LOG = BUILD / "book-build.log"
+BUILD_TIMEOUT_S = int(os.environ.get("BGCN_BOOK_TIMEOUT", "3600"))
+SPHINX_PROBLEM = re.compile(r"^.*?: (WARNING|ERROR|CRITICAL|SEVERE): .*$", re.M)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class BookBuild:
+    returncode: int
+    log: str
+    seconds: float
+    html: Path = HTML
+    problems: list[str] = field(default_factory=list)
+
+
+def _jupyter_book() -> list[str]:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    pytest.skip("jupyter-book is not installed (pip install -r requirements.txt)")
+
+
+@pytest.fixture(scope="session")
+def built_book() -> BookBuild:
+    """Build the book with ``-W -n --keep-going`` (once per session) and return the result."""
+    if os.environ.get("BGCN_BOOK_PREBUILT") == "1" and (HTML / "index.html").exists():
+        log = ANSI.sub("", LOG.read_text(errors="replace")) if LOG.exists() else ""
+        return BookBuild(0, log, 0.0, problems=[m.group(0) for m in SPHINX_PROBLEM.finditer(log)])
+    cmd = _jupyter_book()
+    if os.environ.get("BGCN_BOOK_CACHE") != "keep":
+        for d in (".jupyter_cache", ".doctrees", "jupyter_execute", "html"):
+            shutil.rmtree(BUILD / d, ignore_errors=True)
+    BUILD.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd + ["build", str(ROOT), "-W", "-n", "--keep-going"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=BUILD_TIMEOUT_S)
+        rc, log = proc.returncode, proc.stdout
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        rc, log = -1, out + f"\n[test] build killed after {BUILD_TIMEOUT_S} s\n"
+    seconds = time.perf_counter() - t0
+    log = ANSI.sub("", log)
+    log += f"\n[test] jupyter-book build took {seconds:.1f} s (exit {rc})\n"
+    LOG.write_text(log)
+    return BookBuild(rc, log, seconds, problems=[m.group(0) for m in SPHINX_PROBLEM.finditer(log)])
