@@ -200,3 +200,12 @@ def test_exact_gradient_bad_input():
         exact_expected_reward_gradient(torch.zeros(3), torch.zeros(4))
     with pytest.raises(TypeError):
         exact_expected_reward_gradient([0.0, 1.0], torch.zeros(2))
+
+
+def test_soft_argmax_gradient_formula_eq_ch03_softargmax():
+    x = torch.tensor([0.1, 0.5, -0.2, 0.0, 0.6], dtype=D, requires_grad=True)
+    for beta in (0.5, 3.0, 20.0):
+        (g,) = torch.autograd.grad(soft_argmax(x, beta), x)
+        w = torch.softmax(beta * x.detach(), -1)
+        idx = torch.arange(5, dtype=D)
+        assert torch.allclose(g, beta * w * (idx - (idx * w).sum()), atol=1e-13, rtol=0)
