@@ -22,3 +22,15 @@ from .data import Dataset, label_masks, load_dataset
 from .backbone import create_backbone, extract_features, list_backbones
 from .gcn import GCN, dense_gcn_norm, edge_index_to_dense
 from . import gcn_spec
+from . import argmax, scaling, temperature
+from .temperature import suggest_tau
+
+_LAZY = {"viz", "train", "model", "cli", "experiment", "estimators"}
+
+
+def __getattr__(name):  # lazy submodules: bgcn.viz imports plotly/matplotlib only when used
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'bgcn' has no attribute {name!r}")
