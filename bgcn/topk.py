@@ -6,14 +6,14 @@ row i the indices of k chosen columns and a weight per chosen column, and (for e
 
 Estimators registered here (chapters 02 and 06):
 
-========================  ==============================================  ===========================================
-name                      weights :math:`\tilde w_{ij}` for j in top-k     gradient reaching :math:`S`
-========================  ==============================================  ===========================================
-``"hard"``                1                                                none
-``"values"``              :math:`\max(S_{ij}, 0)`                          through the selection matrix (chapter 02)
-``"softmax"``             :math:`\mathrm{softmax}(S_i/\tau)_j` (full row)  softmax Jacobian, all N entries of the row
-``"masked_softmax"``      softmax over the k kept scores only              only the k kept entries of the row
-========================  ==============================================  ===========================================
+======================  ====================================================  ==============================================
+name                    weights :math:`\tilde w_{ij}` for j in top-k          gradient reaching :math:`S`
+======================  ====================================================  ==============================================
+``"hard"``              1                                                     none
+``"values"``            :math:`\max(S_{ij}, 0)`                               through the selection matrix (chapter 02)
+``"softmax"``           :math:`\mathrm{softmax}(S_i/\tau)_j` over the full row  softmax Jacobian, all N entries of the row
+``"masked_softmax"``    softmax over the k kept scores only                   only the k kept entries of the row
+======================  ====================================================  ==============================================
 
 Further estimators (straight-through, identity with projection, I-MLE, ...) register themselves from
 :mod:`bgcn.estimators` (chapter 09).
