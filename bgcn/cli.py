@@ -1,0 +1,341 @@
+r"""Command line: ``python -m bgcn train …`` and ``python -m bgcn experiment …``.
+
+``train`` trains one model (frozen, end-to-end through the features, or end-to-end through the
+graph) and writes ``OUT/metrics.json`` (config, versions, seed, accuracies, timings, history) and
+``OUT/checkpoint.pt`` (state dicts, ``torch.load(weights_only=True)``). ``experiment`` runs the
+comparison of :mod:`bgcn.experiment`.
+
+Bad flags exit with status 2 and a one-line ``error: …`` naming the flag (no traceback); a run that
+diverges (NaN loss) exits with status 1 and keeps its last good checkpoint.
+
+Taught in: chapter 08 (chapters/08_end_to_end.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "run_train", "versions"]
+
+
+# --------------------------------------------------------------------------------------------------
+# argument types: argparse turns their ArgumentTypeError into "argument --flag: message", exit 2
+# --------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be a positive integer (>= 1)")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be an integer >= 0")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return v
+
+
+def _probability(text: str) -> float:
+    v = _nonneg_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, 1)")
+    return v
+
+
+def _tau(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0 or 'auto' (chosen from the data)") from None
+
+
+def _estimator(text: str) -> str:
+    from .topk import ESTIMATORS
+
+    _load_estimators()
+    if text not in ESTIMATORS:
+        import difflib
+
+        close = difflib.get_close_matches(text, list(ESTIMATORS), n=2)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown estimator {text!r}{hint}; choose one of {', '.join(sorted(ESTIMATORS))}")
+    return text
+
+
+def _device(text: str) -> str:
+    from .utils import get_device
+
+    try:
+        get_device(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _load_estimators() -> None:
+    """Register the chapter-09 estimators when that module is present."""
+    try:
+        from . import estimators  # noqa: F401
+    except ImportError:
+        pass
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``<prog>: error: <message>`` (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m bgcn`` parser with sub-commands ``train`` and ``experiment``."""
+    from .model import MODES
+
+    p = _Parser(prog="python -m bgcn", description="BackProp GCN: a GCN on a kNN graph of image features, "
+                "trained end to end through the ranking step.", formatter_class=_Formatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train one model and write metrics.json + checkpoint.pt",
+                       formatter_class=_Formatter, description=(
+                           "Train one model full-batch on all images (transductive: the kNN graph spans "
+                           "labelled and unlabelled images).\n\nModes: frozen = features once, hard graph, only "
+                           "the GCN learns; end2end-features = the extractor learns through the node features, "
+                           "hard graph (seed 000's loop as written); end2end = through the features and the "
+                           "estimator's edge weights.\n\nExample:\n  python -m bgcn train --dataset digits --mode "
+                           "end2end --estimator softmax --k 10 --tau 0.05 --labels-per-class 10 --epochs 100 "
+                           "--device auto --out runs/softmax"))
+    d = t.add_argument_group("data")
+    d.add_argument("--dataset", default="digits",
+                   help="'digits', 'synthetic' or a folder path/<class>/*.png")
+    d.add_argument("--synthetic-n", type=_positive_int, default=1000, help="number of images for --dataset synthetic")
+    d.add_argument("--labels-per-class", type=_positive_int, default=10, help="labelled (training) images per class")
+    d.add_argument("--val-per-class", type=_nonneg_int, default=None,
+                   help="validation images per class (default: same as --labels-per-class)")
+    m = t.add_argument_group("model")
+    m.add_argument("--mode", default="end2end", choices=list(MODES), help="what learns and through which path")
+    m.add_argument("--estimator", type=_estimator, default="softmax",
+                   help="top-k estimator for --mode end2end (see bgcn.ESTIMATORS); ignored by the other modes")
+    m.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
+    m.add_argument("--tau", type=_tau, default=1.0,
+                   help="temperature > 0, or 'auto': the tau at which the k nearest neighbours hold half of the "
+                        "softmax mass on the initial features (bgcn.temperature.suggest_tau)")
+    m.add_argument("--backbone", default="vit_digits", help="bgcn.create_backbone name (e.g. vit_digits, mlp_digits)")
+    m.add_argument("--pretrained-file", default=None, help="local backbone weights (.safetensors or .pt)")
+    m.add_argument("--hidden", type=_positive_int, default=64, help="GCN hidden channels")
+    m.add_argument("--dropout", type=_probability, default=0.5, help="GCN dropout")
+    m.add_argument("--symmetric", action="store_true", help="symmetrise the kNN graph")
+    m.add_argument("--include-self", action="store_true", help="keep each node in its own ranking")
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_positive_int, default=100, help="full-batch epochs (one step each)")
+    o.add_argument("--warmup-epochs", type=_nonneg_int, default=0,
+                   help="end-to-end modes: first train only the GCN on the initial features for this many epochs")
+    o.add_argument("--lr-backbone", type=_positive_float, default=1e-4, help="AdamW learning rate of the backbone")
+    o.add_argument("--lr-gcn", type=_positive_float, default=1e-2, help="AdamW learning rate of the GCN")
+    o.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="AdamW weight decay")
+    o.add_argument("--max-grad-norm", type=_positive_float, default=None, help="clip the gradient norm")
+    o.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the label split, initialisation and dropout")
+    r = t.add_argument_group("run")
+    r.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+    r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    r.add_argument("--out", default=None, help="output folder (default runs/<mode>-<estimator>-seed<seed>)")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    r.add_argument("--graph-every", type=_nonneg_int, default=1,
+                   help="keep the kNN graph every this many epochs in the checkpoint (0: first and last only)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: only on a terminal and without TQDM_DISABLE=1)")
+
+    e = sub.add_parser("experiment", help="frozen vs end-to-end comparison; writes results/*.json, .md, .csv",
+                       formatter_class=_Formatter,
+                       description="Run the comparison of bgcn.experiment on the digits: kNN classifier and label "
+                                   "spreading on frozen features, frozen GCN (random and pre-trained backbone), "
+                                   "end2end-features, end2end softmax at tau=1 and at a tau from the data, "
+                                   "end2end masked_softmax and values; mean +- std over seeds.")
+    e.add_argument("--quick", action="store_true", help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone)")
+    e.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (default 5; 1 with --quick)")
+    e.add_argument("--labels", type=_positive_int, nargs="+", default=None,
+                   help="labels per class settings (default 5 10 20; 10 with --quick)")
+    e.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: see bgcn.experiment)")
+    e.add_argument("--backbone", default=None, help="backbone name (default mlp_digits, see bgcn.experiment.FULL)")
+    e.add_argument("--pretrain-epochs", type=_nonneg_int, default=None, help="SimCLR-lite pre-training epochs")
+    e.add_argument("--warmup-epochs", type=_nonneg_int, default=None,
+                   help="end-to-end rows: GCN-only epochs on the pre-trained features before joint training")
+    e.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
+    e.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
+    e.add_argument("--out", default="results", help="output folder")
+    e.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------------
+def versions() -> dict:
+    """Versions of Python, torch, bgcn and friends, plus the platform and CPU threads."""
+    import torch
+
+    from . import __version__
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "bgcn": __version__,
+           "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    for mod in ("torch_geometric", "timm", "sklearn", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    """Run ``train`` from parsed arguments; returns the metrics written to ``OUT/metrics.json``."""
+    import torch
+
+    from .backbone import create_backbone
+    from .data import label_masks, load_dataset
+    from .model import build_model
+    from .similarity import cosine_similarity
+    from .train import train
+    from .utils import get_device, seed_everything
+
+    _load_estimators()
+    estimator = args.estimator if args.mode == "end2end" else "hard"
+    out = Path(args.out or f"runs/{args.mode}-{estimator}-seed{args.seed}")
+    if args.dataset == "synthetic":
+        ds = load_dataset("synthetic", n=args.synthetic_n, seed=args.seed)
+    else:
+        ds = load_dataset(args.dataset)
+    images, labels = ds.images, ds.labels
+    num_classes = int(labels.max()) + 1
+    train_mask, val_mask, test_mask = label_masks(labels, args.labels_per_class, args.val_per_class, seed=args.seed)
+
+    seed_everything(args.seed)
+    kw = {}
+    if args.backbone.endswith("_digits") and tuple(images.shape[1:]) != (1, 8, 8):
+        kw = {"img_size": int(images.shape[-1]), "in_chans": int(images.shape[1])}
+    backbone = create_backbone(args.backbone, pretrained_file=args.pretrained_file, **kw)
+    tau = args.tau
+    if tau == "auto":
+        from .backbone import extract_features
+        from .temperature import suggest_tau
+
+        feats = extract_features(backbone, images, device=get_device(args.device), to_cpu=True)
+        tau = suggest_tau(cosine_similarity(feats), args.k, method="mass", exclude_self=not args.include_self)
+    model = build_model(backbone, num_classes, k=args.k, estimator=estimator, tau=float(tau), hidden=args.hidden,
+                        dropout=args.dropout, mode=args.mode, exclude_self=not args.include_self,
+                        symmetric=args.symmetric)
+    extra = {"dataset": args.dataset, "backbone": args.backbone, "pretrained_file": args.pretrained_file,
+             "labels_per_class": args.labels_per_class, "val_per_class": args.val_per_class,
+             "hidden": args.hidden, "dropout": args.dropout, "tau_arg": str(args.tau)}
+    t0 = time.perf_counter()
+    res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
+                warmup_epochs=args.warmup_epochs,
+                lr_backbone=args.lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
+                device=args.device, amp=not args.no_amp, graph_every=args.graph_every,
+                checkpoint=out / "checkpoint.pt", resume=args.resume, progress=args.progress,
+                max_grad_norm=args.max_grad_norm, extra_config=extra)
+    metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+               "config": res.config, "versions": versions(), "seed": args.seed,
+               "device": str(get_device(args.device)), **res.summary(),
+               "wall_time_s": time.perf_counter() - t0, "out": str(out), "history": res.history.series()}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(metrics), indent=2))
+    os.replace(tmp, out / "metrics.json")
+    return metrics
+
+
+def _json_safe(obj):
+    """NaN/Inf → None, so the file is standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m bgcn`` (and the ``bgcn`` script). Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .train import TrainingDiverged
+
+    prog = f"python -m bgcn {args.command}"
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.command == "train":
+            m = run_train(args)
+            print(f"{prog}: test accuracy at best validation {m['test_acc_at_best_val']:.4f} "
+                  f"(epoch {m['best_epoch']}), final {m['final'].get('test_acc', float('nan')):.4f}; "
+                  f"{m['timings']['per_epoch']:.3f} s/epoch; wrote {m['out']}/metrics.json and {m['checkpoint']}")
+        else:
+            from .experiment import run_experiment
+
+            res = run_experiment(out=args.out, quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,
+                                 epochs=args.epochs, backbone=args.backbone, pretrain_epochs=args.pretrain_epochs,
+                                 warmup_epochs=args.warmup_epochs,
+                                 k=args.k, device=args.device, progress=args.progress)
+            print(res["table_md"])
+            print(f"{prog}: wrote {', '.join(res['files'])}")
+    except TrainingDiverged as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,303 @@
+r"""The frozen-vs-end-to-end comparison on the digits (``python -m bgcn experiment``).
+
+For every number of labels per class and every seed (the seed fixes the label split, the
+initialisation and the dropout), the methods below are trained/fitted and scored on the test
+images at the epoch of best validation accuracy:
+
+===========================  ==================================================================
+row                          what it is
+===========================  ==================================================================
+``knn_pixels``               kNN classifier on raw pixels (scikit-learn)
+``knn``                      kNN classifier on the pre-trained, frozen features
+``label_spreading``          label spreading (scikit-learn, kNN kernel) on the same features
+``frozen_random``            frozen GCN on a *randomly initialised* backbone (seed 000 §1 with no
+                             pre-training: the extractor has learned nothing)
+``frozen``                   frozen GCN on the pre-trained backbone (seed 000 §1)
+``end2end_features``         end to end from the pre-trained backbone, hard graph, weights unused
+                             (seed 000 §3 as written)
+``end2end_softmax_tau1``     end to end, seed 000's soft top-k at the seed's τ = 1
+``end2end_softmax_taudata``  the same at τ from the data: the τ at which the k nearest neighbours
+                             hold half of the softmax mass on the pre-trained features
+                             (:func:`bgcn.temperature.suggest_tau`, ``method="mass"``)
+``end2end_masked_softmax``   softmax over the k kept similarities, same τ from the data
+``end2end_values``           the kept similarities as weights
+===========================  ==================================================================
+
+The pre-training is a short self-supervised SimCLR-lite run (:func:`bgcn.train.pretrain_backbone`,
+no labels) on all images; its weights are saved to ``OUT/pretrained_<backbone>.pt`` and every
+frozen/end-to-end row loads them with ``create_backbone(pretrained_file=...)``, so "frozen" and
+"end to end" start from the same extractor.
+
+Outputs: ``OUT/experiment.json`` (config, versions, every run with its history summary, the
+summary table), ``OUT/results.md`` and ``OUT/results.csv``.
+
+Taught in: chapter 08 (chapters/08_end_to_end.md).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["METHODS", "run_experiment", "summarize", "format_table", "QUICK", "FULL"]
+
+#: GCN rows: name -> (mode, estimator, tau ("1" or "data"), backbone init ("random"/"pretrained"))
+METHODS: dict[str, tuple[str, str, str, str]] = {
+    "frozen_random": ("frozen", "hard", "1", "random"),
+    "frozen": ("frozen", "hard", "1", "pretrained"),
+    "end2end_features": ("end2end-features", "hard", "1", "pretrained"),
+    "end2end_softmax_tau1": ("end2end", "softmax", "1", "pretrained"),
+    "end2end_softmax_taudata": ("end2end", "softmax", "data", "pretrained"),
+    "end2end_masked_softmax": ("end2end", "masked_softmax", "data", "pretrained"),
+    "end2end_values": ("end2end", "values", "1", "pretrained"),
+}
+BASELINES = ("knn_pixels", "knn", "label_spreading")
+ROWS = BASELINES + tuple(METHODS)
+
+#: Settings of the full and the quick experiment (overridable by run_experiment's arguments).
+FULL = {"labels_per_class": [5, 10, 20], "seeds": 5, "epochs": 100, "warmup_epochs": 60, "backbone": "mlp_digits",
+        "pretrain_epochs": 100, "max_images": None, "lr_backbone": 3e-4, "lr_gcn": 2e-2}
+QUICK = {"labels_per_class": [10], "seeds": 1, "epochs": 4, "warmup_epochs": 2, "backbone": "mlp_digits",
+         "pretrain_epochs": 1, "max_images": 400, "lr_backbone": 3e-4, "lr_gcn": 2e-2}
+
+
+def _subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
+    """The first ``max_images`` images in a class-balanced, seed-independent order (all when None)."""
+    n = labels.shape[0]
+    if max_images is None or max_images >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(12345)
+    perm = torch.randperm(n, generator=g)
+    return perm[:max_images].sort().values
+
+
+def _sk_baselines(feats: np.ndarray, pixels: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                  k: int) -> dict[str, dict]:
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.semi_supervised import LabelSpreading
+
+    out = {}
+    for name, x in (("knn_pixels", pixels), ("knn", feats)):
+        t0 = time.perf_counter()
+        clf = KNeighborsClassifier(n_neighbors=min(k, int(train.sum())), weights="distance", metric="cosine")
+        clf.fit(x[train], labels[train])
+        acc = float((clf.predict(x[test]) == labels[test]).mean())
+        out[name] = {"test_acc": acc, "time_total": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    xn = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    y = np.where(train, labels, -1)
+    ls = LabelSpreading(kernel="knn", n_neighbors=k, alpha=0.2, max_iter=200)
+    ls.fit(xn, y)
+    out["label_spreading"] = {"test_acc": float((ls.transduction_[test] == labels[test]).mean()),
+                              "time_total": time.perf_counter() - t0}
+    return out
+
+
+def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seeds: int | None = None,
+                   labels_per_class: Sequence[int] | None = None, epochs: int | None = None,
+                   backbone: str | None = None, pretrain_epochs: int | None = None, warmup_epochs: int | None = None,
+                   k: int = 10,
+                   device: str = "auto", progress: bool | None = None, max_images: int | None = None,
+                   methods: Sequence[str] | None = None) -> dict:
+    r"""Run the comparison and write ``experiment.json``, ``results.md`` and ``results.csv`` to ``out``.
+
+    Score: test accuracy at the epoch of best validation accuracy (GCN rows; the validation images
+    are never labelled for training), or of the fitted classifier (scikit-learn rows). Reported as
+    mean ± standard deviation (ddof = 1) over seeds, with the mean wall time per epoch.
+
+    ``quick=True`` is a tiny smoke version (:data:`QUICK`: 400 digits, 1 seed, 3 epochs, MLP
+    backbone); every other argument overrides the defaults in :data:`FULL`/:data:`QUICK`.
+
+    Returns ``{"summary": rows, "runs": runs, "table_md": str, "files": [paths], ...}``.
+
+    Shapes: none (file outputs).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    from . import __version__
+    from .backbone import create_backbone, extract_features
+    from .cli import versions
+    from .data import label_masks, load_dataset
+    from .model import build_model
+    from .similarity import cosine_similarity
+    from .temperature import suggest_tau
+    from .train import pretrain_backbone, progress_enabled, train
+    from .utils import get_device, seed_everything
+
+    cfg = dict(QUICK if quick else FULL)
+    for key, val in (("seeds", seeds), ("labels_per_class", labels_per_class), ("epochs", epochs),
+                     ("backbone", backbone), ("pretrain_epochs", pretrain_epochs), ("max_images", max_images),
+                     ("warmup_epochs", warmup_epochs)):
+        if val is not None:
+            cfg[key] = list(val) if key == "labels_per_class" else val
+    rows = list(ROWS if methods is None else methods)
+    bad = [m for m in rows if m not in ROWS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; valid: {list(ROWS)}")
+    cfg.update({"k": k, "device": str(get_device(device)), "quick": quick, "methods": rows,
+                "val_per_class": "= labels_per_class", "weight_decay": 5e-4, "hidden": 64, "dropout": 0.5,
+                "selection": "test accuracy at the epoch of best validation accuracy"})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    show = progress_enabled(progress)
+    t_all = time.perf_counter()
+
+    ds = load_dataset("digits")
+    keep = _subset(ds.labels, cfg["max_images"])
+    images, labels = ds.images[keep], ds.labels[keep]
+    num_classes = int(labels.max()) + 1
+    cfg["num_images"] = int(images.shape[0])
+
+    # ---- pre-training (label-free, once) ---------------------------------------------------------
+    seed_everything(0)
+    bb = create_backbone(cfg["backbone"])
+    pre_path = out / f"pretrained_{cfg['backbone']}.pt"
+    if cfg["pretrain_epochs"] > 0:
+        pre = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=device, progress=show,
+                                save_to=pre_path)
+    else:
+        from .backbone import save_backbone_weights
+
+        save_backbone_weights(bb, pre_path)
+        pre = {"loss": [], "time": 0.0, "path": str(pre_path)}
+    feats = extract_features(bb, images, device=get_device(device), to_cpu=True)
+    tau_data = float(suggest_tau(cosine_similarity(feats), k, method="mass", target_mass=0.5))
+    feats_np = feats.numpy().astype(np.float64)
+    pixels_np = images.reshape(images.shape[0], -1).numpy().astype(np.float64)
+    labels_np = labels.numpy()
+
+    runs: list[dict] = []
+    for lpc in cfg["labels_per_class"]:
+        for seed in range(cfg["seeds"]):
+            tr, va, te = label_masks(labels, lpc, seed=seed)
+            base = _sk_baselines(feats_np, pixels_np, labels_np, tr.numpy(), te.numpy(), k)
+            for name in rows:
+                if name in BASELINES:
+                    runs.append({"method": name, "labels_per_class": lpc, "seed": seed, **base[name],
+                                 "time_per_epoch": None})
+                    continue
+                mode, est, tau_kind, init = METHODS[name]
+                tau = tau_data if tau_kind == "data" else 1.0
+                seed_everything(seed)
+                backbone_ = create_backbone(cfg["backbone"], pretrained_file=pre_path if init == "pretrained" else None)
+                model = build_model(backbone_, num_classes, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
+                                    dropout=cfg["dropout"], mode=mode)
+                res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"],
+                            warmup_epochs=0 if mode == "frozen" else min(cfg["warmup_epochs"], cfg["epochs"]),
+                            lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
+                            seed=seed, device=device, graph_every=0, progress=False)
+                h = res.history
+                g0, g1 = h.graphs[0]["indices"].long(), h.graphs[-1]["indices"].long()
+                from .graph import edge_change_fraction
+
+                runs.append({"method": name, "labels_per_class": lpc, "seed": seed, "mode": mode, "estimator": est,
+                             "tau": tau, "init": init, "test_acc": res.test_acc_at_best_val,
+                             "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
+                             "final_test_acc": res.final["test_acc"], "initial_test_acc": h.initial["test_acc"],
+                             "time_per_epoch": res.timings["per_epoch"], "time_total": res.timings["total"],
+                             "grad_node_mean": float(np.mean(h.grad_node)),
+                             "grad_graph_mean": float(np.mean(h.grad_graph)),
+                             "grad_graph_share": float(np.mean(h.grad_graph) /
+                                                       max(np.mean(h.grad_node) + np.mean(h.grad_graph), 1e-30)),
+                             "edges_changed_total": edge_change_fraction(g0, g1),
+                             "loss_first": h.loss[0], "loss_last": h.loss[-1]})
+                if show:
+                    print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={res.test_acc_at_best_val:.4f} "
+                          f"({res.timings['per_epoch']:.3f} s/epoch)", flush=True)
+    summary = summarize(runs, rows, cfg["labels_per_class"])
+    table = format_table(summary, rows, cfg["labels_per_class"])
+    result = {"config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data,
+              "pretrain": {"loss": pre["loss"], "time": pre["time"], "file": pre_path.name},
+              "runs": runs, "summary": summary, "wall_time_s": time.perf_counter() - t_all}
+    files = [out / "experiment.json", out / "results.md", out / "results.csv"]
+    _write(files[0], json.dumps(_json_safe(result), indent=1))
+    header = (f"Test accuracy (%) at the epoch of best validation accuracy, mean ± std over {cfg['seeds']} seed(s); "
+              f"digits ({cfg['num_images']} images), k = {k}, backbone `{cfg['backbone']}`, {cfg['epochs']} epochs, "
+              f"end-to-end rows: the first {cfg['warmup_epochs']} epochs train the GCN only on the pre-trained features "
+              f"(warm-up), the rest train backbone and GCN together; τ from the data = {tau_data:.4f}. "
+              f"s/epoch: mean wall time per epoch over all epochs of the runs (warm-up epochs included).\n\n")
+    _write(files[1], header + table + "\n")
+    _write_csv(files[2], summary)
+    result["table_md"] = table
+    result["files"] = [str(f) for f in files]
+    return result
+
+
+def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> list[dict]:
+    """Mean ± std (ddof = 1, 0 for one seed) of test accuracy and mean time per epoch per (method, labels)."""
+    out = []
+    for name in rows:
+        for lpc in lpcs:
+            rs = [r for r in runs if r["method"] == name and r["labels_per_class"] == lpc]
+            if not rs:
+                continue
+            acc = np.array([r["test_acc"] for r in rs], dtype=float)
+            tpe = [r["time_per_epoch"] for r in rs if r.get("time_per_epoch") is not None]
+            row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": float(acc.mean()),
+                   "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                   "time_per_epoch": float(np.mean(tpe)) if tpe else None}
+            for key in ("grad_node_mean", "grad_graph_mean", "grad_graph_share", "edges_changed_total",
+                        "final_test_acc", "best_epoch"):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                if vals:
+                    row[key] = float(np.mean(vals))
+            out.append(row)
+    return out
+
+
+def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
+    """Markdown table: one row per method, one column per labels-per-class setting, plus time per epoch."""
+    head = "| method | " + " | ".join(f"{l} labels/class" for l in lpcs) + " | s/epoch |"
+    sep = "|---|" + "---:|" * (len(lpcs) + 1)
+    lines = [head, sep]
+    for name in rows:
+        cells, tpe = [], []
+        for lpc in lpcs:
+            r = next((r for r in summary if r["method"] == name and r["labels_per_class"] == lpc), None)
+            if r is None:
+                cells.append("–")
+                continue
+            cells.append(f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}")
+            if r["time_per_epoch"] is not None:
+                tpe.append(r["time_per_epoch"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(tpe):.3f} |" if tpe else
+                     f"| {name} | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    return obj
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, summary: list[dict]) -> None:
+    keys = ["method", "labels_per_class", "n_seeds", "test_acc_mean", "test_acc_std", "time_per_epoch",
+            "final_test_acc", "best_epoch", "grad_node_mean", "grad_graph_mean", "grad_graph_share",
+            "edges_changed_total"]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for r in summary:
+            w.writerow({k: r.get(k, "") for k in keys})
+    os.replace(tmp, path)

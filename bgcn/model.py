@@ -1,0 +1,344 @@
+r"""``EndToEnd``: images → backbone → features → kNN graph → GCN → log-probabilities, one module.
+
+The graph is rebuilt from the *current* features at every forward pass, so one ``loss.backward()``
+reaches the feature extractor along two paths (seed 000 §3, eq. (12)):
+
+1. **node features**: :math:`F` is the GCN's input :math:`X`, so
+   :math:`\partial L/\partial F \mathrel{+}= \partial L/\partial X`;
+2. **graph**: :math:`F \to S = \hat F \hat F^\top \to \tilde w = \text{estimator}(S) \to` edge
+   weights of the GCN, so :math:`\partial L/\partial F \mathrel{+}= (\partial L/\partial \tilde w)
+   (\partial \tilde w/\partial S)(\partial S/\partial F)`.
+
+The two paths are kept measurable: the features enter the GCN as two aliases ``F_node`` and
+``F_graph`` (``F.clone()`` each; the clone's backward is the identity), so the gradient arriving
+through each path is the gradient of the loss with respect to that alias. A backward hook records
+both (``EndToEnd.last_path_grads``) at no extra cost; :meth:`EndToEnd.path_gradients` returns them
+as tensors. With a hard graph whose weights are unused (seed 000's code as written) path 2 does
+not exist in the autograd graph at all, and its gradient is exactly zero.
+
+Taught in: chapter 08 (chapters/08_end_to_end.md).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .graph import KNNGraph, knn_graph
+from .topk import get_estimator
+from .utils import check_k, check_tau, check_tensor
+
+__all__ = ["EndToEnd", "MODES", "build_model", "score_function_surrogate"]
+
+#: Training modes understood by :class:`EndToEnd` and :func:`bgcn.train.train`.
+MODES = ("frozen", "end2end-features", "end2end")
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True/False), got {type(value).__name__}")
+    return value
+
+
+class EndToEnd(nn.Module):
+    r"""Backbone, differentiable kNN graph and GCN in one ``nn.Module``.
+
+    .. math::
+        F = \text{backbone}(\text{images}),\qquad
+        (\mathcal N, \tilde w) = \text{estimator}(\hat F \hat F^\top, k, \tau),\qquad
+        \log p = \text{GCN}(F, \{(j\to i, \tilde w_{ij}) : j\in\mathcal N_k(i)\})
+
+    Every forward pass rebuilds the graph from the current features (``.last_graph`` keeps the last
+    one). The graph spans *all* images given to the forward — labelled and unlabelled alike — so
+    training is **transductive**: the loss uses the labelled nodes only, but the unlabelled nodes
+    are in the graph and pass messages.
+
+    Which graph reaches the GCN:
+
+    - ``use_graph_weights=True`` (default): the estimator's weights ride on the edges
+      (``edge_weight``); an estimator that returns a dense selection mask (``Selection.dense``, the
+      selection estimators of chapter 09) hands the GCN the dense adjacency ``adj`` instead, so the
+      loss gradient reaches every score, chosen or not.
+    - ``use_graph_weights=False``: only the edges (unit weights) reach the GCN — seed 000's loop as
+      written, which computes ``top_k_weights`` and then calls ``gcn(features, edges)`` without
+      them; the ranking path then carries no gradient.
+    - ``train_backbone=False``: the features are computed under ``no_grad`` (frozen extractor).
+
+    Args:
+        backbone: ``nn.Module`` mapping images (N, C_in, H, W) to features (N, D).
+        gcn: a :class:`bgcn.GCN` (or any module with ``forward(x, edge_index, edge_weight, *, adj)``).
+        k: neighbours per node.
+        estimator: a name in :data:`bgcn.ESTIMATORS` or a callable returning a ``Selection``.
+        tau: temperature τ > 0 (ignored by estimators without one).
+        use_graph_weights: hand the estimator's weights (or dense mask) to the GCN.
+        exclude_self: leave node i out of its own ranking (its similarity is 1; the GCN adds
+            self-loops anyway).
+        symmetric: add j → i for every i → j (mean weight for pairs present both ways); a dense
+            mask is symmetrised as :math:`(A + A^\top)/2`.
+        train_backbone: let gradients reach the backbone.
+        amp: bf16 autocast for the backbone on CUDA (the graph and the GCN stay float32 so the
+            ranking is not decided in bf16). Ignored on the CPU.
+        estimator_kw: extra keyword arguments for the estimator.
+
+    Shapes:
+        - images: (N, C_in, H, W) (or whatever the backbone takes, N first)
+        - features F: (N, D)
+        - output: log-probabilities (N, C)
+        - ``last_graph.edge_index`` (2, E), ``.edge_weight`` (E,), ``.indices``/``.weights`` (N, k)
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+
+    def __init__(self, backbone: nn.Module, gcn: nn.Module, k: int, estimator: Any = "softmax", tau: float = 1.0,
+                 use_graph_weights: bool = True, exclude_self: bool = True, symmetric: bool = False,
+                 train_backbone: bool = True, amp: bool = True, estimator_kw: dict | None = None):
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be a torch.nn.Module (images -> (N, D) features), got {type(backbone).__name__}")
+        if not isinstance(gcn, nn.Module):
+            raise TypeError(f"gcn must be a torch.nn.Module such as bgcn.GCN, got {type(gcn).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be a positive int (neighbours per node)")
+        get_estimator(estimator)  # raises ValueError listing the valid names
+        self.backbone = backbone
+        self.gcn = gcn
+        self.k = int(k)
+        self.estimator = estimator
+        self.tau = check_tau(tau)
+        self.use_graph_weights = _check_bool(use_graph_weights, "use_graph_weights")
+        self.exclude_self = _check_bool(exclude_self, "exclude_self")
+        self.symmetric = _check_bool(symmetric, "symmetric")
+        self.train_backbone = _check_bool(train_backbone, "train_backbone")
+        self.amp = _check_bool(amp, "amp")
+        if estimator_kw is not None and not isinstance(estimator_kw, dict):
+            raise TypeError(f"estimator_kw must be a dict or None, got {type(estimator_kw).__name__}")
+        self.estimator_kw = dict(estimator_kw or {})
+        self.last_graph: KNNGraph | None = None
+        #: ``{"node": ∂L/∂F via the node features, "graph": ∂L/∂F via the graph}``, filled by the
+        #: backward pass that follows a forward in grad mode (absent path = not filled).
+        self.last_path_grads: dict[str, torch.Tensor] = {}
+        self._aliases: dict[str, torch.Tensor] = {}
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def configure(self, mode: str) -> "EndToEnd":
+        """Set the graph settings of a training mode (see :data:`MODES`) and return ``self``.
+
+        - ``"frozen"``: ``train_backbone=False``, hard graph, weights unused (seed 000 §1);
+        - ``"end2end-features"``: ``train_backbone=True``, hard graph, weights unused (seed 000 §3
+          as written);
+        - ``"end2end"``: ``train_backbone=True``, the estimator's weights on the edges.
+
+        For the first two the estimator is replaced by ``"hard"``; ``end2end`` keeps it.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
+        if mode in ("frozen", "end2end-features"):
+            self.estimator, self.use_graph_weights = "hard", False
+        else:
+            self.use_graph_weights = True
+        self.train_backbone = mode != "frozen"
+        for p in self.backbone.parameters():
+            p.requires_grad_(self.train_backbone)
+        return self
+
+    @property
+    def estimator_name(self) -> str:
+        fn = get_estimator(self.estimator)
+        return getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        r"""Backbone features :math:`F` (N, D) (bf16 autocast output cast back to float32); under ``no_grad`` when frozen.
+
+        Shapes: images (N, ...) -> F (N, D)
+        """
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor (N, C_in, H, W), got {type(images).__name__}")
+        ctx = torch.no_grad() if not self.train_backbone else contextlib.nullcontext()
+        amp = self.amp and images.device.type == "cuda"
+        with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp) if amp else contextlib.nullcontext():
+            feats = self.backbone(images)
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 2:
+            raise ValueError(f"the backbone must return (N, D) features, got "
+                             f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+        # autocast output (bf16) back to float32; float32/float64 stay as they are
+        return feats.float() if feats.dtype in (torch.float16, torch.bfloat16) else feats
+
+    def build_graph(self, features: torch.Tensor, generator: torch.Generator | None = None) -> KNNGraph:
+        r"""The kNN graph of ``features`` with this model's k, estimator and τ (:func:`bgcn.knn_graph`).
+
+        Shapes: features (N, D) -> KNNGraph with edge_index (2, E), edge_weight (E,), indices (N, k)
+        """
+        return knn_graph(features, self.k, self.estimator, self.tau, exclude_self=self.exclude_self,
+                         symmetric=self.symmetric, generator=generator, **self.estimator_kw)
+
+    def gcn_forward(self, x: torch.Tensor, graph: KNNGraph) -> torch.Tensor:
+        r"""Run the GCN on node features ``x`` and ``graph`` as configured (weights, dense mask or edges only).
+
+        Shapes: x (N, D), graph with N nodes -> log-probabilities (N, C)
+        """
+        if not self.use_graph_weights:
+            return self.gcn(x, graph.edge_index)
+        if graph.dense is not None:
+            adj = graph.dense
+            if self.symmetric:
+                adj = 0.5 * (adj + adj.transpose(0, 1))
+            return self.gcn(x, adj=adj)
+        return self.gcn(x, graph.edge_index, graph.edge_weight)
+
+    def forward(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Log-probabilities :math:`\log p = \text{GCN}(F, \text{graph}(F))` for every image (transductive).
+
+        Pass ``images`` (the backbone runs), or precomputed ``features`` (the backbone is skipped;
+        used for a frozen extractor). In grad mode the features enter the GCN as two aliases whose
+        gradients are recorded in ``last_path_grads`` during the next backward.
+
+        Shapes:
+            - images: (N, C_in, H, W) or features: (N, D)
+            - output: (N, C)
+        """
+        if (images is None) == (features is None):
+            raise ValueError("give exactly one of images (runs the backbone) or features (precomputed (N, D))")
+        if features is None:
+            feats = self.features(images)
+        else:
+            feats = check_tensor(features, "features", ndim=2, finite=False)
+        if not bool(torch.isfinite(feats.detach()).all()):
+            raise FloatingPointError("the backbone produced NaN/Inf features; training has diverged "
+                                     "(lower the learning rate, or check the input images)")
+        self.last_path_grads = {}
+        self._aliases = {}
+        if feats.requires_grad and torch.is_grad_enabled():
+            f_node, f_graph = feats.clone(), feats.clone()
+            self._aliases = {"node": f_node, "graph": f_graph}
+            for name, t in self._aliases.items():
+                t.register_hook(self._make_hook(name))
+        else:
+            f_node = f_graph = feats
+        graph = self.build_graph(f_graph, generator=generator)
+        self.last_graph = graph
+        return self.gcn_forward(f_node, graph)
+
+    def _make_hook(self, name: str):
+        def hook(grad: torch.Tensor) -> None:
+            self.last_path_grads[name] = grad.detach()
+        return hook
+
+    def path_grad_norms(self) -> dict[str, float]:
+        r"""Norms :math:`\lVert\partial L/\partial F\rVert` per path after a backward: keys ``node``,
+        ``graph`` and ``total`` (norm of their sum). A path the backward never reached counts 0.
+        """
+        g_node = self.last_path_grads.get("node")
+        g_graph = self.last_path_grads.get("graph")
+        out = {"node": 0.0 if g_node is None else float(g_node.norm()),
+               "graph": 0.0 if g_graph is None else float(g_graph.norm())}
+        if g_node is None and g_graph is None:
+            out["total"] = 0.0
+        else:
+            tot = (0 if g_node is None else g_node) + (0 if g_graph is None else g_graph)
+            out["total"] = float(tot.norm())
+        return out
+
+    def path_gradients(self, loss: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
+        r"""The gradient of ``loss`` with respect to the features along each path, via ``torch.autograd.grad``.
+
+        .. math::
+            g_\text{node} = \frac{\partial L}{\partial F}\Big|_\text{node features},\quad
+            g_\text{graph} = \frac{\partial L}{\partial F}\Big|_{F\to S\to\tilde w},\quad
+            \frac{\partial L}{\partial F} = g_\text{node} + g_\text{graph}
+
+        Call it right after a forward in grad mode (the backbone must be trainable). A path absent
+        from the autograd graph (e.g. the graph path when the weights are unused) gives an exact
+        zero tensor. Does not touch any ``.grad``.
+
+        Shapes: returns ``{"node": (N, D), "graph": (N, D)}``
+        """
+        if not self._aliases:
+            raise RuntimeError("path_gradients needs a forward pass in grad mode with a trainable backbone "
+                               "(train_backbone=True) right before it")
+        names = list(self._aliases)
+        ts = [self._aliases[n] for n in names]
+        grads = torch.autograd.grad(loss, ts, retain_graph=retain_graph, allow_unused=True)
+        return {n: (torch.zeros_like(t) if g is None else g) for n, t, g in zip(names, ts, grads)}
+
+    def extra_repr(self) -> str:
+        return (f"k={self.k}, estimator={self.estimator_name!r}, tau={self.tau}, "
+                f"use_graph_weights={self.use_graph_weights}, exclude_self={self.exclude_self}, "
+                f"symmetric={self.symmetric}, train_backbone={self.train_backbone}")
+
+
+def score_function_surrogate(log_prob: torch.Tensor, node_loss: torch.Tensor, mask: torch.Tensor,
+                             reward: str = "node", baseline: str | float = "mean") -> torch.Tensor:
+    r"""Score-function (REINFORCE) surrogate for a *sampled* graph (extension point for chapter 09).
+
+    A stochastic estimator (e.g. ``gumbel_reinforce``) that samples node i's neighbour set with
+    log-probability :math:`\log p_i` puts it in ``KNNGraph.info["log_prob"]`` (N,). The training
+    loop (:func:`bgcn.train.train`) then adds to the loss
+
+    .. math::
+        \mathcal L_\text{sf} = \frac{1}{|M|}\sum_{i\in M} (R_i - b)\,\log p_i
+        \quad(\texttt{reward="node"}),\qquad
+        \mathcal L_\text{sf} = (R - b)\,\frac{1}{N}\sum_{i=1}^{N} \log p_i
+        \quad(\texttt{reward="global"}),
+
+    whose gradient is an unbiased estimate of :math:`\nabla\,\mathbb E[\ell]` through the sampling
+    (we *minimise* a loss, so the "reward" is the detached loss). ``"node"``: labelled node i's
+    choice is credited with its own loss :math:`R_i = \ell_i` (low variance; unlabelled nodes'
+    choices get no signal); ``"global"``: every node's choice is credited with the mean labelled
+    loss :math:`R`. Baseline :math:`b`: ``"mean"`` = mean of the :math:`R_i` (``"node"`` only),
+    ``"none"`` = 0, or a float (e.g. a moving average of past losses, kept by the caller). The
+    surrogate's value is meaningless; only its gradient is.
+
+    Shapes:
+        - log_prob: (N,)
+        - node_loss: (N,) per-node loss (only entries in ``mask`` are used)
+        - mask: (N,) bool, the labelled nodes M
+        - output: () scalar
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md); used in chapter 09.
+    """
+    check_tensor(log_prob, "log_prob", ndim=1, finite=False)
+    if reward not in ("node", "global"):
+        raise ValueError(f"reward={reward!r} must be 'node' or 'global'")
+    ell = node_loss.detach().to(log_prob.dtype)
+    if reward == "node":
+        r = ell[mask]
+        if baseline == "mean":
+            b = r.mean()
+        elif baseline == "none":
+            b = 0.0
+        else:
+            b = float(baseline)
+        return ((r - b) * log_prob[mask]).mean()
+    if baseline == "mean":
+        raise ValueError("baseline='mean' is meaningless with one global reward (it cancels the signal); "
+                         "pass 'none' or a float such as a moving average of past losses")
+    b = 0.0 if baseline == "none" else float(baseline)
+    return (ell[mask].mean() - b) * log_prob.mean()
+
+
+def build_model(backbone: nn.Module, num_classes: int, k: int = 10, estimator: Any = "softmax", tau: float = 1.0,
+                hidden: int = 64, dropout: float = 0.5, mode: str = "end2end", **kw: Any) -> EndToEnd:
+    r"""Convenience: a :class:`bgcn.GCN` sized for ``backbone`` wrapped with it in an :class:`EndToEnd`.
+
+    ``GCN(backbone.num_features, hidden, num_classes, dropout)``, then :meth:`EndToEnd.configure`
+    with ``mode``. Extra keyword arguments go to :class:`EndToEnd`.
+
+    Shapes: the returned module maps images (N, C_in, H, W) to log-probabilities (N, num_classes)
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    from .gcn import GCN
+
+    d = getattr(backbone, "num_features", None)
+    if not isinstance(d, int) or d <= 0:
+        raise TypeError("backbone must have an int .num_features (its feature dimension D); "
+                        "create it with bgcn.create_backbone")
+    gcn = GCN(d, hidden, num_classes, dropout=dropout)
+    return EndToEnd(backbone, gcn, k, estimator=estimator, tau=tau, **kw).configure(mode)

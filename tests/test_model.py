@@ -1,0 +1,160 @@
+"""EndToEnd: which gradient reaches the backbone, by which path (chapter 08)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bgcn.backbone import create_backbone
+from bgcn.data import label_masks, load_dataset
+from bgcn.model import EndToEnd, build_model, score_function_surrogate
+from bgcn.topk import Selection
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("synthetic", n=120, num_classes=4, seed=0)
+    tr, va, te = label_masks(ds.labels, 5, seed=0)
+    return ds.images, ds.labels, tr
+
+
+def _model(mode, estimator="softmax", tau=0.1, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(create_backbone("mlp_digits"), 4, k=5, estimator=estimator, tau=tau, hidden=16,
+                       mode=mode, **kw)
+
+
+def _loss(model, images, labels, mask):
+    logp = model(images)
+    return F.nll_loss(logp[mask], labels[mask])
+
+
+def test_gradient_reaches_backbone_in_end2end(data):
+    images, labels, tr = data
+    model = _model("end2end")
+    _loss(model, images, labels, tr).backward()
+    grads = [p.grad for p in model.backbone.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    norms = model.path_grad_norms()
+    assert norms["node"] > 0 and norms["graph"] > 0
+
+
+def test_no_gradient_reaches_backbone_when_frozen(data):
+    images, labels, tr = data
+    model = _model("frozen")
+    loss = _loss(model, images, labels, tr)
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.gcn.parameters())
+    assert model.path_grad_norms() == {"node": 0.0, "graph": 0.0, "total": 0.0}
+
+
+@pytest.mark.parametrize("mode,estimator,graph_zero", [("end2end-features", "softmax", True),
+                                                         ("end2end", "softmax", False),
+                                                         ("end2end", "values", False),
+                                                         ("end2end", "masked_softmax", False),
+                                                         ("end2end", "hard", True)])
+def test_graph_path_gradient(data, mode, estimator, graph_zero):
+    """Seed 000 as written (weights unused) gives an exactly zero ranking-path gradient."""
+    images, labels, tr = data
+    model = _model(mode, estimator)
+    loss = _loss(model, images, labels, tr)
+    g = model.path_gradients(loss)
+    assert float(g["node"].abs().sum()) > 0
+    if graph_zero:
+        assert torch.equal(g["graph"], torch.zeros_like(g["graph"]))
+    else:
+        assert float(g["graph"].abs().sum()) > 0
+
+
+def test_paths_add_up_to_the_total_gradient(data):
+    """dL/dF = g_node + g_graph, and the backward hooks record the same tensors."""
+    images, labels, tr = data
+    model = _model("end2end", "softmax", tau=0.2).double()
+    with torch.no_grad():
+        feats = model.backbone(images.double())
+    feats.requires_grad_(True)
+    logp = model(features=feats)
+    loss = F.nll_loss(logp[tr], labels[tr])
+    g = model.path_gradients(loss, retain_graph=True)
+    (total,) = torch.autograd.grad(loss, feats, retain_graph=True)
+    torch.testing.assert_close(g["node"] + g["graph"], total)
+    loss.backward()
+    torch.testing.assert_close(model.last_path_grads["node"], g["node"])
+    torch.testing.assert_close(model.last_path_grads["graph"], g["graph"])
+
+
+def test_graph_rebuilt_from_current_features(data):
+    images, labels, tr = data
+    model = _model("end2end")
+    model(images)
+    g1 = model.last_graph.indices.clone()
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    model(images)
+    assert not torch.equal(g1, model.last_graph.indices)
+    assert model.last_graph.edge_index.shape == (2, images.shape[0] * 5)
+
+
+def test_dense_selection_goes_through_adj(data):
+    """An estimator with Selection.dense hands the GCN a dense adjacency: every score gets gradient."""
+    images, labels, tr = data
+    seen = {}
+
+    def dense_softmax(scores, k, tau=1.0, *, exclude_self=False, generator=None):
+        s = scores.masked_fill(torch.eye(scores.shape[0], dtype=torch.bool), float("-inf")) if exclude_self else scores
+        w = torch.softmax(s / tau, dim=-1)
+        idx = torch.topk(s.detach(), k, dim=-1).indices
+        s.retain_grad()
+        seen["s"] = s
+        return Selection(idx, w.gather(1, idx), dense=w)
+
+    model = _model("end2end", dense_softmax)
+    _loss(model, images, labels, tr).backward()
+    grad = seen["s"].grad
+    off = ~torch.eye(grad.shape[0], dtype=torch.bool)
+    # the dense path reaches (almost) every off-diagonal score, not only the k selected per row
+    assert float((grad[off] != 0).float().mean()) > 0.9
+
+
+def test_bad_arguments_are_clear():
+    bb = create_backbone("mlp_digits")
+    from bgcn.gcn import GCN
+
+    gcn = GCN(64, 8, 3)
+    with pytest.raises(ValueError, match="k="):
+        EndToEnd(bb, gcn, k=0)
+    with pytest.raises(ValueError, match="estimator"):
+        EndToEnd(bb, gcn, k=3, estimator="nope")
+    with pytest.raises(ValueError, match="tau"):
+        EndToEnd(bb, gcn, k=3, tau=-1.0)
+    with pytest.raises(TypeError, match="backbone"):
+        EndToEnd("vit", gcn, k=3)
+    with pytest.raises(ValueError, match="mode"):
+        EndToEnd(bb, gcn, k=3).configure("end-to-end")
+    with pytest.raises(ValueError, match="exactly one"):
+        EndToEnd(bb, gcn, k=3)()
+
+
+def test_score_function_surrogate_gradient():
+    """Its gradient is sum (l_i - b) dlogp_i / |M| over the labelled nodes; the baseline is the mean."""
+    theta = torch.randn(6, requires_grad=True)
+    log_prob = torch.log_softmax(theta, 0)
+    node_loss = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    mask = torch.tensor([True, True, True, False, False, False])
+    score_function_surrogate(log_prob, node_loss, mask).backward()
+    expect_coef = torch.tensor([-1.0, 0.0, 1.0, 0, 0, 0]) / 3
+    (expect,) = torch.autograd.grad(torch.log_softmax(theta, 0), theta, grad_outputs=expect_coef)
+    torch.testing.assert_close(theta.grad, expect)
+    with pytest.raises(ValueError, match="baseline"):
+        score_function_surrogate(log_prob.detach(), node_loss, mask, reward="global", baseline="mean")
