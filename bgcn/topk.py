@@ -11,7 +11,7 @@ name                    weights :math:`\tilde w_{ij}` for j in top-k          gr
 ======================  ====================================================  ==============================================
 ``"hard"``              1                                                     none
 ``"values"``            :math:`\max(S_{ij}, 0)`                               through the selection matrix (chapter 02)
-``"softmax"``           :math:`\mathrm{softmax}(S_i/\tau)_j` over the full row  softmax Jacobian, all N entries of the row
+``"softmax"``           :math:`\mathrm{softmax}(S_i/\tau)_j`, full row            softmax Jacobian, all N entries of the row
 ``"masked_softmax"``    softmax over the k kept scores only                   only the k kept entries of the row
 ======================  ====================================================  ==============================================
 
