@@ -60,7 +60,7 @@ def register_backbone(name: str, **defaults: Any) -> Callable[[Callable[..., nn.
     must map (N, C_in, H, W) to (N, D) and have ``.num_features == D``.
 
     Shapes:
-        builder(**cfg)(images (N, C_in, H, W)) -> features (N, D)
+        - ``builder(**cfg)(images)``: images (N, C_in, H, W) -> features (N, D)
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
