@@ -194,7 +194,8 @@ def gradient_norm_vs_tau(scores: torch.Tensor, taus: Sequence[float], k: int = 1
 
 
 def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target_mass: float = 0.5,
-                exclude_self: bool = True, tau_bounds: tuple[float, float] = (1e-4, 1e2)) -> float:
+                exclude_self: bool = True, tau_bounds: tuple[float, float] = (1e-4, 1e2),
+                rows: int | torch.Tensor | None = None, seed: int = 0) -> float:
     r"""A temperature chosen from the similarities themselves instead of a constant.
 
     Methods:
@@ -216,6 +217,9 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
         neighbour outweighs the first dropped one by a factor e. This is a scale for the *order* of
         the row, usually far smaller than the others, and it saturates the softmax (chapter 05).
 
+    ``rows`` (int, drawn with ``seed``, or an index tensor) estimates from a subset of rows, each
+    with all its columns; the result is returned clipped to ``tau_bounds``.
+
     Shapes:
         - similarities: (N, M)
         - output: float
@@ -230,7 +234,7 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
     k = check_k(k, similarities.shape[-1], exclude_self=exclude_self)
     if k >= n:
         raise ValueError(f"k={k} keeps every candidate; a temperature only matters for k < {n}")
-    s = _rows(similarities, exclude_self).double()
+    s = _rows(similarities, exclude_self, rows, seed).double()
     lo, hi = (check_positive(b, "tau_bounds") for b in tau_bounds)
     if lo >= hi:
         raise ValueError(f"tau_bounds={tau_bounds} must be (low, high) with low < high")
@@ -262,6 +266,6 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
             a = m
         else:
             b = m
-        if b - a < 1e-6:
+        if b - a < 1e-5:
             break
     return float(math.exp(0.5 * (a + b)))

@@ -112,6 +112,15 @@ def _slider(labels: Sequence[str], frame_names: Sequence[str], prefix: str, acti
                 steps=[dict(method="animate", label=lab, args=[[nm], _ANIM]) for lab, nm in zip(labels, frame_names)])
 
 
+def _active(active: Any, n_steps: int) -> int:
+    if isinstance(active, bool) or not isinstance(active, (int, np.integer)):
+        raise TypeError(f"active must be an int (the index of the first slider step), got {type(active).__name__}")
+    a = int(active)
+    if not -n_steps <= a < n_steps:
+        raise ValueError(f"active={a} is not a step index; there are {n_steps} steps")
+    return a % n_steps
+
+
 def _play_buttons(y: float = -0.08) -> dict:
     return dict(type="buttons", showactive=False, direction="left", x=0.0, y=y, xanchor="right", yanchor="top",
                 pad={"t": 40, "r": 10},
@@ -273,13 +282,14 @@ def _same_class_share(idx: np.ndarray, lab: np.ndarray) -> float:
 # --------------------------------------------------------------------------- chapter 05
 
 def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_bars: int = 60,
-                               title: str = "softmax(s/τ) of one row"):
+                               title: str = "softmax(s/τ) of one row", active: int = 0):
     r"""Plotly figure with one slider step per τ: the softmax weights of one row, and n_eff / top-k mass vs τ.
 
-    Left: bars of :math:`w = \mathrm{softmax}(s/\tau)` for the ``max_bars`` largest scores, sorted
-    (the k largest highlighted). Right: the effective number of neighbours :math:`e^{H(w)}` divided
+    Top: bars of :math:`w = \mathrm{softmax}(s/\tau)` for the ``max_bars`` largest scores, sorted
+    (the k largest highlighted). Bottom: the effective number of neighbours :math:`e^{H(w)}` divided
     by n and the top-k mass :math:`\sum_{j\in\text{top-}k} w_j`, both in [0, 1], against τ (log
-    axis), with markers at the current τ. The slider title shows τ, :math:`e^H` and the top-k mass.
+    axis), with markers at the current τ. The title shows τ, :math:`e^H` and the top-k mass.
+    ``active`` is the slider step shown first (an index into ``taus``).
 
     Args:
         scores: one row of similarities, shape (n,).
@@ -310,42 +320,46 @@ def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_b
     bar_w = [torch.softmax(s / t, 0)[order[:max_bars]].numpy() for t in taus]
     colours = [("#d62728" if (k is not None and r < kk) else "#7f7f7f") for r in range(max_bars)]
     ymax = float(max(b.max() for b in bar_w)) * 1.05
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.12,
+    a = _active(active, len(taus))
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.55, 0.45], vertical_spacing=0.2,
                         subplot_titles=(f"weights of the {max_bars} largest of n = {n} scores",
-                                        "effective neighbours / n and top-k mass vs τ"))
+                                        "effective neighbours / n and top-k mass against τ"))
     x_bars = np.arange(1, max_bars + 1)
-    fig.add_trace(go.Bar(x=x_bars, y=np.round(bar_w[0], 6), marker_color=colours, name="softmax weight",
+    fig.add_trace(go.Bar(x=x_bars, y=np.round(bar_w[a], 6), marker_color=colours, name="softmax weight",
                          showlegend=False, hovertemplate="rank %{x}: w = %{y:.4g}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Scatter(x=taus, y=eff_share, mode="lines", name="e<sup>H</sup> / n", line={"color": "#1f77b4"}), 1, 2)
-    fig.add_trace(go.Scatter(x=taus, y=mass, mode="lines", name=f"top-{kk} mass", line={"color": "#d62728"}), 1, 2)
-    fig.add_trace(go.Scatter(x=[taus[0], taus[0]], y=[eff_share[0], mass[0]], mode="markers", showlegend=False,
+    fig.add_trace(go.Scatter(x=taus, y=eff_share, mode="lines", name="e<sup>H</sup> / n", line={"color": "#1f77b4"}), 2, 1)
+    fig.add_trace(go.Scatter(x=taus, y=mass, mode="lines", name=f"top-{kk} mass", line={"color": "#d62728"}), 2, 1)
+    fig.add_trace(go.Scatter(x=[taus[a], taus[a]], y=[eff_share[a], mass[a]], mode="markers", showlegend=False,
                              marker={"size": 11, "color": ["#1f77b4", "#d62728"], "line": {"width": 1, "color": "black"}},
-                             hoverinfo="skip"), 1, 2)
+                             hoverinfo="skip"), 2, 1)
     names = [f"tau={t:.4g}" for t in taus]
     fig.frames = [go.Frame(name=nm, traces=[0, 3],
                            data=[go.Bar(y=np.round(bw, 6)), go.Scatter(x=[t, t], y=[e, m])],
                            layout={"title": {"text": f"{title}: τ = {t:.3g}, e<sup>H</sup> = {e * n:.1f} of n = {n}, "
                                                      f"top-{kk} mass = {100 * m:.1f} %"}})
                   for nm, t, bw, e, m in zip(names, taus, bar_w, eff_share, mass)]
-    fig.update_layout(title={"text": fig.frames[0].layout.title.text}, height=470, margin={"t": 90, "b": 40},
-                      sliders=[_slider([f"{t:.3g}" for t in taus], names, "τ = ")],
-                      legend={"x": 0.62, "y": 0.98, "bgcolor": "rgba(255,255,255,0.7)"})
+    fig.update_layout(title={"text": fig.frames[a].layout.title.text, "font": {"size": 13}}, height=720,
+                      margin={"t": 80, "b": 40, "l": 60, "r": 20},
+                      sliders=[_slider([f"{t:.3g}" for t in taus], names, "τ = ", active=a)],
+                      legend={"x": 0.99, "xanchor": "right", "y": 0.40, "bgcolor": "rgba(255,255,255,0.8)"})
     fig.update_xaxes(title_text="rank of the score in the row", row=1, col=1)
     fig.update_yaxes(title_text="softmax weight w", range=[0, ymax], row=1, col=1)
-    fig.update_xaxes(title_text="temperature τ (log scale)", type="log", row=1, col=2)
-    fig.update_yaxes(title_text="share (0–1)", range=[0, 1.05], row=1, col=2)
+    fig.update_xaxes(title_text="temperature τ (log scale)", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="share (0–1)", range=[0, 1.05], row=2, col=1)
     return fig
 
 
 def effective_neighbours_figure(Ns: Sequence[int], taus: Any, features: Any = None, similarities: Any = None,
-                                k: int = 10, rows: int = 200, seed: int = 0, exclude_self: bool = True):
+                                k: int = 10, rows: int = 200, seed: int = 0, exclude_self: bool = True,
+                                active: int = 0):
     r"""Plotly figure: effective number of neighbours :math:`e^{H}` and top-k mass against τ, one line per N.
 
     For each N a random subset of N nodes is drawn (``seed``) from ``features`` (cosine similarity)
     or from a square ``similarities`` matrix, and :func:`bgcn.temperature.temperature_sweep` is run
     on its similarity matrix (``rows`` rows averaged, each a softmax over all N - 1 other nodes).
     Left: :math:`e^H` (log–log, with the uniform level N - 1 dotted); right: top-k mass. A slider
-    over τ moves one marker per line and prints the values at that τ.
+    over τ moves one marker per line and prints the values at that τ in the title. ``active`` is
+    the slider step shown first.
 
     Shapes: features (N_max, D) or similarities (N_max, N_max); every N <= N_max.
 
@@ -390,23 +404,27 @@ def effective_neighbours_figure(Ns: Sequence[int], taus: Any, features: Any = No
         fig.add_trace(go.Scatter(x=[taus[0], taus[-1]], y=[res[v]["n"]] * 2, mode="lines", showlegend=False,
                                  line={"color": col, "dash": "dot", "width": 1}, hoverinfo="skip"), 1, 1)
     n_static = len(fig.data)
-    eff0 = [float(res[v]["effective"][0]) for v in Ns]
-    mass0 = [float(res[v]["topk_mass"][0]) for v in Ns]
+    a = _active(active, len(taus))
+    eff0 = [float(res[v]["effective"][a]) for v in Ns]
+    mass0 = [float(res[v]["topk_mass"][a]) for v in Ns]
     marker = {"size": 10, "color": [QUALITATIVE[c % 10] for c in range(len(Ns))], "line": {"width": 1, "color": "black"}}
-    fig.add_trace(go.Scatter(x=[taus[0]] * len(Ns), y=eff0, mode="markers", marker=marker, showlegend=False), 1, 1)
-    fig.add_trace(go.Scatter(x=[taus[0]] * len(Ns), y=mass0, mode="markers", marker=marker, showlegend=False), 1, 2)
+    fig.add_trace(go.Scatter(x=[taus[a]] * len(Ns), y=eff0, mode="markers", marker=marker, showlegend=False), 1, 1)
+    fig.add_trace(go.Scatter(x=[taus[a]] * len(Ns), y=mass0, mode="markers", marker=marker, showlegend=False), 1, 2)
     names = [f"tau={t:.4g}" for t in taus]
     frames = []
     for i, (nm, t) in enumerate(zip(names, taus)):
         eff = [float(res[v]["effective"][i]) for v in Ns]
         mass = [float(res[v]["topk_mass"][i]) for v in Ns]
-        txt = "; ".join(f"N={v}: e<sup>H</sup> = {e:.4g}, top-{k} mass {100 * m:.3g} %" for v, e, m in zip(Ns, eff, mass))
+        parts = [f"N = {v}: e<sup>H</sup> = {e:.4g}, top-{k} {100 * m:.3g} %" for v, e, m in zip(Ns, eff, mass)]
+        txt = "<br>".join(" | ".join(parts[j:j + 2]) for j in range(0, len(parts), 2))
         frames.append(go.Frame(name=nm, traces=[n_static, n_static + 1],
                                data=[go.Scatter(x=[t] * len(Ns), y=eff), go.Scatter(x=[t] * len(Ns), y=mass)],
-                               layout={"title": {"text": f"τ = {t:.3g} — {txt}", "font": {"size": 12}}}))
+                               layout={"title": {"text": f"τ = {t:.3g}<br>{txt}", "font": {"size": 12}}}))
     fig.frames = frames
-    fig.update_layout(title=frames[0].layout.title, height=480, margin={"t": 100},
-                      sliders=[_slider([f"{t:.3g}" for t in taus], names, "τ = ")])
+    n_lines = 2 + (len(Ns) - 1) // 2
+    fig.update_layout(title=frames[a].layout.title, height=520 + 16 * n_lines, margin={"t": 50 + 18 * n_lines, "r": 20},
+                      legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.2, "yanchor": "top"},
+                      sliders=[_slider([f"{t:.3g}" for t in taus], names, "τ = ", active=a, y=-0.32)])
     fig.update_xaxes(title_text="temperature τ (log scale)", type="log")
     fig.update_yaxes(title_text="e<sup>H</sup> (neighbours, log scale)", type="log", row=1, col=1)
     fig.update_yaxes(title_text=f"share of the mass in the top {k}", range=[0, 1.05], row=1, col=2)
@@ -417,7 +435,7 @@ def effective_neighbours_figure(Ns: Sequence[int], taus: Any, features: Any = No
 
 def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Sequence[int], taus: Any,
                      estimator: str = "softmax", exclude_self: bool = True, n_bins: int = 4,
-                     class_names: Sequence[str] | None = None, title: str = "kNN graph"):
+                     class_names: Sequence[str] | None = None, title: str = "kNN graph", active: int = 0):
     r"""Plotly figure of the kNN graph of N nodes with one slider step per (k, τ) pair.
 
     Nodes sit at ``positions`` (e.g. :func:`layout_2d`), coloured by class (legend). For each k in
@@ -425,7 +443,8 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
     estimator, τ) is drawn: each edge j → i a segment whose width is proportional to its weight
     relative to the largest weight of that step (:func:`edge_segments`), grey within a class and red
     across classes. The slider label is ``k=…, τ=…``; the title gives the share of same-class edges
-    and the mean weight of the first and the k-th neighbour.
+    and the mean weight of the first and the k-th neighbour. ``active`` is the step shown first
+    (index into the (k, τ) product, k outer).
 
     One slider over the product keeps steps self-contained on a static page (two Plotly sliders
     cannot combine their settings). Keep N·k·len(ks)·len(taus) moderate: 150 nodes, k ≤ 10 and
@@ -454,7 +473,8 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
                 idx, w = g.indices.cpu().numpy(), g.weights.double().cpu().numpy()
                 segs = edge_segments(p, idx, w, lab, n_bins=n_bins)
                 steps.append((k, t, segs, _same_class_share(idx, lab), w[:, 0].mean(), w[:, -1].mean()))
-    segs0 = steps[0][2]
+    a = _active(active, len(steps))
+    segs0 = steps[a][2]
     fig = go.Figure(_edge_traces(segs0) + _node_traces(p, lab, class_names))
     n_edge = len(segs0)
     names, labs, frames = [], [], []
@@ -462,17 +482,17 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
         nm = f"k={k},tau={t:.4g}"
         names.append(nm)
         labs.append(f"k={k}, τ={t:.3g}")
-        ttl = (f"{title} ({estimator}): k = {k}, τ = {t:.3g} — {100 * same:.1f} % same-class edges; "
+        ttl = (f"{title} ({estimator}): k = {k}, τ = {t:.3g}<br>{100 * same:.1f} % same-class edges; "
                f"mean weight of 1st / {k}-th neighbour {w1:.3g} / {wk:.3g}")
         frames.append(go.Frame(name=nm, traces=list(range(n_edge)),
                                data=[go.Scatter(x=s["x"], y=s["y"], line={"width": s["width"], "color": s["color"]})
                                      for s in segs], layout={"title": {"text": ttl}}))
     fig.frames = frames
-    fig.update_layout(title={"text": frames[0].layout.title.text, "font": {"size": 13}}, height=650,
-                      margin={"t": 70, "l": 20, "r": 20}, plot_bgcolor="white",
+    fig.update_layout(title={"text": frames[a].layout.title.text, "font": {"size": 12}}, height=700,
+                      margin={"t": 80, "l": 10, "r": 10}, plot_bgcolor="white",
                       xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
-                      legend={"title": {"text": "node colour = class"}},
-                      sliders=[_slider(labs, names, "", y=0.0)])
+                      legend={"title": {"text": "class"}, "font": {"size": 11}},
+                      sliders=[_slider(labs, names, "", active=a, y=0.0)])
     return fig
 
 
@@ -490,8 +510,8 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Sequence[Any], a
             (e.g. ``{"train": [...], "test": [...]}``), in [0, 1] or in %.
         epochs: the epoch of each recorded graph (default 0, 1, …, T-1); indexes the curves.
 
-    Left: the graph of each recorded epoch (edge width ∝ relative weight, grey same-class / red
-    cross-class edges); right: the curves with a marker at the current epoch. A play button and a
+    Top: the graph of each recorded epoch (edge width ∝ relative weight, grey same-class / red
+    cross-class edges); bottom: the curves with a marker at the current epoch. A play button and a
     slider step through the T frames; the title gives the share of same-class edges and the share
     of edges changed since the previous frame.
 
@@ -529,7 +549,7 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Sequence[Any], a
         if len(c) <= max(epochs):
             raise ValueError(f"accuracy curve {kname!r} has {len(c)} epochs but a graph was recorded at epoch {max(epochs)}")
     pct = max(np.nanmax(c) for c in curves.values()) > 1.0 + 1e-9
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.06,
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.72, 0.28], vertical_spacing=0.08,
                         subplot_titles=("graph (node colour = class)", "accuracy"))
     segs0 = edge_segments(pos_t[0], ranks[0][0], ranks[0][1], lab, n_bins=n_bins)
     for tr in _edge_traces(segs0, "x", "y"):
@@ -573,18 +593,18 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Sequence[Any], a
         nm = f"epoch={e}"
         names.append(nm)
         frames.append(go.Frame(name=nm, traces=traces, data=data,
-                               layout={"title": {"text": f"{title} — epoch {e}: {accs}; "
+                               layout={"title": {"text": f"{title} — epoch {e}: {accs}<br>"
                                                          f"{100 * _same_class_share(idx, lab):.1f} % same-class edges{changed}"}}))
     fig.frames = frames
-    fig.update_layout(title={"text": frames[0].layout.title.text, "font": {"size": 13}}, height=620,
-                      margin={"t": 80, "b": 30}, plot_bgcolor="white",
+    fig.update_layout(title={"text": frames[0].layout.title.text, "font": {"size": 12}}, height=860,
+                      margin={"t": 80, "b": 30, "l": 50, "r": 20}, plot_bgcolor="white",
                       legend={"font": {"size": 11}, "tracegroupgap": 0, "itemsizing": "constant"},
-                      sliders=[_slider([str(e) for e in epochs], names, "epoch ")],
-                      updatemenus=[_play_buttons()])
+                      sliders=[_slider([str(e) for e in epochs], names, "epoch ", y=-0.06)],
+                      updatemenus=[_play_buttons(y=-0.06)])
     fig.update_xaxes(visible=False, row=1, col=1)
     fig.update_yaxes(visible=False, scaleanchor="x", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=2, showgrid=True, gridcolor="#eee")
-    fig.update_yaxes(title_text="accuracy (%)" if pct else "accuracy (0–1)", row=1, col=2, showgrid=True, gridcolor="#eee")
+    fig.update_xaxes(title_text="epoch", row=2, col=1, showgrid=True, gridcolor="#eee")
+    fig.update_yaxes(title_text="accuracy (%)" if pct else "accuracy (0–1)", row=2, col=1, showgrid=True, gridcolor="#eee")
     return fig
 
 

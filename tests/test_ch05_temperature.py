@@ -165,3 +165,20 @@ def test_suggest_tau_bad_input():
 def test_suggest_tau_on_digits(digits_similarity):
     t = suggest_tau(digits_similarity, 10, "mass", target_mass=0.5)
     assert 0.01 < t < 0.05           # measured 0.023: some 40x below seed 000's τ = 1
+
+
+def test_effective_neighbours_of_an_even_row_is_its_support():
+    for m in (1, 3, 8, 50):
+        w = torch.zeros(50, dtype=torch.float64)
+        w[:m] = 1 / m
+        assert bgcn.effective_neighbours(w).item() == pytest.approx(m, rel=1e-12)
+
+
+def test_topk_mass_range_bound():
+    """m_k <= k e^{r/τ} / (k e^{r/τ} + N - k), r = range of the row (chapter 05, eq-ch05-mass-bound)."""
+    S = _sim(100)
+    for tau in (0.05, 0.3, 1.0, 5.0):
+        w = torch.softmax(S / tau, dim=-1)
+        r = S.max(1).values - S.min(1).values
+        bound = 6 * torch.exp(r / tau) / (6 * torch.exp(r / tau) + 100 - 6)
+        assert (bgcn.topk_mass(w, 6) <= bound + 1e-15).all()

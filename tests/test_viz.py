@@ -268,3 +268,21 @@ def test_widget_knn_graph_headless():
         viz.widget_knn_graph(f, lab, pos, k_range=(1, 30))   # k > N - 1
     with pytest.raises(ValueError):
         viz.widget_knn_graph(f, lab, pos[:3])
+
+
+def test_active_step_sets_initial_data():
+    s = torch.linspace(-1, 1, 30)
+    taus = [1e-3, 1e-1, 10.0]
+    fig = viz.softmax_temperature_figure(s, taus, k=3, active=2)
+    assert fig.layout.sliders[0].active == 2
+    assert list(fig.data[0].y) == list(fig.frames[2].data[0].y)
+    assert fig.layout.title.text == fig.frames[2].layout.title.text
+    f, lab = _clusters(30)
+    pos = viz.layout_2d(f)
+    g = viz.knn_graph_figure(pos, lab, f, [2, 4], [0.1], active=-1)
+    assert g.layout.sliders[0].active == 1
+    assert sum(_segments(tr) for tr in g.data if tr.mode == "lines") == 30 * 4
+    with pytest.raises(ValueError, match="step"):
+        viz.softmax_temperature_figure(s, taus, active=3)
+    with pytest.raises(TypeError):
+        viz.effective_neighbours_figure([10], taus, features=f, k=3, active=0.5)
