@@ -1,6 +1,6 @@
 """Local Sphinx extension of the book (``sphinx: local_extensions: {bookext: scripts/}`` in _config.yml).
 
-It does four small things that _config.yml cannot say:
+It does six small things that _config.yml cannot say:
 
 1. **Plotly renderer for every kernel.** Sets ``PLOTLY_RENDERER=notebook_connected`` (and
    ``TQDM_DISABLE=1``) in the environment of the build process before any notebook runs; kernels
@@ -16,7 +16,14 @@ It does four small things that _config.yml cannot say:
    ``automodule`` per existing ``bgcn`` module, and ``<!-- bgcn:taught-in -->`` a table mapping
    every public name to the chapter that teaches it, read from the ``Taught in:`` line of its
    docstring. In docstrings, ``chapters/NN_name.md`` becomes a link to that chapter.
-4. **Short names.** A reference to a re-export such as ``bgcn.soft_topk`` resolves to where it is
+4. **One copy of each script.** Jupyter Book 1.0.4 with Sphinx 7.4 puts sphinx-thebe's and
+   sphinx-togglebutton's inline scripts twice in every page, and the second
+   ``const THEBE_JS_URL`` throws "Identifier 'THEBE_JS_URL' has already been declared"; the
+   duplicates are dropped from each page's script list.
+5. **Plotly outputs and widget fonts.** Removes two CDN requests that plotly's
+   ``notebook_connected`` outputs make and that fail in the page (see PLOTLY_OUTPUT_FIXES), and on
+   widget pages points require.js at html-manager's CDN folder so its fonts load.
+6. **Short names.** A reference to a re-export such as ``bgcn.soft_topk`` resolves to where it is
    documented (``bgcn.topk.soft_topk``), so chapters can write {py:func}`bgcn.soft_topk`.
 """
 from __future__ import annotations
@@ -217,7 +224,96 @@ def _holding_module(target: str) -> str | None:
     return None
 
 
+PLOTLY_OUTPUT_FIXES = [
+    # plotly 6/7's notebook_connected "global init" output imports the CDN bundle by a URL whose
+    # ".js" was cut off by str.rstrip(".js") ("plotly-4.1.1.min"): a failed request on every page
+    # with a figure. Every figure loads plotly.js by its own <script src> anyway.
+    re.compile(r'<script type="module">\s*import\s+"https://cdn\.plot\.ly/plotly-[^"]*?\.min"\s*</script>'),
+    # each figure's HTML also loads MathJax 3 (tex-svg) from cdnjs, a second MathJax beside the
+    # one Sphinx loads for the page's math: they collide ("Cannot set property Package ...")
+    re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]+"></script>'),
+]
+
+
+def _clean_plotly_outputs(app, doctree):
+    from docutils import nodes
+
+    for node in list(doctree.findall(nodes.raw)):
+        if "html" not in node.get("format", ""):
+            continue
+        text = node.astext()
+        new = text
+        for rx in PLOTLY_OUTPUT_FIXES:
+            new = rx.sub("", new)
+        if new != text:
+            node.replace_self(nodes.raw(new, new, **{k: v for k, v in node.attributes.items()
+                                                      if k in ("format", "classes")}))
+
+
+def _page_assets(app, pagename, templatename, context, doctree):
+    for key in ("script_files", "css_files"):
+        files = context.get(key)
+        if not files:
+            continue
+        seen, unique = set(), []
+        for f in files:
+            ident = (str(getattr(f, "filename", f) or ""),  # None and "" both mean an inline script
+                     tuple(sorted((k, str(v)) for k, v in getattr(f, "attributes", {}).items())))
+            if ident not in seen:
+                seen.add(ident)
+                unique.append(f)
+        context[key] = unique
+    _widgets_public_path(context)
+
+
+# ipywidgets 8's static widgets typeset their labels with the MathJax 2 API
+# (MathJax.Hub.Queue), which throws under the page's MathJax 3: map it to typesetPromise.
+MATHJAX2_SHIM = """
+(function () {
+  function shim() {
+    var M = window.MathJax;
+    if (M && M.version && !M.Hub) {
+      M.Hub = {Config: function () {}, Queue: function (job) {
+        var el = job && job[2];
+        if (M.typesetPromise) { M.typesetPromise(el ? [el] : undefined).catch(function () {}); }
+      }};
+    }
+  }
+  shim();
+  document.addEventListener("DOMContentLoaded", shim);
+  window.addEventListener("load", shim);
+})();"""
+
+
+def _widgets_public_path(context):
+    """On widget pages, tell require.js where html-manager lives before embed-amd.js runs.
+
+    (And shim MathJax.Hub for the widgets, see MATHJAX2_SHIM.)
+
+    embed-amd.js sets webpack's public path from its AMD module URI, which require.js resolves
+    against the *page* ("chapters/@jupyter-widgets/html-manager/dist/"): its icon fonts then 404.
+    """
+    scripts = context.get("script_files") or []
+    names = [str(getattr(f, "filename", "") or "") for f in scripts]
+    req = next((i for i, n in enumerate(names) if re.search(r"require(\.min)?\.js$", n)), None)
+    amd = next((n for n in names if n.endswith("/html-manager@1.0.6/dist/embed-amd.js")
+                or re.search(r"/html-manager@[^/]+/dist/embed-amd\.js$", n)), None)
+    if req is None or amd is None:
+        return
+    try:
+        from sphinx.builders.html._assets import _JavaScript
+    except ImportError:  # Sphinx < 7.2
+        return
+    base = amd[: -len("/embed-amd.js")]
+    body = 'require.config({paths: {"@jupyter-widgets/html-manager/dist": "%s"}});' % base + MATHJAX2_SHIM
+    scripts = list(scripts)
+    scripts.insert(req + 1, _JavaScript("", priority=scripts[req].priority, body=body))
+    context["script_files"] = scripts
+
+
 def setup(app):
+    app.connect("html-page-context", _page_assets, priority=900)
+    app.connect("doctree-read", _clean_plotly_outputs)
     app.connect("config-inited", _config_inited)
     app.connect("source-read", _source_read)
     app.connect("env-get-outdated", _env_get_outdated)
