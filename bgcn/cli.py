@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--graph-every", type=_nonneg_int, default=1,
                    help="keep the kNN graph every this many epochs in the checkpoint (0: first and last only)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: only on a terminal and without TQDM_DISABLE=1)")
+                   help="progress bar on/off; None = only on a terminal and without TQDM_DISABLE=1")
 
     e = sub.add_parser("experiment", help="frozen vs end-to-end comparison; writes results/*.json, .md, .csv",
                        formatter_class=_Formatter,
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="results", help="output folder")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars and one line per run; None = only on a terminal and without TQDM_DISABLE=1")
     return p
 
 
@@ -283,7 +284,8 @@ def run_train(args: argparse.Namespace) -> dict:
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
                "config": res.config, "versions": versions(), "seed": args.seed,
                "device": str(get_device(args.device)), **res.summary(),
-               "wall_time_s": time.perf_counter() - t0, "out": str(out), "history": res.history.series()}
+               "wall_time_s": time.perf_counter() - t0, "out": str(out), "checkpoint": res.checkpoint,
+               "history": res.history.series()}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(_json_safe(metrics), indent=2))

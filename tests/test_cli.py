@@ -1,0 +1,132 @@
+"""python -m bgcn: train writes metrics + checkpoint, --help documents defaults, bad flags are one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bgcn.cli import build_parser, main
+from bgcn.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _small(epochs: int = 3) -> list[str]:
+    return ["train", "--dataset", "synthetic", "--synthetic-n", "100", "--backbone", "mlp_digits", "--k", "5",
+            "--labels-per-class", "3", "--epochs", str(epochs), "--device", "cpu", "--no-progress"]
+
+
+SMALL = _small()
+
+
+def test_train_writes_metrics_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(SMALL + ["--mode", "end2end", "--tau", "auto", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("config", "versions", "seed", "final", "test_acc_at_best_val", "best_epoch", "timings", "history"):
+        assert key in m, key
+    assert {"python", "torch", "bgcn"} <= set(m["versions"])
+    assert m["config"]["mode"] == "end2end" and m["config"]["estimator"] == "softmax"
+    assert 0 < m["config"]["tau"] < 1  # 'auto' chose a temperature from the data
+    assert len(m["history"]["loss"]) == 3 and m["timings"]["per_epoch"] > 0
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["epoch"] == 3
+    # --resume with more epochs continues from epoch 3
+    assert main(_small(5) + ["--mode", "end2end", "--tau", str(m["config"]["tau"]), "--out", str(out), "--resume"]) == 0
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["history"]["loss"][:3] == m["history"]["loss"] and len(m2["history"]["loss"]) == 5
+    assert "metrics.json" in capsys.readouterr().out
+
+
+def test_help_documents_every_flag_with_default():
+    p = build_parser()
+    sub = p._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in ("train", "experiment"):
+        text = sub[name].format_help()
+        for action in sub[name]._actions:  # noqa: SLF001
+            if action.option_strings and action.dest != "help":
+                assert action.option_strings[0] in text
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+        assert "(default:" in text
+    text = " ".join(sub["train"].format_help().split())
+    for flag, default in (("--k", "10"), ("--tau", "1.0"), ("--mode", "end2end"), ("--lr-gcn", "0.01"),
+                          ("--device", "auto"), ("--labels-per-class", "10"), ("--estimator", "softmax")):
+        assert flag in text and f"(default: {default})" in text
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--k", "0"], "--k"),
+    (["--k", "ten"], "--k"),
+    (["--tau", "-1"], "--tau"),
+    (["--tau", "hot"], "--tau"),
+    (["--mode", "joint"], "--mode"),
+    (["--estimator", "sofmax"], "--estimator"),
+    (["--lr-gcn", "0"], "--lr-gcn"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--bogus-flag"], "--bogus-flag"),
+])
+def test_bad_flags_exit_2_naming_the_flag(args, flag, capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["train"] + args)
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "error:" in err and "Traceback" not in err
+
+
+def test_library_errors_become_one_line(tmp_path, capsys):
+    # k larger than the number of images: the library's ValueError, printed without a traceback
+    code = main(["train", "--dataset", "synthetic", "--synthetic-n", "40", "--backbone", "mlp_digits", "--k", "500",
+                 "--labels-per-class", "1", "--epochs", "1", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and "k=500" in err and "Traceback" not in err
+    code = main(SMALL + ["--pretrained-file", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope.pt" in err
+
+
+def test_cli_subprocess_bad_flag_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "bgcn", "train", "--k", "0"], capture_output=True, text=True,
+                       env=_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 2
+    assert "--k" in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1
+
+
+def test_quick_experiment_under_a_minute(tmp_path):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "bgcn", "experiment", "--quick", "--out", str(tmp_path), "--threads", "1"],
+                       capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=180)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert wall < 60, f"--quick took {wall:.0f} s"
+    res = json.loads((tmp_path / "experiment.json").read_text())
+    methods = {row["method"] for row in res["summary"]}
+    assert {"knn", "label_spreading", "frozen", "frozen_random", "end2end_features", "end2end_softmax_tau1",
+            "end2end_softmax_taudata", "end2end_masked_softmax", "end2end_values"} <= methods
+    assert all(0 <= row["test_acc_mean"] <= 1 for row in res["summary"])
+    md = (tmp_path / "results.md").read_text()
+    assert "| method |" in md and "± " in md
+    assert (tmp_path / "results.csv").read_text().startswith("method,labels_per_class")
+    assert (tmp_path / "pretrained_mlp_digits.pt").is_file()
