@@ -264,6 +264,23 @@ def _page_assets(app, pagename, templatename, context, doctree):
                 unique.append(f)
         context[key] = unique
     _widgets_public_path(context)
+    _colab_link(context)
+
+
+COLAB_BRANCH = "colab"  # the workflow publishes notebooks/ (scripts/make_notebooks.py) there
+
+
+def _colab_link(context):
+    """Point the Colab launch button at the .ipynb copy on the colab branch.
+
+    sphinx-book-theme links ``.../blob/main/chapters/NN_name.md``, which Colab cannot open.
+    """
+    for group in context.get("header_buttons") or []:
+        for button in group.get("buttons", []) if isinstance(group, dict) else []:
+            url = button.get("url", "") if isinstance(button, dict) else ""
+            m = re.match(r"(https://colab\.research\.google\.com/github/[^/]+/[^/]+/blob/)[^/]+/(.+)\.md$", url)
+            if m:
+                button["url"] = f"{m.group(1)}{COLAB_BRANCH}/{m.group(2)}.ipynb"
 
 
 # ipywidgets 8's static widgets typeset their labels with the MathJax 2 API

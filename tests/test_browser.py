@@ -138,14 +138,16 @@ def site(built_book):
 @pytest.fixture(scope="session")
 def browser():
     exe = find_chromium()
-    if exe is None:
-        _unavailable("no Chromium found (apt-get install -y chromium, or set BGCN_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("playwright is not installed (pip install playwright)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:  # the system Chromium, else the one `playwright install chromium` put in its cache
+            b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001
+            _unavailable(f"no Chromium could be started ({exe or 'none found'}: {str(exc)[:300]}); "
+                         "apt-get install -y chromium, or set BGCN_CHROMIUM")
         yield b
         b.close()
 
