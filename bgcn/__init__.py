@@ -24,8 +24,11 @@ from .gcn import GCN, dense_gcn_norm, edge_index_to_dense
 from . import gcn_spec
 from . import argmax, scaling, temperature
 from .temperature import suggest_tau
+from . import estimators  # registers the selection estimators of chapter 09 in ESTIMATORS
+from .model import EndToEnd
+from .train import History, TrainResult, TrainingDiverged, pretrain_backbone, train
 
-_LAZY = {"viz", "train", "model", "cli", "experiment", "estimators"}
+_LAZY = {"viz", "cli", "experiment"}
 
 
 def __getattr__(name):  # lazy submodules: bgcn.viz imports plotly/matplotlib only when used
