@@ -93,7 +93,8 @@ def _estimator(text: str) -> str:
 
         close = difflib.get_close_matches(text, list(ESTIMATORS), n=2)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise argparse.ArgumentTypeError(f"unknown estimator {text!r}{hint}; choose one of {', '.join(sorted(ESTIMATORS))}")
+        raise argparse.ArgumentTypeError(f"unknown estimator {text!r}{hint}; "
+                                         f"choose one of {', '.join(sorted(ESTIMATORS))}")
     return text
 
 
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "spreading on frozen features, frozen GCN (random and pre-trained backbone), "
                                    "end2end-features, end2end softmax at tau=1 and at a tau from the data, "
                                    "end2end masked_softmax and values; mean +- std over seeds.")
-    e.add_argument("--quick", action="store_true", help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone)")
+    e.add_argument("--quick", action="store_true",
+                   help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone)")
     e.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (default 5; 1 with --quick)")
     e.add_argument("--labels", type=_positive_int, nargs="+", default=None,
                    help="labels per class settings (default 5 10 20; 10 with --quick)")
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
     e.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
     e.add_argument("--out", default="results", help="output folder")
+    e.add_argument("--resume", action="store_true",
+                   help="continue from OUT/experiment.partial.json (same settings) instead of starting over")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -327,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = run_experiment(out=args.out, quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,
                                  epochs=args.epochs, backbone=args.backbone, pretrain_epochs=args.pretrain_epochs,
                                  warmup_epochs=args.warmup_epochs,
-                                 k=args.k, device=args.device, progress=args.progress)
+                                 k=args.k, device=args.device, progress=args.progress, resume=args.resume)
             print(res["table_md"])
             print(f"{prog}: wrote {', '.join(res['files'])}")
     except TrainingDiverged as e:

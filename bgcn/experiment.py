@@ -105,7 +105,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                    backbone: str | None = None, pretrain_epochs: int | None = None, warmup_epochs: int | None = None,
                    k: int = 10,
                    device: str = "auto", progress: bool | None = None, max_images: int | None = None,
-                   methods: Sequence[str] | None = None) -> dict:
+                   methods: Sequence[str] | None = None, resume: bool = False) -> dict:
     r"""Run the comparison and write ``experiment.json``, ``results.md`` and ``results.csv`` to ``out``.
 
     Score: test accuracy at the epoch of best validation accuracy (GCN rows; the validation images
@@ -114,6 +114,10 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
 
     ``quick=True`` is a tiny smoke version (:data:`QUICK`: 400 digits, 1 seed, 3 epochs, MLP
     backbone); every other argument overrides the defaults in :data:`FULL`/:data:`QUICK`.
+
+    Progress is saved to ``OUT/experiment.partial.json`` after every (labels, seed) pair; with
+    ``resume=True`` a run with the same settings continues from it (and reuses the pre-trained
+    weights file) instead of starting over. The partial file is removed at the end.
 
     Returns ``{"summary": rows, "runs": runs, "table_md": str, "files": [paths], ...}``.
 
@@ -156,11 +160,29 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     num_classes = int(labels.max()) + 1
     cfg["num_images"] = int(images.shape[0])
 
+    # ---- resume? -----------------------------------------------------------------------------------
+    partial_path = out / "experiment.partial.json"
+    same = {key: cfg[key] for key in cfg if key not in ("device", "threads", "quick")}
+    done_runs: list[dict] = []
+    pre = None
+    if resume and partial_path.is_file():
+        old = json.loads(partial_path.read_text())
+        if old.get("settings") == json.loads(json.dumps(_json_safe(same))):
+            done_runs, pre = old["runs"], old["pretrain"]
+        else:
+            raise ValueError(f"cannot resume from {str(partial_path)!r}: its settings differ; delete it or use "
+                             f"another --out")
+
     # ---- pre-training (label-free, once) ---------------------------------------------------------
     seed_everything(0)
     bb = create_backbone(cfg["backbone"])
     pre_path = out / f"pretrained_{cfg['backbone']}.pt"
-    if cfg["pretrain_epochs"] > 0:
+    if pre is not None and pre_path.is_file():
+        from .backbone import load_backbone_weights
+
+        load_backbone_weights(bb, pre_path)
+        bb.to(get_device(device))
+    elif cfg["pretrain_epochs"] > 0:
         pre = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=device, progress=show,
                                 save_to=pre_path)
     else:
@@ -175,8 +197,12 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     labels_np = labels.numpy()
 
     runs: list[dict] = []
-    for lpc in cfg["labels_per_class"]:
-        for seed in range(cfg["seeds"]):
+    for seed in range(cfg["seeds"]):  # seeds outermost: a partial result covers every label setting
+        for lpc in cfg["labels_per_class"]:
+            prev = [r for r in done_runs if r["labels_per_class"] == lpc and r["seed"] == seed]
+            if {r["method"] for r in prev} >= set(rows):
+                runs.extend(r for r in prev if r["method"] in rows)
+                continue
             tr, va, te = label_masks(labels, lpc, seed=seed)
             base = _sk_baselines(feats_np, pixels_np, labels_np, tr.numpy(), te.numpy(), k)
             for name in rows:
@@ -217,6 +243,8 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                 if show:
                     print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={res.test_acc_at_best_val:.4f} "
                           f"({runs[-1]['time_per_epoch']:.3f} s/epoch)", flush=True)
+            _write(partial_path, json.dumps(_json_safe({"settings": same, "runs": runs, "pretrain": {
+                "loss": pre["loss"], "time": pre["time"], "file": pre_path.name}}), indent=1))
     summary = summarize(runs, rows, cfg["labels_per_class"])
     table = format_table(summary, rows, cfg["labels_per_class"])
     result = {"config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data,
@@ -226,12 +254,15 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     _write(files[0], json.dumps(_json_safe(result), indent=1))
     header = (f"Test accuracy (%) at the epoch of best validation accuracy, mean ± std over {cfg['seeds']} seed(s); "
               f"digits ({cfg['num_images']} images), k = {k}, backbone `{cfg['backbone']}`, {cfg['epochs']} epochs, "
-              f"end-to-end rows: the first {cfg['warmup_epochs']} epochs train the GCN only on the pre-trained features "
+              f"end-to-end rows: the first {cfg['warmup_epochs']} epochs train the GCN only on the pre-trained "
+              f"features "
               f"(warm-up), the rest train backbone and GCN together; τ from the data = {tau_data:.4f}. "
               f"s/epoch: mean wall time of one epoch of the row's mode (step + evaluation; for end-to-end rows the "
               f"joint epochs after the warm-up), on {cfg['threads']} CPU thread(s).\n\n")
     _write(files[1], header + table + "\n")
     _write_csv(files[2], summary)
+    if partial_path.exists():
+        partial_path.unlink()
     result["table_md"] = table
     result["files"] = [str(f) for f in files]
     return result

@@ -97,7 +97,8 @@ class EndToEnd(nn.Module):
                  train_backbone: bool = True, amp: bool = True, estimator_kw: dict | None = None):
         super().__init__()
         if not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be a torch.nn.Module (images -> (N, D) features), got {type(backbone).__name__}")
+            raise TypeError(f"backbone must be a torch.nn.Module (images -> (N, D) features), "
+                            f"got {type(backbone).__name__}")
         if not isinstance(gcn, nn.Module):
             raise TypeError(f"gcn must be a torch.nn.Module such as bgcn.GCN, got {type(gcn).__name__}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -132,7 +133,8 @@ class EndToEnd(nn.Module):
           as written);
         - ``"end2end"``: ``train_backbone=True``, the estimator's weights on the edges.
 
-        For the first two the estimator is replaced by ``"hard"``; ``end2end`` keeps it.
+        For the first two the estimator is replaced by ``"hard"``; ``end2end`` keeps it. The
+        backbone's parameters get ``requires_grad = train_backbone``.
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
@@ -153,7 +155,9 @@ class EndToEnd(nn.Module):
     # -- forward ----------------------------------------------------------------------------
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        r"""Backbone features :math:`F` (N, D) (bf16 autocast output cast back to float32); under ``no_grad`` when frozen.
+        r"""Backbone features :math:`F` (N, D); bf16 autocast output is cast back to float32.
+
+        Computed under ``no_grad`` when the backbone is frozen (``train_backbone=False``).
 
         Shapes: images (N, ...) -> F (N, D)
         """

@@ -318,9 +318,10 @@ _RESUME_KEYS = ("mode", "warmup_epochs", "k", "estimator", "tau", "seed", "lr_ba
 # --------------------------------------------------------------------------------------------------
 def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor,
           val_mask: torch.Tensor | None = None, test_mask: torch.Tensor | None = None, *,
-          mode: str = "end2end", epochs: int = 100, warmup_epochs: int = 0, lr_backbone: float = 1e-4, lr_gcn: float = 1e-2,
+          mode: str = "end2end", epochs: int = 100, warmup_epochs: int = 0, lr_backbone: float = 1e-4,
+          lr_gcn: float = 1e-2,
           weight_decay: float = 5e-4, seed: int = 0, device: str | torch.device = "auto", amp: bool = True,
-          deterministic: bool = True, graph_every: int = 1, checkpoint: str | os.PathLike | None = None,
+          deterministic: bool | None = None, graph_every: int = 1, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 1, resume: bool = False, progress: bool | None = None,
           reinforce_reward: str = "node", max_grad_norm: float | None = None,
           extra_config: dict | None = None) -> TrainResult:
@@ -347,7 +348,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     gets a ``torch.Generator`` seeded with ``seed + 1`` on the training device.
 
     **Reproducibility.** ``seed_everything(seed)`` is called first (seed the *model's*
-    initialisation yourself before building it), and with ``deterministic=True``
+    initialisation yourself before building it), and with ``deterministic=True`` (the default on
+    the CPU; ``None`` = CPU only, since PyG's scatter kernels have no deterministic CUDA version)
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on for the run (restored
     after). On the CPU two runs with the same seed give identical histories, and
     ``resume=True`` from a checkpoint reaches exactly the result of an uninterrupted run. On CUDA,
@@ -430,13 +432,16 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
               "use_graph_weights": model.use_graph_weights, "exclude_self": model.exclude_self,
               "symmetric": model.symmetric, "epochs": epochs, "lr_backbone": lr_backbone, "lr_gcn": lr_gcn,
               "weight_decay": float(weight_decay), "seed": int(seed), "device": str(dev), "amp": bool(amp),
-              "num_nodes": int(n), "num_train": int(train_mask.sum()), "warmup_epochs": warmup_epochs, "graph_every": graph_every,
+              "num_nodes": int(n), "num_train": int(train_mask.sum()), "warmup_epochs": warmup_epochs,
+              "graph_every": graph_every,
               "max_grad_norm": max_grad_norm, "reinforce_reward": reinforce_reward}
     config.update(dict(extra_config or {}))
 
     # ---- determinism ----------------------------------------------------------------------------
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if deterministic is None:
+        deterministic = dev.type == "cpu"
     if deterministic:
         if dev.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -680,7 +685,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
     r"""SimCLR's normalised-temperature cross-entropy over 2B views.
 
     .. math::
-        \ell = -\frac{1}{2B}\sum_{a}\log\frac{\exp(\hat z_a\cdot\hat z_{a^+}/t)}{\sum_{b\ne a}\exp(\hat z_a\cdot\hat z_b/t)}
+        \ell = -\frac{1}{2B}\sum_{a}\log
+        \frac{\exp(\hat z_a\cdot\hat z_{a^+}/t)}{\sum_{b\ne a}\exp(\hat z_a\cdot\hat z_b/t)}
 
     with :math:`a^+` the other view of the same image.
 

@@ -116,7 +116,8 @@ def test_cli_subprocess_bad_flag_no_traceback():
 
 def test_quick_experiment_under_a_minute(tmp_path):
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "bgcn", "experiment", "--quick", "--out", str(tmp_path), "--threads", "1"],
+    cmd = [sys.executable, "-m", "bgcn", "experiment", "--quick", "--out", str(tmp_path), "--threads", "1"]
+    r = subprocess.run(cmd,
                        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=180)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-2000:]
@@ -130,3 +131,30 @@ def test_quick_experiment_under_a_minute(tmp_path):
     assert "| method |" in md and "± " in md
     assert (tmp_path / "results.csv").read_text().startswith("method,labels_per_class")
     assert (tmp_path / "pretrained_mlp_digits.pt").is_file()
+
+
+def test_experiment_resume_skips_finished_pairs(tmp_path, monkeypatch):
+    """An interrupted experiment continues from experiment.partial.json with the same numbers."""
+    import bgcn.experiment as ex
+
+    kw = dict(out=tmp_path, quick=True, seeds=2, methods=["knn", "frozen"], epochs=2, progress=False)
+    full = ex.run_experiment(**{**kw, "out": tmp_path / "full"})
+    real = ex._sk_baselines
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "_sk_baselines", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(**kw)
+    assert (tmp_path / "experiment.partial.json").is_file()
+    monkeypatch.setattr(ex, "_sk_baselines", real)
+    calls.clear()
+    res = ex.run_experiment(**kw, resume=True)
+    assert not (tmp_path / "experiment.partial.json").exists()
+    assert [(r["method"], r["seed"], r["test_acc"]) for r in res["runs"]] == \
+        [(r["method"], r["seed"], r["test_acc"]) for r in full["runs"]]
