@@ -108,7 +108,8 @@ def chapters_of(obj) -> list[str]:
 
 
 def _chapter_link(docname: str, found_docs) -> str:
-    return f"{{doc}}`/{docname}`" if docname in found_docs else f"`{docname}.md` (not written yet)"
+    label = "chapter " + docname.split("/")[-1][:2]
+    return f"{{doc}}`{label} </{docname}>`" if docname in found_docs else f"{label} (to come)"
 
 
 def taught_in_table(found_docs) -> str:
@@ -120,7 +121,7 @@ def taught_in_table(found_docs) -> str:
         try:
             module = importlib.import_module(f"bgcn.{modname}")
         except Exception as exc:  # noqa: BLE001
-            rows.append(f"| `bgcn.{modname}` | | import failed: {type(exc).__name__} |")
+            rows.append(f"| `bgcn.{modname}` | `{modname}` | import failed: {type(exc).__name__} |")
             continue
         for name in public_names(module):
             obj = getattr(module, name, None)
@@ -132,7 +133,7 @@ def taught_in_table(found_docs) -> str:
             if not chapters and inspect.ismodule(module):
                 chapters = chapters_of(module) if name.isupper() else []
             links = ", ".join(_chapter_link(c, found_docs) for c in chapters) or "—"
-            rows.append(f"| {ref} | `bgcn.{modname}` | {links} |")
+            rows.append(f"| {ref} | `{modname}` | {links} |")
     head = "| name | module | taught in |\n|---|---|---|\n"
     return head + "\n".join(rows) + "\n"
 

@@ -159,7 +159,10 @@ def test_chapter_checks_are_within_tolerance(built_book, doc):
 
 @pytest.mark.parametrize("doc", toc_files())
 def test_plotly_figures_are_in_the_page(built_book, doc):
-    page_html = (built_book.html / f"{doc}.html").read_text(encoding="utf-8")
+    page = built_book.html / f"{doc}.html"
+    if not page.exists():
+        pytest.fail(f"{doc}: no page {page} (see _build/book-build.log)")
+    page_html = page.read_text(encoding="utf-8")
     figs = plotly_figures(page_html)
     problems = [f["error"] for f in figs if "error" in f]
     for f in figs:
