@@ -176,10 +176,32 @@ class EndToEnd(nn.Module):
     def build_graph(self, features: torch.Tensor, generator: torch.Generator | None = None) -> KNNGraph:
         r"""The kNN graph of ``features`` with this model's k, estimator and τ (:func:`bgcn.knn_graph`).
 
+        A ``log_prob`` (N,) that a stochastic estimator attaches to its ``Selection`` (as an
+        attribute or in a ``Selection.info`` dict) is copied into ``graph.info["log_prob"]``, where
+        :func:`bgcn.train.train` adds the score-function surrogate for it.
+
         Shapes: features (N, D) -> KNNGraph with edge_index (2, E), edge_weight (E,), indices (N, k)
         """
-        return knn_graph(features, self.k, self.estimator, self.tau, exclude_self=self.exclude_self,
-                         symmetric=self.symmetric, generator=generator, **self.estimator_kw)
+        fn = get_estimator(self.estimator)
+        captured: dict = {}
+
+        def estimator(scores, k, tau=1.0, **kw):
+            captured["sel"] = sel = fn(scores, k, tau, **kw)
+            return sel
+
+        for attr in ("estimator_name", "needs_dense", "stochastic"):
+            if hasattr(fn, attr):
+                setattr(estimator, attr, getattr(fn, attr))
+        graph = knn_graph(features, self.k, estimator, self.tau, exclude_self=self.exclude_self,
+                          symmetric=self.symmetric, generator=generator, **self.estimator_kw)
+        # extension point: what a stochastic estimator says about its sample (Selection.info or a
+        # Selection.log_prob attribute) rides on graph.info, where train() looks for "log_prob"
+        sel = captured.get("sel")
+        if sel is not None:
+            graph.info.update(getattr(sel, "info", None) or {})
+            if getattr(sel, "log_prob", None) is not None:
+                graph.info.setdefault("log_prob", sel.log_prob)
+        return graph
 
     def gcn_forward(self, x: torch.Tensor, graph: KNNGraph) -> torch.Tensor:
         r"""Run the GCN on node features ``x`` and ``graph`` as configured (weights, dense mask or edges only).

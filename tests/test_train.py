@@ -234,3 +234,18 @@ def test_progress_switch(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE")
     assert progress_enabled(False) is False
     assert math.isnan(float("nan"))
+
+
+def test_gumbel_reinforce_trains_through_the_score_function(data):
+    """A sampled graph has no pathwise gradient; the surrogate on graph.info['log_prob'] supplies it."""
+    pytest.importorskip("bgcn.estimators")
+    from bgcn.topk import ESTIMATORS
+
+    if "gumbel_reinforce" not in ESTIMATORS:
+        pytest.skip("gumbel_reinforce not registered")
+    images, labels, tr, va, te = data
+    model = _model("end2end", "gumbel_reinforce", tau=1.0)
+    model(images)
+    assert "log_prob" in model.last_graph.info and model.last_graph.info["log_prob"].shape == (N,)
+    res = train(model, images, labels, tr, va, te, mode="end2end", epochs=2, progress=False)
+    assert all(g > 0 for g in res.history.grad_graph)
