@@ -131,7 +131,12 @@ class _Parser(argparse.ArgumentParser):
 # parser
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m bgcn`` parser with sub-commands ``train`` and ``experiment``."""
+    """The ``python -m bgcn`` parser with sub-commands ``train`` and ``experiment``.
+
+    Shapes: none (command line).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     from .model import MODES
 
     p = _Parser(prog="python -m bgcn", description="BackProp GCN: a GCN on a kNN graph of image features, "
@@ -222,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 # --------------------------------------------------------------------------------------------------
 def versions() -> dict:
-    """Versions of Python, torch, bgcn and friends, plus the platform and CPU threads."""
+    """Versions of Python, torch, bgcn and friends, plus the platform and CPU threads.
+
+    Shapes: none (command line).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     import torch
 
     from . import __version__
@@ -239,7 +249,12 @@ def versions() -> dict:
 
 
 def run_train(args: argparse.Namespace) -> dict:
-    """Run ``train`` from parsed arguments; returns the metrics written to ``OUT/metrics.json``."""
+    """Run ``train`` from parsed arguments; returns the metrics written to ``OUT/metrics.json``.
+
+    Shapes: none (command line).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     import torch
 
     from .backbone import create_backbone
@@ -309,7 +324,12 @@ def _json_safe(obj):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m bgcn`` (and the ``bgcn`` script). Returns the exit status."""
+    """Entry point of ``python -m bgcn`` (and the ``bgcn`` script). Returns the exit status.
+
+    Shapes: none (command line).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     from .train import TrainingDiverged

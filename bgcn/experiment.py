@@ -261,7 +261,12 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
 
 
 def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> list[dict]:
-    """Mean ± std (ddof = 1, 0 for one seed) of test accuracy and mean time per epoch per (method, labels)."""
+    """Mean ± std (ddof = 1, 0 for one seed) of test accuracy and mean time per epoch per (method, labels).
+
+    Shapes: none (lists of dicts, text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     out = []
     for name in rows:
         for lpc in lpcs:
@@ -283,7 +288,12 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
-    """Markdown table: one row per method, one column per labels-per-class setting, plus time per epoch."""
+    """Markdown table: one row per method, one column per labels-per-class setting, plus time per epoch.
+
+    Shapes: none (lists of dicts, text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     head = "| method | " + " | ".join(f"{l} labels/class" for l in lpcs) + " | s/epoch |"
     sep = "|---|" + "---:|" * (len(lpcs) + 1)
     lines = [head, sep]
@@ -309,6 +319,10 @@ def format_paths_table(summary: list[dict], rows: Sequence[str], lpc: int) -> st
     (warm-up epochs count as 0), the graph path's share, the fraction of kNN edges that differ
     between the first and the last graph, the paired test accuracy at the end of the warm-up, and
     the final one.
+
+    Shapes: none (text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     lines = [f"| method ({lpc} labels/class) | ‖∂L/∂F‖ node | ‖∂L/∂F‖ graph | graph share | edges changed | "
              "test % after warm-up | test % at best val |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -324,7 +338,12 @@ def format_paths_table(summary: list[dict], rows: Sequence[str], lpc: int) -> st
 
 
 def write_report(out: str | os.PathLike) -> list[Path]:
-    """(Re)write ``results.md`` and ``results.csv`` from ``OUT/experiment.json``; returns their paths."""
+    """(Re)write ``results.md`` and ``results.csv`` from ``OUT/experiment.json``; returns their paths.
+
+    Shapes: none (lists of dicts, text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     out = Path(out)
     res = json.loads((out / "experiment.json").read_text())
     cfg, summary = res["config"], res["summary"]

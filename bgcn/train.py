@@ -64,6 +64,10 @@ class TrainingDiverged(RuntimeError):
     """The loss (or the features) became NaN/Inf; the last good checkpoint is left untouched.
 
     Attributes: ``epoch`` (the epoch that diverged), ``checkpoint`` (path of the last good one or None).
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
 
     def __init__(self, message: str, epoch: int, checkpoint: str | None = None):
@@ -163,6 +167,10 @@ class TrainResult:
         checkpoint: path of the checkpoint or None.
         timings: seconds: ``total``, ``per_epoch`` (mean), ``features`` (frozen extraction).
         config: the run's settings as plain values.
+
+    Shapes: ``best_state`` tensors as in ``model.state_dict()``.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
 
     model: EndToEnd
@@ -193,6 +201,8 @@ def accuracy(logp: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     Returns NaN for an empty or absent mask.
 
     Shapes: logp (N, C), labels (N,), mask (N,) bool -> float
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     if mask is None or not bool(mask.any()):
         return float("nan")
@@ -200,7 +210,12 @@ def accuracy(logp: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
 
 
 def progress_enabled(progress: bool | None = None) -> bool:
-    """Whether to show a tqdm bar: ``progress`` if given, else only on a terminal and without ``TQDM_DISABLE``."""
+    """Whether to show a tqdm bar: ``progress`` if given, else only on a terminal and without ``TQDM_DISABLE``.
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     if progress is not None:
         return bool(progress)
     if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
@@ -282,6 +297,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     ``torch.load(weights_only=True)``.
 
     Shapes: any.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +315,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``rng``, ``prev_indices``, ``config``.
 
     Shapes: state dicts as saved.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     path = Path(path)
     if not path.is_file():
@@ -691,6 +710,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
     with :math:`a^+` the other view of the same image.
 
     Shapes: z1, z2 (B, P) -> ()
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     b = z1.shape[0]
