@@ -260,12 +260,11 @@ def sum_of_gamma_noise(shape, k: int, s: int = 10, tau: float = 1.0, *, dtype: t
     tau = check_positive(tau, "tau")
     gen_device = generator.device if generator is not None else device
     shape = tuple(shape)
-    conc = torch.full((s,) + shape, 1.0 / k, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
-                      device=gen_device)
-    # Gamma(1/k, rate=i/k) = StandardGamma(1/k) / (i/k)
-    std_gamma = torch._standard_gamma(conc, generator=generator)
-    rate = (torch.arange(1, s + 1, dtype=conc.dtype, device=gen_device) / k).reshape((s,) + (1,) * len(shape))
-    total = (std_gamma / rate).sum(0)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    conc = torch.full(shape, 1.0 / k, dtype=work, device=gen_device)
+    total = torch.zeros(shape, dtype=work, device=gen_device)
+    for i in range(1, s + 1):  # Gamma(1/k, rate=i/k) = StandardGamma(1/k) / (i/k); O(shape) memory
+        total += torch._standard_gamma(conc, generator=generator) * (k / i)
     eps = (tau / k) * (total - math.log(s))
     eps = eps.to(dtype)
     return eps.to(device) if device is not None else eps
