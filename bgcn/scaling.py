@@ -80,11 +80,22 @@ def _proc_status_bytes(key: str) -> int:
     return int(m.group(1)) * 1024
 
 
+_MALLOC_TAMED = False
+
+
 def _reset_cpu_peak() -> bool:
-    try:  # hand freed heap pages back to the OS first, so that reusing them shows up as a rise
+    global _MALLOC_TAMED
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL("libc.so.6")
+        if not _MALLOC_TAMED:
+            # glibc raises its mmap threshold after each large free (up to 32 MiB), after which freed
+            # tensor blocks stay in the heap and the resident size no longer follows the live tensors.
+            # A fixed 1 MiB threshold (M_MMAP_THRESHOLD = -3) hands every large block back on free.
+            libc.mallopt(-3, 1 << 20)
+            _MALLOC_TAMED = True
+        libc.malloc_trim(0)  # return freed heap pages to the OS, so that reusing them shows up as a rise
     except (OSError, AttributeError):
         pass
     try:
@@ -103,8 +114,10 @@ def peak_memory(fn: Callable[..., Any], *args, device: str | torch.device | None
     * CUDA (``device`` a CUDA device, or ``None`` and CUDA in use): ``torch.cuda.max_memory_allocated``
       after ``torch.cuda.reset_peak_memory_stats``, minus what was allocated before; tensors only.
     * CPU (Linux): the process's peak resident set size ``VmHWM`` from ``/proc/self/status`` after
-      resetting it through ``/proc/self/clear_refs`` (after ``malloc_trim``, so that freed heap pages
-      are returned to the OS first), minus the resident size before. This counts
+      resetting it through ``/proc/self/clear_refs``, minus the resident size before. So that the
+      resident size follows the live tensors, the first call fixes glibc's mmap threshold at 1 MiB
+      (``mallopt``; blocks above it are returned to the OS when freed — a process-wide setting) and
+      every call runs ``malloc_trim`` first. This counts
       every byte the process touched (tensors, allocator slack, Python objects), so it is
       noisier than the CUDA figure; run it on an otherwise idle process. ``peak_bytes`` is ``None``
       where the kernel offers no such counters (not Linux, or a restricted ``/proc``).
@@ -152,16 +165,19 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
 
       .. math:: M_\text{saved} = bNkD + 2bND + (8+b)Nk + 2bN;
 
-      ``transient`` :math:`= \max(bcN,\ bNkD)` (one search block; the gradient of the gathered
-      features in the backward pass).
+      ``transient`` :math:`= \max(3bcN,\ 2bNkD)` (a search block and its top-k work space; the
+      gradients of the product and of the gathered features in the backward pass).
     * ``"chunked_softmax"`` (:func:`chunked_soft_topk` with checkpointing): no :math:`NkD` term,
 
       .. math:: M_\text{saved} = 2bND + (8+b)Nk + 2bN;
 
-      ``transient`` :math:`= 3bcN` (a recomputed block, its masked copy and its exponentials).
+      ``transient`` :math:`= 5bcN` (a recomputed block, its scaled and masked copies, its
+      exponentials and their gradient).
 
-    ``saved`` is exact for float32/float64 on CPU and CUDA (checked against
-    :func:`saved_tensor_bytes` in the tests); ``peak = saved + transient`` is an estimate.
+    ``saved`` is exact (checked against :func:`saved_tensor_bytes` in the tests); ``peak = saved +
+    transient`` is an estimate of the largest extra memory during forward + backward, calibrated
+    against :func:`peak_memory` on CPU (benchmarks/bench_knn.py; within about 10 % for the dense
+    method, and a few MB of allocator overhead on top for the chunked ones).
 
     Returns:
         dict with keys ``"saved"``, ``"transient"``, ``"peak"`` (bytes, float).
@@ -183,10 +199,10 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
         transient = 3 * b * n * n
     elif method == "chunked_masked_softmax":
         saved = b * n * k * d + common + b * n * k
-        transient = max(b * c * n, b * n * k * d)
+        transient = max(3 * b * c * n, 2 * b * n * k * d)
     else:
         saved = common + b * n * k
-        transient = 3 * b * c * n
+        transient = 5 * b * c * n
     return {"saved": float(saved), "transient": float(transient), "peak": float(saved + transient)}
 
 
