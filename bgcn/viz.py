@@ -174,9 +174,13 @@ def layout_2d(features: torch.Tensor | np.ndarray, method: str = "pca", seed: in
     elif method == "tsne":
         from sklearn.manifold import TSNE
 
+        from threadpoolctl import threadpool_limits
+
         perplexity = kw.pop("perplexity", min(30.0, (n - 1) / 3.0))
-        p = TSNE(n_components=2, init="pca", metric=kw.pop("metric", "cosine"), perplexity=perplexity,
-                 random_state=seed, **kw).fit_transform(f)
+        # one thread: for a few hundred points OpenMP threads only fight over a busy CPU
+        with threadpool_limits(limits=1 if n <= 2000 else None):
+            p = TSNE(n_components=2, init="pca", metric=kw.pop("metric", "cosine"), perplexity=perplexity,
+                     random_state=seed, **kw).fit_transform(f)
     else:
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
     p = p - p.mean(0)
@@ -282,14 +286,17 @@ def _same_class_share(idx: np.ndarray, lab: np.ndarray) -> float:
 # --------------------------------------------------------------------------- chapter 05
 
 def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_bars: int = 60,
-                               title: str = "softmax(s/τ) of one row", active: int = 0):
+                               title: str = "softmax(s/τ) of one row", active: int = 0,
+                               log_y: bool = True, y_min: float = 1e-6):
     r"""Plotly figure with one slider step per τ: the softmax weights of one row, and n_eff / top-k mass vs τ.
 
     Top: bars of :math:`w = \mathrm{softmax}(s/\tau)` for the ``max_bars`` largest scores, sorted
     (the k largest highlighted). Bottom: the effective number of neighbours :math:`e^{H(w)}` divided
     by n and the top-k mass :math:`\sum_{j\in\text{top-}k} w_j`, both in [0, 1], against τ (log
     axis), with markers at the current τ. The title shows τ, :math:`e^H` and the top-k mass.
-    ``active`` is the slider step shown first (an index into ``taus``).
+    ``active`` is the slider step shown first (an index into ``taus``). With ``log_y`` (default) the
+    weight axis is logarithmic from ``y_min`` to 1, so that the flat rows of a hot softmax
+    (weights ≈ 1/n) stay visible next to the one-hot rows of a cold one.
 
     Args:
         scores: one row of similarities, shape (n,).
@@ -320,6 +327,8 @@ def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_b
     bar_w = [torch.softmax(s / t, 0)[order[:max_bars]].numpy() for t in taus]
     colours = [("#d62728" if (k is not None and r < kk) else "#7f7f7f") for r in range(max_bars)]
     ymax = float(max(b.max() for b in bar_w)) * 1.05
+    if log_y and not 0 < y_min < 1:
+        raise ValueError(f"y_min={y_min} must lie in (0, 1) for a log axis")
     a = _active(active, len(taus))
     fig = make_subplots(rows=2, cols=1, row_heights=[0.55, 0.45], vertical_spacing=0.2,
                         subplot_titles=(f"weights of the {max_bars} largest of n = {n} scores",
@@ -341,9 +350,14 @@ def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_b
     fig.update_layout(title={"text": fig.frames[a].layout.title.text, "font": {"size": 13}}, height=720,
                       margin={"t": 80, "b": 40, "l": 60, "r": 20},
                       sliders=[_slider([f"{t:.3g}" for t in taus], names, "τ = ", active=a)],
-                      legend={"x": 0.99, "xanchor": "right", "y": 0.40, "bgcolor": "rgba(255,255,255,0.8)"})
+                      legend={"x": 0.99, "xanchor": "right", "y": 0.25, "yanchor": "middle",
+                              "bgcolor": "rgba(255,255,255,0.8)"})
     fig.update_xaxes(title_text="rank of the score in the row", row=1, col=1)
-    fig.update_yaxes(title_text="softmax weight w", range=[0, ymax], row=1, col=1)
+    if log_y:
+        fig.update_yaxes(title_text="softmax weight w (log scale)", type="log", exponentformat="power",
+                         range=[math.log10(y_min), math.log10(1.5)], row=1, col=1)
+    else:
+        fig.update_yaxes(title_text="softmax weight w", range=[0, ymax], row=1, col=1)
     fig.update_xaxes(title_text="temperature τ (log scale)", type="log", row=2, col=1)
     fig.update_yaxes(title_text="share (0–1)", range=[0, 1.05], row=2, col=1)
     return fig
@@ -672,8 +686,12 @@ def plot_knn_graph(positions: Any, labels: Any, indices: Any, weights: Any = Non
     return fig
 
 
-def plot_gradient_norm_vs_tau(result: Mapping[str, Any], ax=None, title: str | None = None):
+def plot_gradient_norm_vs_tau(result: Mapping[str, Any], ax=None, title: str | None = None,
+                              decades: float | None = 10.0):
     """Matplotlib log–log plot of :func:`bgcn.temperature.gradient_norm_vs_tau`'s output (mean, median, saturated rows).
+
+    ``decades`` limits the y-axis to that many powers of ten below the largest value (smaller
+    values, e.g. the exactly saturated rows, fall off the bottom); ``None`` shows everything.
 
     Shapes: result["tau"], result["grad_norm"], ... (T,) -> matplotlib Figure.
 
@@ -702,6 +720,12 @@ def plot_gradient_norm_vs_tau(result: Mapping[str, Any], ax=None, title: str | N
         ax.legend(h1 + h2, l1 + l2, loc="lower center")
     else:
         ax.legend()
+    if decades is not None:
+        top = float(np.nanmax(_np(result["grad_norm"], "grad_norm", 1)))
+        if "grad_norm_median" in result:
+            top = max(top, float(np.nanmax(_np(result["grad_norm_median"], "grad_norm_median", 1))))
+        if top > 0:
+            ax.set_ylim(top * 10.0 ** (-float(decades)), top * 3)
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
