@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test test-lib venv clean notebooks bench
+.PHONY: book test test-lib venv clean bench
 
 venv: $(STAMP)
 
@@ -27,3 +27,24 @@ test-lib: $(STAMP)
 
 clean:
 	rm -rf _build
+
+# ---- book helpers -------------------------------------------------------------------------------
+# `make book` already works as it is: scripts/bookext.py (named in _config.yml) sets the plotly
+# renderer and clears stale execution caches itself. These targets are conveniences.
+.PHONY: toc notebooks js test-book test-browser
+
+toc: $(STAMP)                      # rewrite _toc.yml from chapters/NN_*.md (commit the result)
+	$(BIN)/python scripts/make_toc.py
+
+notebooks: $(STAMP)                # .ipynb copies for Colab (with outputs after `make book`)
+	$(BIN)/python scripts/make_notebooks.py --out notebooks
+
+js:                                # local copies of the CDN scripts, for the browser test
+	bash scripts/fetch_js.sh
+
+test-book: $(STAMP)                # build from a clean cache and check the pages
+	$(BIN)/python -m pytest -q -ra -m book
+
+test-browser: $(STAMP) js          # open the pages `make book` built in headless Chromium
+	BGCN_BOOK_PREBUILT=1 $(BIN)/python -m pytest -q -ra -m browser
+
