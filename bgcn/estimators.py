@@ -156,18 +156,28 @@ def _topk_indices_mask(theta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     k = check_k(k, t.shape[-1])
     if bool(torch.isnan(t).any()):
         raise ValueError("theta contains NaN; top-k of a NaN score is undefined (check the scores and the loss gradient)")
-    kth = torch.topk(t, k, dim=-1).values[:, -1:]                      # (N, 1)
-    gt = t > kth
-    eq = t == kth
-    need = k - gt.sum(-1, keepdim=True)                                  # how many tied entries to keep
-    keep_eq = eq & (torch.cumsum(eq.to(torch.int32), dim=-1) <= need)    # lowest indices first
-    mask_b = gt | keep_eq
-    # indices of the chosen entries in increasing column order, then sort by decreasing score
-    cols = mask_b.nonzero(as_tuple=False)[:, 1].reshape(t.shape[0], k)
-    vals = t.gather(-1, cols)
-    order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
-    idx = cols.gather(-1, order)
-    mask = mask_b.to(theta.dtype)
+    n_rows, m_cols = t.shape
+    kk = min(k + 1, m_cols)
+    top = torch.topk(t, kk, dim=-1)
+    idx = top.indices[:, :k]
+    # fast path: the k-th and (k+1)-th values differ in every row, so torch.topk's *set* is the unique
+    # answer; only the order of tied values inside the set is unspecified: sort by (value desc, index asc)
+    tied = (top.values[:, k - 1] == top.values[:, k]) if kk > k else torch.zeros(n_rows, dtype=torch.bool,
+                                                                                  device=t.device)
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        tr = t[rows]
+        kth = top.values[rows, k - 1:k]
+        gt = tr > kth
+        eq = tr == kth
+        need = k - gt.sum(-1, keepdim=True)                                  # how many tied entries to keep
+        keep = gt | (eq & (torch.cumsum(eq.to(torch.int32), dim=-1) <= need))  # lowest indices first
+        idx = idx.clone()
+        idx[rows] = keep.nonzero(as_tuple=False)[:, 1].reshape(rows.numel(), k)
+    idx = idx.sort(dim=-1).values                                            # index ascending ...
+    order = torch.sort(t.gather(-1, idx), dim=-1, descending=True, stable=True).indices
+    idx = idx.gather(-1, order)                                              # ... then value descending (stable)
+    mask = torch.zeros_like(t, dtype=theta.dtype).scatter_(-1, idx, 1.0)
     if squeeze:
         return idx[0], mask[0]
     return idx, mask
@@ -305,6 +315,11 @@ class PerturbationState:
                 f"swaps={self.swaps:.3g}, calls={self.calls})")
 
 
+def _do_sample(sample: bool | None) -> bool:
+    """``sample=None``: sample exactly when autograd is recording (training), not under ``torch.no_grad()``."""
+    return torch.is_grad_enabled() if sample is None else bool(sample)
+
+
 def _prepare_theta(scores: torch.Tensor, k: int, tau: float, exclude_self: bool) -> tuple[torch.Tensor, int]:
     check_tensor(scores, "scores", ndim=2)
     k = check_k(k, scores.shape[-1], exclude_self=exclude_self)
@@ -322,16 +337,17 @@ def _selection(dense: torch.Tensor, idx: torch.Tensor) -> Selection:
 # =========================================================================== straight-through / identity
 
 class _IdentitySolver(torch.autograd.Function):
-    """Forward: hard top-k of the input; backward: the incoming gradient unchanged (+identity: top-k is an argmax)."""
+    """Forward: hard top-k of the input (mask, indices); backward: the incoming gradient unchanged (+identity: argmax)."""
 
     @staticmethod
     def forward(ctx, theta, k):
-        valid = torch.isfinite(theta)
-        ctx.save_for_backward(valid)
-        return topk_mask(theta, k)
+        ctx.save_for_backward(torch.isfinite(theta))
+        idx, m = _topk_indices_mask(theta, k)
+        ctx.mark_non_differentiable(idx)
+        return m, idx
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _g_idx):
         (valid,) = ctx.saved_tensors
         return torch.where(valid, g, torch.zeros_like(g)), None
 
@@ -361,24 +377,27 @@ def ste_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_sel
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     if surrogate is None:
-        m = _IdentitySolver.apply(theta, k)
+        m, idx = _IdentitySolver.apply(theta, k)
     elif surrogate in ("sigmoid", "capped_simplex"):
         fn = sigmoid_topk if surrogate == "sigmoid" else capped_simplex_topk
         soft = fn(theta, k, tau_m=tau_m, tau_m_rel=tau_m_rel)
-        m = topk_mask(theta, k) + (soft - soft.detach())
+        idx, hard = _topk_indices_mask(theta, k)
+        m = hard + (soft - soft.detach())
     else:
         raise ValueError(f"surrogate={surrogate!r} must be None (identity), 'sigmoid' or 'capped_simplex'")
-    return _selection(m, topk_indices(theta, k))
+    return _selection(m, idx)
 
 
 @register_estimator("identity", needs_dense=True)
 def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
-                       generator: torch.Generator | None = None, noise_rel: float = 0.0, s: int = 10) -> Selection:
+                       generator: torch.Generator | None = None, noise_rel: float = 0.0, s: int = 10,
+                       sample: bool | None = None) -> Selection:
     r"""Identity with projection (Sahoo, Paulus, Vlastelica, Musil, Kuleshov & Martius, ICLR 2023, arXiv 2205.15213; seed 004).
 
     Forward, per row (the order of the reference notebook): optionally
     :math:`\theta \leftarrow \theta + \epsilon` (Sum-of-Gamma noise of temperature
-    ``noise_rel``·s_i, "margin" against cost collapse; off by default), then
+    ``noise_rel``·s_i, "margin" against cost collapse; off by default; with ``sample=None`` only
+    while autograd records, i.e. in training steps), then
 
     .. math::
         c = \theta - \bar\theta\,\mathbf 1, \qquad u = c/\lVert c\rVert, \qquad m = \operatorname{topk}(u)
@@ -406,7 +425,7 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     if isinstance(noise_rel, bool) or not isinstance(noise_rel, (int, float)) or not math.isfinite(noise_rel) or noise_rel < 0:
         raise ValueError(f"noise_rel={noise_rel!r} must be a number >= 0 (0 switches the noise off)")
     valid = torch.isfinite(theta)
-    if noise_rel > 0:
+    if noise_rel > 0 and _do_sample(sample):
         eps = sum_of_gamma_noise(theta.shape, k, s=s, tau=1.0, dtype=theta.dtype, device=theta.device,
                                  generator=generator) * (noise_rel * row_std(theta))
         theta = theta + eps
@@ -416,8 +435,8 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     norm = c.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(theta.dtype).tiny ** 0.5)
     u = c / norm
     u = torch.where(valid, u, torch.full_like(u, float("-inf")))
-    m = _IdentitySolver.apply(u, k)
-    return _selection(m, topk_indices(u, k))
+    m, idx = _IdentitySolver.apply(u, k)
+    return _selection(m, idx)
 
 
 # =========================================================================== blackbox / I-MLE
@@ -428,13 +447,14 @@ class _PerturbedTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta, k, eps, lam, lam_rel, symmetric, scale, state):
         z = theta if eps is None else theta + eps
-        m = topk_mask(z, k)
+        idx, m = _topk_indices_mask(z, k)
+        ctx.mark_non_differentiable(idx)
         ctx.k, ctx.lam, ctx.lam_rel, ctx.symmetric, ctx.scale, ctx.state = k, lam, lam_rel, symmetric, scale, state
         ctx.save_for_backward(z, m)
-        return m
+        return m, idx
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _g_idx):
         z, m = ctx.saved_tensors
         valid = torch.isfinite(z)
         g = torch.where(valid, g, torch.zeros_like(g))
@@ -499,20 +519,22 @@ def blackbox_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     lam, lam_rel = _check_lam(lam, lam_rel)
     state = _check_state(state)
-    m = _PerturbedTopK.apply(theta, k, None, lam, lam_rel, False, True, state)
-    return _selection(m, topk_indices(theta, k))
+    m, idx = _PerturbedTopK.apply(theta, k, None, lam, lam_rel, False, True, state)
+    return _selection(m, idx)
 
 
 @register_estimator("imle", needs_dense=True, stochastic=True)
 def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                    generator: torch.Generator | None = None, lam: float | None = None, lam_rel: float = 1.0,
                    tau_noise: float | None = None, noise_rel: float = 0.3, s: int = 10, symmetric: bool = False,
-                   scale: bool = True, sample: bool = True, state: PerturbationState | None = None) -> Selection:
+                   scale: bool = True, sample: bool | None = None, state: PerturbationState | None = None) -> Selection:
     r"""Implicit MLE for k-subsets (Niepert, Minervini & Franceschi, NeurIPS 2021, arXiv 2106.01798), perturb-and-MAP.
 
-    Forward (training, ``sample=True``): :math:`\epsilon` = Sum-of-Gamma noise
-    (:func:`sum_of_gamma_noise`, temperature :math:`\tau_{noise}`), :math:`m = \operatorname{topk}(\theta+\epsilon)`:
-    a hard sample. ``sample=False`` (evaluation): :math:`m = \operatorname{topk}(\theta)`.
+    Forward (training): :math:`\epsilon` = Sum-of-Gamma noise (:func:`sum_of_gamma_noise`,
+    temperature :math:`\tau_{noise}`), :math:`m = \operatorname{topk}(\theta+\epsilon)`: a hard
+    sample. Evaluation: :math:`m = \operatorname{topk}(\theta)`. ``sample=None`` (default) samples
+    exactly when autograd is recording (``torch.is_grad_enabled()``), so a training step samples and
+    an evaluation under ``torch.no_grad()`` does not; ``True``/``False`` force it.
 
     Backward with the **same** noise (the perturbation-based implicit differentiation target,
     α = 1, β = λ):
@@ -545,13 +567,12 @@ def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
     s = _check_int(s, "s")
     state = _check_state(state)
     eps = None
-    if sample:
+    if _do_sample(sample):
         scale_i = tau_noise if tau_noise is not None else noise_rel * row_std(theta)
         eps = sum_of_gamma_noise(theta.shape, k, s=s, tau=1.0, dtype=theta.dtype, device=theta.device,
                                  generator=generator) * scale_i
-    m = _PerturbedTopK.apply(theta, k, eps, lam, lam_rel, bool(symmetric), bool(scale), state)
-    z = theta.detach() if eps is None else theta.detach() + eps
-    return _selection(m, topk_indices(z, k))
+    m, idx = _PerturbedTopK.apply(theta, k, eps, lam, lam_rel, bool(symmetric), bool(scale), state)
+    return _selection(m, idx)
 
 
 def blackbox_argmin_verbatim(theta: torch.Tensor, k: int, lam: float | None = None, lam_rel: float = 1.0) -> torch.Tensor:
@@ -603,25 +624,36 @@ def _tau_m(theta: torch.Tensor, tau_m, tau_m_rel) -> torch.Tensor:
     return check_positive(tau_m_rel, "tau_m_rel") * row_std(theta)
 
 
-def _sigmoid_threshold(x: torch.Tensor, k: int, iters: int = 50, newton: int = 4) -> torch.Tensor:
-    """t per row with Σ_j σ(x_j − t) = k (x already divided by τ_m; -inf entries contribute 0). No grad."""
+def _sigmoid_threshold(x: torch.Tensor, k: int, max_iter: int = 100) -> torch.Tensor:
+    """t per row with Σ_j σ(x_j − t) = k (x already divided by τ_m; -inf entries contribute 0). No grad.
+
+    Safeguarded Newton: start between the k-th and (k+1)-th largest x, keep a bracket [lo, hi] with
+    f(lo) > 0 > f(hi), take the Newton step t + f/Σh when it stays inside, else bisect; stop when
+    |Σσ − k| is at the rounding level of the row sum (usually 5–10 passes over the row).
+    """
     x = x.detach()
     valid = torch.isfinite(x)
+    n_valid = valid.sum(-1, keepdim=True)
     big = torch.finfo(x.dtype).max
     lo = torch.where(valid, x, torch.full_like(x, big)).amin(-1, keepdim=True) - 40.0   # Σσ ≈ n >= k
     hi = torch.where(valid, x, torch.full_like(x, -big)).amax(-1, keepdim=True) + 40.0  # Σσ ≈ 0 < k
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        f = torch.sigmoid(x - mid).sum(-1, keepdim=True) - k
-        lo = torch.where(f > 0, mid, lo)
-        hi = torch.where(f > 0, hi, mid)
-    t = 0.5 * (lo + hi)
-    for _ in range(newton):  # polish to machine precision; f'(t) = -Σ h
+    top = torch.topk(x, min(k + 1, x.shape[-1]), dim=-1).values
+    t = 0.5 * (top[:, k - 1:k] + top[:, -1:]) if top.shape[-1] > k else lo.clone()
+    t = torch.maximum(torch.minimum(t.nan_to_num(nan=0.0, neginf=-big), hi), lo)
+    tol = 4.0 * torch.finfo(x.dtype).eps * n_valid.to(x.dtype)
+    for _ in range(max_iter):
         m = torch.sigmoid(x - t)
         f = m.sum(-1, keepdim=True) - k
+        done = f.abs() <= tol
+        if bool(done.all()):
+            break
         d = (m * (1 - m)).sum(-1, keepdim=True)
-        step = torch.where(d > 0, f / d.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(f))
-        t = (t + step).clamp(lo, hi)
+        lo = torch.where(f > 0, t, lo)
+        hi = torch.where(f > 0, hi, t)
+        tn = t + f / d.clamp_min(torch.finfo(x.dtype).tiny)
+        bad = (d <= 0) | ~((tn > lo) & (tn < hi))
+        tn = torch.where(bad, 0.5 * (lo + hi), tn)
+        t = torch.where(done, t, tn)
     return t
 
 
@@ -651,7 +683,7 @@ def sigmoid_topk(theta: torch.Tensor, k: int, tau_m: float | None = None, tau_m_
     .. math::
         m_j = \sigma\!\Big(\frac{\theta_j - t}{\tau_m}\Big),\qquad t \text{ such that } \sum_j m_j = k
 
-    t is found per row by bisection (50 steps) polished by Newton steps, under ``no_grad``; the
+    t is found per row by safeguarded Newton (bisection fallback), under ``no_grad``; the
     backward is the implicit-function closed form, with :math:`h = m(1-m)`:
 
     .. math::
@@ -672,26 +704,40 @@ def sigmoid_topk(theta: torch.Tensor, k: int, tau_m: float | None = None, tau_m_
     return _SigmoidTopK.apply(theta, k, _tau_m(theta, tau_m, tau_m_rel))
 
 
-def _capped_threshold(x: torch.Tensor, k: int, iters: int = 60) -> torch.Tensor:
-    """ν per row with Σ_j clip(x_j − ν, 0, 1) = k, exact (bisection then the closed form on the free set). No grad."""
+def _capped_threshold(x: torch.Tensor, k: int, iters: int = 40) -> torch.Tensor:
+    """ν per row with Σ_j clip(x_j − ν, 0, 1) = k, exact. No grad.
+
+    ν lies in (x_(k+1) − 1, x_(k)) (at ν = x_(k) at most k − 1 entries contribute; at x_(k+1) − 1
+    the top k + 1 contribute 1 each), so only the entries above x_(k+1) − 1 matter: take enough of
+    the largest (a top-C candidate set, C doubled until it covers them), bisect on those, then solve
+    exactly on the free set F (0 < x − ν < 1) and the upper set U (x − ν >= 1): Σ_F (x − ν) + |U| = k.
+    """
     x = x.detach()
-    valid = torch.isfinite(x)
+    m_cols = x.shape[-1]
+    c = min(m_cols, max(4 * (k + 1), 64))
+    while True:
+        cand = torch.topk(x, c, dim=-1).values                             # (N, C), descending
+        if c == m_cols or k + 1 > c or bool((cand[:, -1] <= cand[:, k] - 1).all()):
+            break
+        c = min(m_cols, 2 * c)
+    valid = torch.isfinite(cand)
     big = torch.finfo(x.dtype).max
-    lo = torch.where(valid, x, torch.full_like(x, big)).amin(-1, keepdim=True) - 1.0    # sum = n >= k
-    hi = torch.where(valid, x, torch.full_like(x, -big)).amax(-1, keepdim=True)         # sum = 0 < k
+    lo = torch.where(valid, cand, torch.full_like(cand, big)).amin(-1, keepdim=True) - 1.0   # sum >= k
+    hi = cand[:, :1].clone()                                                                  # sum = 0 < k
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        f = (x - mid).clamp(0, 1).sum(-1, keepdim=True) - k
+        f = (cand - mid).clamp(0, 1).sum(-1, keepdim=True) - k
         lo = torch.where(f > 0, mid, lo)
         hi = torch.where(f > 0, hi, mid)
     nu = 0.5 * (lo + hi)
-    # exact: on the free set F (0 < x − ν < 1) and the upper set U (x − ν >= 1): Σ_F (x − ν) + |U| = k
-    free = (x - nu > 0) & (x - nu < 1)
-    upper = x - nu >= 1
-    nf = free.sum(-1, keepdim=True)
-    xs = torch.where(free, x, torch.zeros_like(x)).sum(-1, keepdim=True)
-    exact = (xs - (k - upper.sum(-1, keepdim=True))) / nf.clamp_min(1)
-    return torch.where(nf > 0, exact, nu)
+    for _ in range(3):  # exact solve on the sets found, repeated so that a set changed by rounding settles
+        free = (cand - nu > 0) & (cand - nu < 1)
+        upper = cand - nu >= 1
+        nf = free.sum(-1, keepdim=True)
+        xs = torch.where(free, cand, torch.zeros_like(cand)).sum(-1, keepdim=True)
+        exact = (xs - (k - upper.sum(-1, keepdim=True))) / nf.clamp_min(1)
+        nu = torch.where(nf > 0, exact, nu)
+    return nu
 
 
 class _CappedSimplexTopK(torch.autograd.Function):
@@ -768,7 +814,7 @@ def capped_simplex_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, 
                              tau_m_rel: float = 0.3) -> Selection:
     r"""The sparse capped-simplex top-k of :func:`capped_simplex_topk` as an estimator, on :math:`\theta = S/\tau`.
 
-    ``dense`` has at most k + |F| non-zeros per row; ``indices``/``weights`` keep the k largest.
+    ``dense`` has at most :math:`k + |F|` non-zeros per row; ``indices``/``weights`` keep the k largest.
     Use the dense path: the entries of the free set beyond the k-th carry weight and gradient.
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
@@ -790,8 +836,9 @@ def plackett_luce_log_prob(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tens
         \log\!\!\sum_{l\notin\{j_1,\dots,j_{m-1}\}}\!\! e^{\theta_l}\Big]
 
     This is the exact law of ``topk(θ + Gumbel)`` in its sampled order (the Gumbel-top-k trick;
-    Kool, van Hoof & Welling, ICML 2019, arXiv 1903.06059). Differentiable in θ; each logsumexp is
-    taken over the remaining candidates with ``-inf`` masking (exact, no cancellation), O(k·N·M).
+    Kool, van Hoof & Welling, ICML 2019, arXiv 1903.06059). Differentiable in θ. The normaliser of
+    step m is computed exactly (no cancellation) as the logsumexp of the never-chosen entries (one
+    pass over the row) together with :math:`\theta_{j_m},\dots,\theta_{j_k}`: O(N·M + N·k²).
     ``-inf`` entries of θ (masked diagonal) are never candidates.
 
     Shapes:
@@ -808,12 +855,17 @@ def plackett_luce_log_prob(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tens
     if idx.dim() != 2 or idx.shape[0] != theta.shape[0]:
         raise ValueError(f"idx must be (N, k) with N = {theta.shape[0]}, got {tuple(idx.shape)}")
     k = idx.shape[1]
-    chosen = torch.zeros(theta.shape, dtype=torch.bool, device=theta.device)
-    total = theta.gather(-1, idx).sum(-1)
+    # the candidates left at step m are the never-chosen ones ("rest", one logsumexp over the row)
+    # plus j_m..j_k: log Z_m = logsumexp(lse_rest, θ_{j_m}, ..., θ_{j_k}), exact and O(N·M + N·k²)
+    chosen = torch.zeros(theta.shape, dtype=torch.bool, device=theta.device).scatter(-1, idx, True)
+    masked = theta.masked_fill(chosen, float("-inf"))
+    has_rest = torch.isfinite(masked).any(-1, keepdim=True)
+    lse_rest = torch.logsumexp(torch.where(has_rest, masked, torch.zeros_like(masked)), -1, keepdim=True)
+    lse_rest = torch.where(has_rest, lse_rest, torch.full_like(lse_rest, float("-inf")))
+    vals = theta.gather(-1, idx)
+    total = vals.sum(-1)
     for m in range(k):
-        masked = theta.masked_fill(chosen, float("-inf"))
-        total = total - torch.logsumexp(masked, dim=-1)
-        chosen = chosen.scatter(-1, idx[:, m:m + 1], True)
+        total = total - torch.logsumexp(torch.cat([lse_rest, vals[:, m:]], dim=-1), dim=-1)
     return total[0] if squeeze else total
 
 
@@ -913,10 +965,10 @@ class EMABaseline:
 @register_estimator("gumbel_reinforce", needs_dense=False, stochastic=True)
 def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                                generator: torch.Generator | None = None, tau_noise: float | None = None,
-                               noise_rel: float = 0.1, sample: bool = True) -> Selection:
+                               noise_rel: float = 0.1, sample: bool | None = None) -> Selection:
     r"""Gumbel top-k sampling with a score-function gradient (Kool et al., 2019; REINFORCE, Williams 1992; seed 003).
 
-    Forward (training, ``sample=True``): a Plackett–Luce sample of k neighbours per row,
+    Forward (training): a Plackett–Luce sample of k neighbours per row,
 
     .. math::
         (j_1,\dots,j_k) = \operatorname{topk}(\theta + \tau_g G),\quad G\sim\mathrm{Gumbel}(0,1)
@@ -927,8 +979,9 @@ def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *
     ``sel.log_prob`` (N,) = :func:`plackett_luce_log_prob` of θ/τ_g at the sample, differentiable,
     to be used as ``loss + reinforce_surrogate(sel.log_prob, reward, baseline)`` with per-node
     rewards (e.g. ``-nll_i`` on labelled nodes) and an RLOO baseline over S samples (stack the
-    log-probs of S calls). ``sel.theta`` holds θ/τ_g. ``sample=False`` (evaluation): the hard top-k of
-    θ.
+    log-probs of S calls). ``sel.theta`` holds θ/τ_g. Evaluation: the hard top-k of θ (the mode of the
+    distribution). ``sample=None`` (default) samples exactly when ``torch.is_grad_enabled()``
+    (training step yes, evaluation under ``torch.no_grad()`` no); ``True``/``False`` force it.
 
     Scale: :math:`\tau_{g,i} = \texttt{noise\_rel}\cdot s_i` (default 0.1 row standard deviations:
     on the digits about 75 % of the sampled neighbours are in the hard top-10),
@@ -947,7 +1000,7 @@ def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *
     noise_rel = check_positive(noise_rel, "noise_rel")
     scale = tau_noise if tau_noise is not None else noise_rel * row_std(theta)
     logits = theta / scale
-    if sample:
+    if _do_sample(sample):
         g = gumbel_noise(theta.shape, dtype=theta.dtype, device=theta.device, generator=generator)
         idx = topk_indices(logits.detach() + g, k)
     else:

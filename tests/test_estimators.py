@@ -72,8 +72,8 @@ SIGN_KW = {
     "blackbox": {},
     "imle": {"noise_rel": 1.0},
     "sigmoid": {"tau_m": 1.0},
-    "capped_simplex": {"tau_m": 10.0, "steps": 200},
-    "gumbel_reinforce": {"noise_rel": 1.0, "steps": 150},
+    "capped_simplex": {"tau_m": 10.0, "steps": 60, "lr": 2.0},
+    "gumbel_reinforce": {"noise_rel": 1.0, "steps": 100, "lr": 1.0},
 }
 
 
@@ -218,12 +218,12 @@ def test_sum_of_gamma_k_sum_is_gumbel():
     """k-fold sum of SoG noise: mean H_s - log s -> 0.5772, variance sum_{i<=s} 1/i^2 -> pi^2/6 = 1.645.
 
     With s = 100 the exact values are 0.5822 and 1.6350 (within 1/(2s) and 1/s of Gumbel's). With
-    n = 15 000 k-sums the standard errors are sqrt(1.645/n) = 0.0105 for the mean and
-    sqrt((mu4 - sigma^4)/n) = sqrt((5.4 - 1) * 1.645^2 / n) = 0.028 for the variance (the Gumbel's
+    n = 10 000 k-sums the standard errors are sqrt(1.645/n) = 0.0128 for the mean and
+    sqrt((mu4 - sigma^4)/n) = sqrt((5.4 - 1) * 1.645^2 / n) = 0.034 for the variance (the Gumbel's
     excess kurtosis is 2.4); we allow 4 standard errors around Gumbel's values plus the finite-s bias.
     """
-    n, k, s = 15_000, 4, 100
-    se_mean, se_var = 0.0105, 0.028
+    n, k, s = 10_000, 4, 100
+    se_mean, se_var = 0.0128, 0.034
     tot = E.sum_of_gamma_noise((n, k), k, s=s, generator=torch.Generator().manual_seed(0)).double().sum(1)
     mean_s = sum(1.0 / i for i in range(1, s + 1)) - math.log(s)
     var_s = sum(1.0 / i ** 2 for i in range(1, s + 1))
@@ -542,3 +542,18 @@ def test_stochastic_estimators_are_reproducible(name):
     assert torch.equal(a.indices, b.indices) and not torch.equal(a.indices, c.indices)
     det = ESTIMATORS[name](s, 4, sample=False)
     assert torch.equal(det.indices, E.topk_indices(s, 4))
+
+
+@pytest.mark.parametrize("name", ["imle", "gumbel_reinforce"])
+def test_sampling_follows_grad_mode(name):
+    """sample=None: a training step (autograd recording) samples, an evaluation under no_grad takes the hard top-k."""
+    s = _scores(30, seed=22)
+    hard = E.topk_indices(s, 4)
+    with torch.no_grad():
+        ev = ESTIMATORS[name](s, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ev.indices, hard)
+    tr = ESTIMATORS[name](s, 4, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(tr.indices, hard)
+    with torch.no_grad():
+        forced = ESTIMATORS[name](s, 4, generator=torch.Generator().manual_seed(0), sample=True)
+    assert torch.equal(forced.indices, tr.indices)
