@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pretrain-epochs", type=_nonneg_int, default=None, help="SimCLR-lite pre-training epochs")
     e.add_argument("--warmup-epochs", type=_nonneg_int, default=None,
                    help="end-to-end rows: GCN-only epochs on the pre-trained features before joint training")
+    e.add_argument("--methods", nargs="+", default=None, metavar="ROW",
+                   help="only these rows (see bgcn.experiment.ROWS); default: all")
+    e.add_argument("--lr-backbone", type=_positive_float, default=None,
+                   help="backbone learning rate of the end-to-end rows (default: see bgcn.experiment.FULL)")
     e.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
     e.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
     e.add_argument("--out", default="results", help="output folder")
@@ -351,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = run_experiment(out=args.out, quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,
                                  epochs=args.epochs, backbone=args.backbone, pretrain_epochs=args.pretrain_epochs,
                                  warmup_epochs=args.warmup_epochs,
-                                 k=args.k, device=args.device, progress=args.progress, resume=args.resume)
+                                 k=args.k, device=args.device, progress=args.progress, resume=args.resume,
+                                 methods=args.methods, lr_backbone=args.lr_backbone)
             print(res["table_md"])
             print(f"{prog}: wrote {', '.join(res['files'])}")
     except TrainingDiverged as e:

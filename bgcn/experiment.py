@@ -106,7 +106,8 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                    backbone: str | None = None, pretrain_epochs: int | None = None, warmup_epochs: int | None = None,
                    k: int = 10,
                    device: str = "auto", progress: bool | None = None, max_images: int | None = None,
-                   methods: Sequence[str] | None = None, resume: bool = False) -> dict:
+                   methods: Sequence[str] | None = None, resume: bool = False,
+                   lr_backbone: float | None = None) -> dict:
     r"""Run the comparison and write ``experiment.json``, ``results.md`` and ``results.csv`` to ``out``.
 
     Score: test accuracy at the epoch of best validation accuracy (GCN rows; the validation images
@@ -139,7 +140,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     cfg = dict(QUICK if quick else FULL)
     for key, val in (("seeds", seeds), ("labels_per_class", labels_per_class), ("epochs", epochs),
                      ("backbone", backbone), ("pretrain_epochs", pretrain_epochs), ("max_images", max_images),
-                     ("warmup_epochs", warmup_epochs)):
+                     ("warmup_epochs", warmup_epochs), ("lr_backbone", lr_backbone)):
         if val is not None:
             cfg[key] = list(val) if key == "labels_per_class" else val
     rows = list(ROWS if methods is None else methods)
