@@ -408,7 +408,12 @@ def _write(path: Path, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bgcn.estimator_experiment [--quick] [--out DIR] [--seeds N] [--resume]``."""
+    """Command line: ``python -m bgcn.estimator_experiment [--quick] [--out DIR] [--seeds N] [--resume]``; returns the exit status.
+
+    Shapes: none.
+
+    Taught in: chapter 09 (chapters/09_estimators.md).
+    """
     p = argparse.ArgumentParser(prog="python -m bgcn.estimator_experiment",
                                 description="Compare the selection estimators of chapter 09 on the digits.")
     p.add_argument("--out", default="results", help="output folder (default: results)")

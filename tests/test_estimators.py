@@ -66,15 +66,7 @@ def test_topk_mask_breaks_ties_to_lower_index():
 
 # ---------------------------------------------------------------- the sign test
 
-SIGN_KW = {
-    "ste": {},
-    "identity": {},
-    "blackbox": {},
-    "imle": {"noise_rel": 1.0},
-    "sigmoid": {"tau_m": 1.0},
-    "capped_simplex": {"tau_m": 10.0, "steps": 60, "lr": 2.0},
-    "gumbel_reinforce": {"noise_rel": 1.0, "steps": 100, "lr": 1.0},
-}
+SIGN_KW = E.SIGN_TEST_KW
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -557,3 +549,18 @@ def test_sampling_follows_grad_mode(name):
     with torch.no_grad():
         forced = ESTIMATORS[name](s, 4, generator=torch.Generator().manual_seed(0), sample=True)
     assert torch.equal(forced.indices, tr.indices)
+
+
+def test_experiment_helpers():
+    from bgcn.estimator_experiment import ROWS, format_tables, rows_changed, summarize
+
+    assert set(E.SELECTION_ESTIMATORS) <= set(ROWS)
+    a = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3]])
+    b = torch.tensor([[3, 2, 1], [0, 2, 1], [0, 1, 3]])       # row 0: same set, other order; row 1: changed
+    assert rows_changed(a, b) == pytest.approx(1 / 3)
+    runs = [{"row": "ste", "seed": s, "test_acc": 0.9 + 0.01 * s, "relvar_backbone": 0.0} for s in range(3)]
+    summ = summarize(runs, ["ste"])
+    assert summ[0]["test_acc"] == pytest.approx(0.91) and summ[0]["test_acc_std"] == pytest.approx(0.01)
+    cfg = {"num_images": 10, "labels_per_class": 1, "k": 3, "seeds": 3, "backbone": "b", "pretrain_epochs": 1,
+           "epochs": 2, "warmup_epochs": 1, "device": "cpu", "threads": 1, "grad_repeats": 2}
+    assert "| ste | 91.0 ± 1.0 |" in format_tables(summ, cfg, 0.1)
