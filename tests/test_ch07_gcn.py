@@ -148,3 +148,31 @@ def test_two_layer_feature_gradient_reaches_only_two_hops():
     F.nll_loss(model(x, ei)[m], torch.tensor([1])).backward()
     reached = (x.grad.abs().sum(1) > 0).tolist()
     assert reached == [True, True, True, False, False, False]
+
+
+def test_lowrank_formula_with_degree_term_equals_autograd():
+    # eq-ch07-lowrank: dL/dA = D^-1/2 G D^-1/2 + c 1^T, c_i = -(sum_j G_ij Â_ij + G_ji Â_ji) / (2 D_ii)
+    feats, y, m, graph = _knn_problem(n=45, seed=7)
+    n, C = 45, 3
+    torch.manual_seed(7)
+    model = GCN(6, 5, C, dropout=0.0).double()
+    a = _dense_grad(model, feats, y, m, graph)
+    w1, b1 = model.conv1.lin.weight.detach().T, model.conv1.bias.detach()
+    w2, b2 = model.conv2.lin.weight.detach().T, model.conv2.bias.detach()
+    deg = (a.detach() + torch.eye(n, dtype=DT)).sum(1)
+    a_hat = normalized_adjacency(a.detach())
+    z1 = gcn_layer_forward(a_hat, feats, w1, b1)
+    h1 = torch.relu(z1)
+    z2 = gcn_layer_forward(a_hat, h1, w2, b2)
+    dz2 = (torch.softmax(z2, 1) - F.one_hot(y, C).to(DT)) * m[:, None] / m.sum()
+    g2, dh1, _, _ = gcn_layer_backward(a_hat, h1, w2, b2, dz2)
+    dz1 = dh1 * (z1 > 0)
+    g1, _, _, _ = gcn_layer_backward(a_hat, feats, w1, b1, dz1)
+    g = g1 + g2
+    c = -((g * a_hat).sum(1) + (g * a_hat).sum(0)) / (2 * deg)
+    s = deg.rsqrt()
+    torch.testing.assert_close(s[:, None] * g * s[None, :] + c[:, None], a.grad, rtol=0, atol=1e-12)
+    u = torch.cat([s[:, None] * dz1, s[:, None] * dz2, c[:, None]], 1)        # the thin factors
+    v = torch.cat([s[:, None] * (feats @ w1), s[:, None] * (h1 @ w2), torch.ones(n, 1, dtype=DT)], 1)
+    torch.testing.assert_close(u @ v.T, a.grad, rtol=0, atol=1e-12)
+    assert u.shape == (n, 5 + C + 1)
