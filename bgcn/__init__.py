@@ -25,8 +25,8 @@ from . import gcn_spec
 from . import argmax, scaling, temperature
 from .temperature import suggest_tau
 from . import estimators  # registers the selection estimators of chapter 09 in ESTIMATORS
-from .model import EndToEnd
-from .train import History, TrainResult, TrainingDiverged, pretrain_backbone, train
+from .model import MODES, EndToEnd, build_model
+from .train import History, TrainResult, TrainingDiverged, load_checkpoint, pretrain_backbone, save_checkpoint, train
 
 _LAZY = {"viz", "cli", "experiment"}
 

@@ -231,4 +231,7 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
         if not isinstance(sel, Selection):
             raise TypeError(f"estimator {name!r} must return a bgcn.topk.Selection, got {type(sel).__name__}")
     edge_index, edge_weight = rankings_to_edges(sel.indices, sel.weights, symmetric=symmetric, self_loops=self_loops)
-    return KNNGraph(edge_index, edge_weight, sel.indices, sel.weights, n, sel.dense, name)
+    info = {}
+    if getattr(sel, "log_prob", None) is not None:  # score-function estimators (chapter 09): log p_i, (N,)
+        info["log_prob"] = sel.log_prob
+    return KNNGraph(edge_index, edge_weight, sel.indices, sel.weights, n, sel.dense, name, info)

@@ -112,3 +112,13 @@ def test_bad_input():
         rankings_to_edges(torch.tensor([[0, 5]]))
     with pytest.raises(ValueError, match="weights must have the same shape"):
         rankings_to_edges(torch.tensor([[0], [1]]), torch.ones(3))
+
+
+def test_score_function_log_prob_rides_on_graph_info():
+    x = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    g = bgcn.knn_graph(x, 2, "gumbel_reinforce", 0.5, generator=torch.Generator().manual_seed(0))
+    lp = g.info["log_prob"]
+    assert lp.shape == (10,) and bool((lp <= 0).all())
+    (grad,) = torch.autograd.grad(lp.sum(), x)
+    assert float(grad.abs().sum()) > 0
+    assert "log_prob" not in bgcn.knn_graph(x, 2, "softmax").info
