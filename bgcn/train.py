@@ -40,7 +40,7 @@ from torch import nn
 
 from .model import MODES, EndToEnd, score_function_surrogate
 from .topk import mask_diagonal
-from .utils import check_k, check_positive, check_tensor, get_device, seed_everything
+from .utils import NotFoundError, check_k, check_positive, check_tensor, get_device, seed_everything
 
 __all__ = [
     "TrainingDiverged",
@@ -320,7 +320,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise NotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint= path a train() run wrote")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt files raise many kinds of errors
@@ -442,8 +442,16 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     train_mask = _check_mask(train_mask, n, "train_mask", dev, required=True)
     val_mask = _check_mask(val_mask, n, "val_mask", dev)
     test_mask = _check_mask(test_mask, n, "test_mask", dev)
-    if int(labels[train_mask].min()) < 0:
-        raise ValueError("labels of the training nodes must be >= 0")
+    num_classes = getattr(model.gcn, "out_channels", None)
+    for mname, m in (("train_mask", train_mask), ("val_mask", val_mask), ("test_mask", test_mask)):
+        if m is None or not bool(m.any()):
+            continue
+        lo, hi = int(labels[m].min()), int(labels[m].max())
+        if lo < 0:
+            raise ValueError(f"labels of the {mname} nodes must be >= 0, got {lo}; leave unlabelled nodes out of the mask")
+        if num_classes is not None and hi >= int(num_classes):
+            raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = {num_classes}; "
+                             f"labels must lie in 0..{int(num_classes) - 1} (build the model with num_classes={hi + 1})")
 
     model.configure(mode)
     model.amp = bool(amp)
@@ -713,6 +721,12 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
+    check_tensor(z1, "z1", ndim=2)
+    check_tensor(z2, "z2", ndim=2)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)} must have the same shape (B, P): "
+                         f"two views of the same B images")
+    temperature = check_positive(temperature, "temperature")
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     b = z1.shape[0]
     logits = mask_diagonal(z @ z.T) / temperature
