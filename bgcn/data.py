@@ -68,11 +68,16 @@ class Dataset(_ImagesLabels):
     # No __slots__: instances get a __dict__ for the two extra attributes.
     def __new__(cls, images: torch.Tensor, labels: torch.Tensor,
                 class_names: Sequence[str] | None = None, name: str = ""):
+        check_tensor(images, "images", ndim=4, finite=False)
+        check_labels(labels, images.shape[0])
         self = super().__new__(cls, images, labels)
         if class_names is None:
             c = int(labels.max()) + 1 if labels.numel() else 0
             class_names = [str(i) for i in range(c)]
         self.class_names = [str(c) for c in class_names]
+        if labels.numel() and int(labels.max()) >= len(self.class_names):
+            raise ValueError(f"labels go up to {int(labels.max())} but only {len(self.class_names)} class_names "
+                             f"were given; give one name per class 0..{int(labels.max())}")
         self.name = str(name)
         return self
 

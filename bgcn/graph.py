@@ -22,7 +22,13 @@ __all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph
 
 @dataclass
 class KNNGraph:
-    """A kNN graph built from rankings.
+    r"""A kNN graph built from rankings: :math:`E = \{(j\to i, \tilde w_{ij}) : j\in\mathcal N_k(i)\}`.
+
+    Shapes:
+        - edge_index: (2, E), edge_weight: (E,), E = N·k before symmetrising / self-loops
+        - indices, weights: (N, k); dense: (N, N) or None
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
 
     Attributes:
         edge_index: (2, E) long; row 0 = neighbour j (source), row 1 = node i (target).
@@ -102,6 +108,8 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
     elif not isinstance(weights, torch.Tensor) or weights.shape != indices.shape:
         raise ValueError(f"weights must have the same shape as indices {tuple(indices.shape)}, got "
                          f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
+    else:
+        check_tensor(weights, "weights", ndim=2)
     src = indices.reshape(-1).long()
     dst = torch.arange(n, device=indices.device).repeat_interleave(k)
     edge_index = torch.stack([src, dst])
@@ -137,10 +145,33 @@ def rankings_to_edges_loop(rankings: torch.Tensor) -> torch.Tensor:
 
 
 def to_networkx(edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None, num_nodes: int | None = None):
-    """Export to a ``networkx.DiGraph`` (nodes 0..N-1, edge attribute ``weight``; duplicates summed)."""
+    r"""Export to a ``networkx.DiGraph``: nodes 0..N-1, an arc :math:`j \to i` per column
+    ``(j, i)`` of ``edge_index`` with attribute ``weight`` :math:`= \sum_e w_e` (duplicates summed).
+
+    Shapes:
+        - edge_index: (2, E) integer, row 0 = source j, row 1 = target i
+        - edge_weight: (E,) or None (weight 1)
+        - output: a DiGraph with N = ``num_nodes`` (default ``edge_index.max() + 1``) nodes
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    """
     import networkx as nx
 
-    n = int(num_nodes if num_nodes is not None else (int(edge_index.max()) + 1 if edge_index.numel() else 0))
+    if not isinstance(edge_index, torch.Tensor):
+        raise TypeError(f"edge_index must be a torch.Tensor of shape (2, E), got {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.is_floating_point():
+        raise ValueError(f"edge_index must be an integer tensor of shape (2, E) (row 0 = source j, row 1 = target i), "
+                         f"got shape {tuple(edge_index.shape)} dtype {edge_index.dtype}")
+    if edge_weight is not None:
+        check_tensor(edge_weight, "edge_weight", ndim=1)
+        if edge_weight.shape[0] != edge_index.shape[1]:
+            raise ValueError(f"edge_weight has {edge_weight.shape[0]} entries but edge_index has E = "
+                             f"{edge_index.shape[1]} edges; give one weight per column")
+    hi = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    n = int(num_nodes if num_nodes is not None else hi)
+    if edge_index.numel() and (int(edge_index.min()) < 0 or hi > n):
+        raise ValueError(f"edge_index holds node ids in [{int(edge_index.min())}, {hi - 1}] but num_nodes={n}; "
+                         f"ids must lie in [0, {n - 1}]")
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
     ei = edge_index.detach().cpu().tolist()
@@ -162,6 +193,10 @@ def edge_change_fraction(old_indices: torch.Tensor, new_indices: torch.Tensor) -
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
+    for nm, t in (("old_indices", old_indices), ("new_indices", new_indices)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{nm} must be an (N, k) tensor of neighbour indices (KNNGraph.indices), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if old_indices.shape != new_indices.shape:
         raise ValueError(f"old_indices {tuple(old_indices.shape)} and new_indices {tuple(new_indices.shape)} must have the same shape")
     n, k = old_indices.shape

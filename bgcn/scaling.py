@@ -266,6 +266,10 @@ def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_s
                          f"{tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__}")
     if indices.dtype != torch.long:
         raise TypeError(f"indices must be a long tensor, got {indices.dtype}; call .long()")
+    n = fhat.shape[0]
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise ValueError(f"indices must lie in [0, N-1] = [0, {n - 1}]; got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
     chunk_size = _check_chunk(chunk_size)
     if not isinstance(checkpoint, bool):
         raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")

@@ -253,3 +253,17 @@ def test_normalize_images(digits):
     assert torch.allclose(z2, digits.images * 2 - 1)
     with pytest.raises(ValueError):
         normalize_images(digits.images, mean=0.0, std=0.0)
+
+
+def test_dataset_rejects_mismatched_labels_and_names():
+    images = torch.rand(4, 1, 8, 8)
+    with pytest.raises(ValueError, match="3 entries but .* 4 rows"):
+        Dataset(images, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer class indices"):
+        Dataset(images, torch.zeros(4))
+    with pytest.raises(ValueError, match="images must have 4 dimensions"):
+        Dataset(torch.rand(4, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="only 2 class_names"):
+        Dataset(images, torch.tensor([0, 1, 2, 0]), ["a", "b"])
+    ds = Dataset(images, torch.tensor([0, 1, 2, 0]))
+    assert ds.class_names == ["0", "1", "2"] and ds.num_classes == 3

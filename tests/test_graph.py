@@ -122,3 +122,21 @@ def test_score_function_log_prob_rides_on_graph_info():
     (grad,) = torch.autograd.grad(lp.sum(), x)
     assert float(grad.abs().sum()) > 0
     assert "log_prob" not in bgcn.knn_graph(x, 2, "softmax").info
+
+
+def test_to_networkx_and_edge_change_bad_input():
+    ei = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(TypeError, match="edge_index must be a torch.Tensor"):
+        bgcn.to_networkx([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match=r"shape \(2, E\)"):
+        bgcn.to_networkx(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="one weight per column"):
+        bgcn.to_networkx(ei, torch.ones(3))
+    with pytest.raises(ValueError, match="num_nodes=1"):
+        bgcn.to_networkx(ei, num_nodes=1)
+    g = bgcn.to_networkx(ei, torch.tensor([0.5, 2.0]), num_nodes=3)
+    assert g.number_of_nodes() == 3 and g[0][1]["weight"] == 0.5 and g[1][0]["weight"] == 2.0
+    with pytest.raises(ValueError, match=r"\(N, k\)"):
+        edge_change_fraction(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="weights contains 1 NaN"):
+        rankings_to_edges(torch.tensor([[1], [0]]), torch.tensor([[float("nan")], [1.0]]))
