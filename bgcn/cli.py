@@ -22,50 +22,40 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .utils import json_safe as _json_safe
+
 __all__ = ["main", "build_parser", "run_train", "versions"]
 
 
 # --------------------------------------------------------------------------------------------------
 # argument types: argparse turns their ArgumentTypeError into "argument --flag: message", exit 2
 # --------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _parse_number(text: str, kind: type, minimum: float, strict: bool):
+    """``kind(text)`` checked against ``minimum`` (``> minimum`` if ``strict`` else ``>=``); finite."""
     try:
-        v = int(text)
+        v = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be a positive integer (>= 1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
+        what = "an integer" if kind is int else "a finite number"
+        raise argparse.ArgumentTypeError(f"{text} must be {what} {'>' if strict else '>='} {minimum}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _parse_number(text, int, 0, strict=True)
 
 
 def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be an integer >= 0")
-    return v
+    return _parse_number(text, int, 0, strict=False)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return v
+    return _parse_number(text, float, 0, strict=True)
 
 
 def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return v
+    return _parse_number(text, float, 0, strict=False)
 
 
 def _probability(text: str) -> float:
@@ -314,17 +304,6 @@ def run_train(args: argparse.Namespace) -> dict:
     tmp.write_text(json.dumps(_json_safe(metrics), indent=2))
     os.replace(tmp, out / "metrics.json")
     return metrics
-
-
-def _json_safe(obj):
-    """NaN/Inf → None, so the file is standard JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .utils import json_safe as _json_safe
+
 __all__ = ["METHODS", "run_experiment", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
            "FULL"]
 
@@ -364,18 +366,6 @@ def write_report(out: str | os.PathLike) -> list[Path]:
     _write(files[0], text)
     _write_csv(files[1], summary)
     return files
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json_safe(obj.item())
-    return obj
 
 
 def _write(path: Path, text: str) -> None:

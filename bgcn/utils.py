@@ -22,6 +22,7 @@ __all__ = [
     "check_tau",
     "check_positive",
     "check_finite",
+    "json_safe",
 ]
 
 
@@ -121,3 +122,25 @@ def check_positive(value: Any, name: str) -> float:
 def check_tau(tau: Any, name: str = "tau") -> float:
     """Temperature check: finite and > 0 (τ → 0 is the hard limit; pass the hard estimator instead)."""
     return check_positive(tau, name)
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that ``json.dumps`` writes as standard JSON.
+
+    NaN/Inf floats become ``None`` (JSON has no NaN), NumPy scalars become Python numbers, dict keys
+    become strings; lists, tuples and dicts are converted recursively, anything else is returned
+    as is.
+
+    Shapes: none (nested Python containers).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md), where ``metrics.json`` and the results files are written.
+    """
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

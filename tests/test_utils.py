@@ -42,3 +42,30 @@ def test_checks():
         check_positive(-1, "lam")
     with pytest.raises(ValueError, match="features must have 2"):
         check_tensor(torch.zeros(3), "features", ndim=2)
+
+
+def test_json_safe_gives_standard_json():
+    import json
+
+    import numpy as np
+
+    from bgcn.utils import json_safe
+
+    obj = {"a": [float("nan"), np.float32(1.5), np.int64(3), (1, float("inf"))], 2: {"b": -float("inf")}}
+    out = json_safe(obj)
+    assert out == {"a": [None, 1.5, 3, [1, None]], "2": {"b": None}}
+    assert type(out["a"][2]) is int
+    json.dumps(out, allow_nan=False)  # raises ValueError if any NaN/Inf survived
+
+
+def test_cli_number_arguments():
+    import argparse
+
+    from bgcn import cli
+
+    assert cli._positive_int("3") == 3 and cli._nonneg_int("0") == 0 and cli._nonneg_float("0") == 0.0
+    for fn, text, msg in [(cli._positive_int, "0", "> 0"), (cli._positive_int, "1.5", "not an integer"),
+                          (cli._nonneg_int, "-1", ">= 0"), (cli._positive_float, "inf", "finite number > 0"),
+                          (cli._nonneg_float, "nan", "finite"), (cli._positive_float, "x", "not a number")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=msg):
+            fn(text)
