@@ -116,6 +116,12 @@ class ScoreFunctionEstimate:
         samples: (S, ...) long, the sampled categories :math:`i_s`.
         rewards: (S, ...) the rewards :math:`R(i_s)`.
         baselines: (S, ...) the baseline :math:`b_s` used for each sample (zeros for ``"none"``).
+
+    Shapes:
+        - grad: (..., n); per_sample: (S, ..., n)
+        - samples, rewards, baselines: (S, ...)
+
+    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
     """
 
     grad: torch.Tensor

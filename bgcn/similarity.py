@@ -20,6 +20,8 @@ def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     Shapes:
         - x: (N, D)
         - output: (N, D)
+
+    Taught in: chapter 01 (chapters/01_frozen_pipeline.md) and chapter 10 (chapters/10_scaling.md).
     """
     norm = x.norm(dim=-1, keepdim=True).clamp_min(eps)
     return x / norm

@@ -53,6 +53,12 @@ class Selection:
         dense: (N, M) float or ``None``: a dense mask whose gradient is the estimator's gradient for
             *every* score, chosen or not (selection estimators, chapter 09). ``None`` when the
             estimator only re-weights the hard top-k.
+
+    Shapes:
+        - indices, weights: (N, k)
+        - dense: (N, M) or None
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); ``dense`` in chapter 09.
     """
 
     indices: torch.Tensor
@@ -71,6 +77,10 @@ def register_estimator(name: str, needs_dense: bool = False, stochastic: bool = 
     ``fn(scores, k, tau=1.0, *, exclude_self=False, generator=None, **kw) -> Selection``.
     ``needs_dense=True`` marks estimators whose gradient needs the loss gradient for non-edges too,
     i.e. a dense adjacency path in the GCN; ``stochastic=True`` marks those that sample.
+
+    Shapes: the estimator maps scores (N, M) to a :class:`Selection` with indices, weights (N, k).
+
+    Taught in: chapter 09 (chapters/09_estimators.md).
     """
 
     def deco(fn: EstimatorFn) -> EstimatorFn:
@@ -84,7 +94,12 @@ def register_estimator(name: str, needs_dense: bool = False, stochastic: bool = 
 
 
 def get_estimator(name: str | EstimatorFn) -> EstimatorFn:
-    """Look an estimator up by name (a callable is returned unchanged); unknown names list the valid ones."""
+    """Look an estimator up by name (a callable is returned unchanged); unknown names list the valid ones.
+
+    Shapes: none (returns the estimator callable).
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md) and chapter 09 (chapters/09_estimators.md).
+    """
     if callable(name):
         return name
     if not isinstance(name, str):
@@ -109,6 +124,8 @@ def mask_diagonal(scores: torch.Tensor, value: float = float("-inf")) -> torch.T
     Shapes:
         - scores: (N, M) with N <= M
         - output: (N, M)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
     """
     n = scores.shape[0]
     eye = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -182,6 +199,10 @@ def soft_topk(scores: torch.Tensor, k: int, tau: float = 1.0, exclude_self: bool
 
     Returns:
         ``(weights, indices)``, each (k,) or (N, k); indices sorted by decreasing score.
+
+    Shapes:
+        - scores: (n,) or (N, M)
+        - weights, indices: (k,) or (N, k)
 
     Taught in: chapter 06 (chapters/06_rankings_to_graph.md); the softmax in chapters 04 and 05.
     """

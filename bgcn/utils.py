@@ -27,7 +27,13 @@ __all__ = [
 
 
 class NotFoundError(FileNotFoundError, ValueError):
-    """A missing file or folder: both a ``FileNotFoundError`` and a ``ValueError`` (bad argument)."""
+    """A missing file or folder: both a ``FileNotFoundError`` and a ``ValueError`` (bad argument).
+
+    Shapes: none (an exception).
+
+    Taught in: no chapter; raised by :func:`bgcn.load_dataset`, :func:`bgcn.create_backbone` and
+    :func:`bgcn.load_checkpoint`.
+    """
 
 
 def get_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -36,6 +42,10 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
     ``"auto"`` (or ``None``) picks CUDA when it is available, else the CPU. ``"cpu"``, ``"cuda"`` and
     ``"cuda:N"`` are honoured; asking for CUDA on a machine without it raises a ``ValueError`` that
     says so, instead of failing later inside a kernel.
+
+    Shapes: none (returns a ``torch.device``).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md) and chapter 10 (chapters/10_scaling.md).
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,7 +64,12 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded the same."""
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded the same.
+
+    Shapes: none.
+
+    Taught in: chapter 01 (chapters/01_frozen_pipeline.md); every chapter seeds with it.
+    """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     random.seed(int(seed))
@@ -68,7 +83,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def check_tensor(x: Any, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = True,
                  floating: bool = True) -> torch.Tensor:
-    """Check that ``x`` is a tensor with the expected number of dimensions, floating and finite."""
+    """Check that ``x`` is a tensor with the expected number of dimensions, floating and finite.
+
+    Raises ``TypeError`` (not a tensor, not floating) or ``ValueError`` (wrong ``x.dim()``, NaN/Inf),
+    naming ``name`` and the fix; returns ``x`` unchanged.
+
+    Shapes: x: any shape whose number of dimensions is in ``ndim``.
+
+    Taught in: no chapter (argument checking used by every public function; see CONTRIBUTING.md).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor(...)")
     if ndim is not None:
@@ -84,7 +107,12 @@ def check_tensor(x: Any, name: str, ndim: int | tuple[int, ...] | None = None, f
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (says how many)."""
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (says how many); return ``x``.
+
+    Shapes: x: any.
+
+    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
+    """
     bad = ~torch.isfinite(x.detach())
     if bool(bad.any()):
         n = int(bad.sum())
@@ -93,7 +121,12 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
-    """Check ``1 <= k <= n`` (``n - 1`` when the node itself is excluded) and return ``int(k)``."""
+    """Check ``1 <= k <= n`` (``n - 1`` when the node itself is excluded) and return ``int(k)``.
+
+    Shapes: none (k and n are counts: k neighbours among n candidates per row).
+
+    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
+    """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     k = int(k)
@@ -107,7 +140,14 @@ def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
 
 
 def check_positive(value: Any, name: str) -> float:
-    """Check that a hyper-parameter is a finite number > 0 and return it as float."""
+    """Check that a hyper-parameter is a finite number > 0 and return it as float.
+
+    A one-element tensor is accepted and converted with ``float``.
+
+    Shapes: none (a scalar).
+
+    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = float(value)
@@ -120,7 +160,12 @@ def check_positive(value: Any, name: str) -> float:
 
 
 def check_tau(tau: Any, name: str = "tau") -> float:
-    """Temperature check: finite and > 0 (τ → 0 is the hard limit; pass the hard estimator instead)."""
+    """Temperature check: finite and > 0 (τ → 0 is the hard limit; pass the hard estimator instead).
+
+    Shapes: none (τ is a scalar).
+
+    Taught in: chapter 05 (chapters/05_temperature.md).
+    """
     return check_positive(tau, name)
 
 

@@ -137,6 +137,8 @@ def set_plotly_renderer(renderer: str = "notebook_connected") -> str:
     Jupyter and in Jupyter Book 1 pages (a bare ``fig.show()`` with the default renderer there gives
     "skipping unknown output mime type" and an empty figure).
 
+    Shapes: none (returns the previous renderer's name).
+
     Taught in: chapter 05 (chapters/05_temperature.md).
     """
     import plotly.io as pio
