@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv
 
+from bgcn.gcn_spec import normalized_adjacency
 from bgcn.utils import check_tensor
 
 __all__ = ["GCN", "dense_gcn_norm", "edge_index_to_dense"]
@@ -129,13 +130,8 @@ def dense_gcn_norm(adj: torch.Tensor, add_self_loops: bool = True) -> torch.Tens
     """
     _check_adj(adj)
     _check_bool(add_self_loops, "add_self_loops")
-    n = adj.shape[0]
-    if add_self_loops:
-        adj = adj + torch.eye(n, dtype=adj.dtype, device=adj.device)
-    deg = adj.sum(dim=1)
-    pos = deg > 0
-    inv_sqrt = torch.where(pos, torch.where(pos, deg, torch.ones_like(deg)).rsqrt(), torch.zeros_like(deg))
-    return inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+    # the same operator as the teaching spec's (chapter 07): one implementation for both
+    return normalized_adjacency(adj, add_self_loops)
 
 
 class GCN(nn.Module):
