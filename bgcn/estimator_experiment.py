@@ -5,17 +5,13 @@ fixes the label split, the initialisation, dropout and the estimators' noise), t
 the training loop of chapter 08 (:func:`bgcn.train.train`, full batch, transductive), starting
 from one backbone pre-trained without labels (SimCLR-lite, :func:`bgcn.train.pretrain_backbone`):
 
-=====================  ===========================================================================
-row                    what it is
-=====================  ===========================================================================
-``frozen``             frozen pre-trained backbone, hard kNN graph, only the GCN learns
-``end2end_features``   end to end through the node features only (hard graph, weights unused)
-``softmax_taudata``    seed 000's soft top-k at τ from the data (only re-weights the hard top-k)
-``ste`` … ``gumbel_reinforce``  the selection estimators of :mod:`bgcn.estimators`, at their
-                       default hyper-parameters (tied to the per-row score scale); the GCN gets the
-                       dense mask (``adj``) so the gradient reaches non-edges; ``gumbel_reinforce``
-                       learns the graph through :func:`bgcn.model.score_function_surrogate`
-=====================  ===========================================================================
+- ``frozen``: frozen pre-trained backbone, hard kNN graph, only the GCN learns;
+- ``end2end_features``: end to end through the node features only (hard graph, weights unused);
+- ``softmax_taudata``: seed 000's soft top-k at τ from the data (only re-weights the hard top-k);
+- ``ste`` … ``gumbel_reinforce``: the selection estimators of :mod:`bgcn.estimators`, at their
+  default hyper-parameters (tied to the per-row score scale); the GCN gets the dense mask (``adj``)
+  so the gradient reaches non-edges; ``gumbel_reinforce`` learns the graph through
+  :func:`bgcn.model.score_function_surrogate`.
 
 Measured per run: test accuracy at the epoch of best validation accuracy; wall time per epoch of
 the end-to-end epochs (step + evaluation); the fraction of rows (nodes) whose hard kNN neighbour
