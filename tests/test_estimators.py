@@ -561,6 +561,6 @@ def test_experiment_helpers():
     runs = [{"row": "ste", "seed": s, "test_acc": 0.9 + 0.01 * s, "relvar_backbone": 0.0} for s in range(3)]
     summ = summarize(runs, ["ste"])
     assert summ[0]["test_acc"] == pytest.approx(0.91) and summ[0]["test_acc_std"] == pytest.approx(0.01)
-    cfg = {"num_images": 10, "labels_per_class": 1, "k": 3, "seeds": 3, "backbone": "b", "pretrain_epochs": 1,
+    cfg = {"num_images": 10, "labels_per_class": 1, "k": 3, "seeds": 3, "timing_rounds": 2, "backbone": "b", "pretrain_epochs": 1,
            "epochs": 2, "warmup_epochs": 1, "device": "cpu", "threads": 1, "grad_repeats": 2}
     assert "| ste | 91.0 ± 1.0 |" in format_tables(summ, cfg, 0.1)
