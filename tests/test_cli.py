@@ -69,7 +69,7 @@ def test_help_documents_every_flag_with_default():
                 assert action.help, f"{name} {action.option_strings[0]} has no help"
         assert "(default:" in text
     text = " ".join(sub["train"].format_help().split())
-    for flag, default in (("--k", "10"), ("--tau", "1.0"), ("--mode", "end2end"), ("--lr-gcn", "0.01"),
+    for flag, default in (("--k", "10"), ("--tau", "auto"), ("--backbone", "mlp_digits"), ("--mode", "end2end"), ("--lr-gcn", "0.01"),
                           ("--device", "auto"), ("--labels-per-class", "10"), ("--estimator", "softmax")):
         assert flag in text and f"(default: {default})" in text
 
