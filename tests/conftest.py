@@ -72,3 +72,14 @@ def built_book() -> BookBuild:
     log += f"\n[test] jupyter-book build took {seconds:.1f} s (exit {rc})\n"
     LOG.write_text(log)
     return BookBuild(rc, log, seconds, problems=[m.group(0) for m in SPHINX_PROBLEM.finditer(log)])
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small matrices; a second thread on a busy 2-core machine only waits)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -24,12 +24,7 @@ from bgcn.temperature import soft_topk_gradient
 C, K = 4, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ def _env():
     return env
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is faster
 
 
 def _small(epochs: int = 3) -> list[str]:

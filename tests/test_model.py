@@ -11,12 +11,7 @@ from bgcn.model import EndToEnd, build_model, score_function_surrogate
 from bgcn.topk import Selection
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is faster
 
 
 @pytest.fixture(scope="module")
