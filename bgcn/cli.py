@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on/off; None = only on a terminal and without TQDM_DISABLE=1")
 
+    sub.add_parser("estimators", add_help=False,
+                   help="chapter 09: compare the selection estimators on the digits "
+                        "(python -m bgcn estimators --help; --quick for a smoke run)")
     e = sub.add_parser("experiment", help="frozen vs end-to-end comparison; writes results/*.json, .md, .csv",
                        formatter_class=_Formatter,
                        description="Run the comparison of bgcn.experiment on the digits: kNN classifier and label "
@@ -317,6 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["estimators"]:  # chapter 09's comparison has its own parser
+        from .estimator_experiment import main as estimators_main
+
+        return estimators_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from .train import TrainingDiverged

@@ -153,3 +153,13 @@ def test_experiment_resume_skips_finished_pairs(tmp_path, monkeypatch):
     assert not (tmp_path / "experiment.partial.json").exists()
     assert [(r["method"], r["seed"], r["test_acc"]) for r in res["runs"]] == \
         [(r["method"], r["seed"], r["test_acc"]) for r in full["runs"]]
+
+
+def test_estimators_subcommand_delegates(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["estimators", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "selection estimators" in out and "--quick" in out
+    main_help = build_parser().format_help()
+    assert "estimators" in main_help
