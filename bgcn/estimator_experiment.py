@@ -50,6 +50,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .utils import json_safe
+
 __all__ = ["ROWS", "FULL", "QUICK", "run_estimator_experiment", "summarize", "format_tables", "main"]
 
 #: row -> (training mode, estimator, τ kind ("1" or "data"))
@@ -333,7 +335,7 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
                 print(f"seed={seed} {name:18s} test@bestval={run['test_acc']:.4f} "
                       f"{run['time_per_epoch']:.2f} s/epoch rows_changed={run['rows_changed']:.3f} "
                       f"relvar={run.get('relvar_backbone', float('nan')):.2e}", flush=True)
-            _write(partial, json.dumps(_json_safe({"settings": same, "runs": runs}), indent=1))
+            _write(partial, json.dumps(json_safe({"settings": same, "runs": runs}), indent=1))
 
     timing = time_estimators(names, rounds=cfg["timing_rounds"], k=cfg["k"], backbone=cfg["backbone"],
                              pretrained=pre_path, device=str(dev), max_images=cfg["max_images"], tau_data=tau_data)
@@ -345,7 +347,7 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     result = {"timing": timing, "config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data, "pretrain": pre,
               "defaults": _estimator_defaults(), "runs": runs, "summary": summary,
               "wall_time_s": time.perf_counter() - t_all}
-    _write(out / "estimators.json", json.dumps(_json_safe(result), indent=1))
+    _write(out / "estimators.json", json.dumps(json_safe(result), indent=1))
     tables = format_tables(summary, cfg, tau_data)
     _write(out / "estimators.md", tables)
     _write(out / "README_estimators.md", _readme(cfg, quick))
@@ -452,17 +454,6 @@ def _readme(cfg: dict, quick: bool) -> str:
             f"The runs are deterministic on the CPU for a given seed; wall times depend on the machine and its load.\n\n"
             f"Settings: {json.dumps({k: cfg[k] for k in ('labels_per_class', 'seeds', 'epochs', 'warmup_epochs', 'backbone', 'pretrain_epochs', 'lr_backbone', 'lr_gcn', 'k', 'grad_repeats')})}\n")
 
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json_safe(obj.item())
-    return obj
 
 
 def _write(path: Path, text: str) -> None:
