@@ -68,7 +68,9 @@ def knn_indices(features: torch.Tensor, k: int, exclude_self: bool = True, chunk
     autograd afterwards (:func:`bgcn.graph.knn_graph` with ``chunk_size``) for an O(N·k·D)
     autograd footprint.
 
-    Ties are broken towards the lower index (the order of ``torch.topk`` on CPU).
+    Ties: ``torch.topk`` does not specify which of two equal similarities comes first, so among
+    tied neighbours the choice (and the order) may differ between devices, chunk sizes and torch
+    versions; only the multiset of the k similarity values is determined.
 
     Shapes:
         - features: (N, D)
