@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import random
 from typing import Any
 
@@ -17,6 +18,8 @@ __all__ = [
     "NotFoundError",
     "get_device",
     "seed_everything",
+    "check_seed",
+    "versions",
     "check_tensor",
     "check_k",
     "check_tau",
@@ -39,9 +42,11 @@ class NotFoundError(FileNotFoundError, ValueError):
 def get_device(device: str | torch.device | None = "auto") -> torch.device:
     """Return the device to run on.
 
-    ``"auto"`` (or ``None``) picks CUDA when it is available, else the CPU. ``"cpu"``, ``"cuda"`` and
-    ``"cuda:N"`` are honoured; asking for CUDA on a machine without it raises a ``ValueError`` that
-    says so, instead of failing later inside a kernel.
+    ``"auto"`` (or ``None``) picks CUDA when it is available, else the CPU. ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` and ``"mps"`` are honoured; a device this machine does not have (CUDA without a
+    GPU, ``"cuda:7"`` with fewer GPUs, ``"mps"`` off Apple silicon) raises a one-line
+    ``ValueError`` naming ``device`` and what is available, instead of failing later inside a
+    kernel ("invalid device ordinal").
 
     Shapes: none (returns a ``torch.device``).
 
@@ -55,29 +60,57 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
         try:
             dev = torch.device(device)
         except RuntimeError as e:
-            raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from e
+            raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     else:
         raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use device='auto' or 'cpu'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but CUDA is not available here; "
+                             f"use device='auto' or 'cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device={device!r} does not exist: this machine has {n} CUDA device(s) "
+                             f"(cuda:0 .. cuda:{n - 1}); use device='cuda' or 'cuda:N' with N < {n}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            cuda = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+            raise ValueError(f"device={device!r} was asked for but MPS (Apple GPU) is not available here "
+                             f"({cuda}); use device='auto' or 'cpu'")
     return dev
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Check that a seed is an int in ``[0, 2**64)`` (what ``torch.manual_seed`` takes) and return it.
+
+    Shapes: none (a scalar).
+
+    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{name}={seed} is out of range; a seed must be an int in [0, 2**64 - 1]")
+    return seed
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded the same.
 
+    ``seed`` must be an int in ``[0, 2**64)`` (:func:`check_seed`); NumPy gets ``seed % 2**32``.
+
     Shapes: none.
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md); every chapter seeds with it.
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    random.seed(int(seed))
-    np.random.seed(int(seed) % (2**32))
-    torch.manual_seed(int(seed))
-    os.environ.setdefault("PYTHONHASHSEED", str(int(seed)))
+    seed = check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     g = torch.Generator()
-    g.manual_seed(int(seed))
+    g.manual_seed(seed)
     return g
 
 
@@ -189,3 +222,27 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def versions() -> dict:
+    """Versions of Python, torch, bgcn and friends, plus the platform and CPU threads.
+
+    Written into ``metrics.json`` and the results files, so a number can be traced to the software
+    that made it. Lives here (not in :mod:`bgcn.cli`) so that :mod:`bgcn.experiment` and
+    :mod:`bgcn.estimator_experiment` need not import the command line.
+
+    Shapes: none (a dict of strings and ints).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    from . import __version__
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "bgcn": __version__,
+           "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    for mod in ("torch_geometric", "timm", "sklearn", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    return out

@@ -69,3 +69,68 @@ def test_cli_number_arguments():
                           (cli._nonneg_float, "nan", "finite"), (cli._positive_float, "x", "not a number")]:
         with pytest.raises(argparse.ArgumentTypeError, match=msg):
             fn(text)
+
+
+@pytest.mark.parametrize("asked", ["cuda:7", torch.device("cuda", 7), "cuda:1"])
+def test_get_device_missing_ordinal_is_one_line_error(monkeypatch, asked):
+    # a machine with one GPU: asking for a higher ordinal names device= and the CUDA count
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device=.*1 CUDA device\(s\) \(cuda:0 \.\. cuda:0\)") as e:
+        bgcn.get_device(asked)
+    assert "\n" not in str(e.value)
+    # the ordinal that exists is accepted
+    assert bgcn.get_device("cuda:0") == torch.device("cuda", 0)
+    assert bgcn.get_device("cuda").type == "cuda"
+
+
+def test_get_device_mps_absent_names_what_is_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device='mps'.*MPS.*2 CUDA device\(s\)"):
+        bgcn.get_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='mps'.*no CUDA.*'cpu'"):
+        bgcn.get_device("mps")
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**70, -1, -(2**63)])
+def test_seed_out_of_range_is_clear(seed):
+    from bgcn.utils import check_seed
+
+    with pytest.raises(ValueError, match=r"seed=.*out of range.*2\*\*64"):
+        bgcn.seed_everything(seed)
+    with pytest.raises(ValueError, match="seed="):
+        check_seed(seed)
+
+
+def test_seed_extremes_in_range_work():
+    import numpy as np
+
+    from bgcn.utils import check_seed
+
+    top = 2**64 - 1
+    g = bgcn.seed_everything(top)
+    assert g.initial_seed() == top
+    # numpy gets the seed modulo 2**32, the same draws as seeding numpy with it directly
+    a = np.random.rand(3)
+    np.random.seed(top % 2**32)
+    assert np.array_equal(a, np.random.rand(3))
+    assert check_seed(np.int64(7)) == 7
+    with pytest.raises(TypeError, match="seed must be an int"):
+        check_seed(True)
+
+
+def test_versions_lives_in_utils_and_reports_the_stack():
+    import platform
+
+    from bgcn.utils import versions
+
+    v = versions()
+    assert v["torch"] == torch.__version__ and v["bgcn"] == bgcn.__version__
+    assert v["python"] == platform.python_version()
+    assert v["torch_threads"] == torch.get_num_threads()
+    import torch_geometric
+
+    assert v["torch_geometric"] == torch_geometric.__version__
