@@ -12,12 +12,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GCNConv
 
 from bgcn.gcn_spec import normalized_adjacency
 from bgcn.utils import check_tensor
 
 __all__ = ["GCN", "dense_gcn_norm", "edge_index_to_dense"]
+
+
+def _gcn_conv_class():
+    """PyG's ``GCNConv``, imported on first use: ``torch_geometric.nn`` costs about a second, half
+    of ``import bgcn``, and only a model needs it."""
+    from torch_geometric.nn import GCNConv
+
+    return GCNConv
 
 
 def _check_bool(value, name: str) -> bool:
@@ -159,6 +166,11 @@ class GCN(nn.Module):
       are applied with :func:`dense_gcn_norm`. On a graph without self-loops both forms give the
       same output (to rounding).
 
+    Features of another floating dtype than the layers' (float64 from ``torch.from_numpy``,
+    bf16/fp16 from a half-precision backbone) are cast to the layers' dtype (``conv1.lin.weight``),
+    differentiably; the output is in the layers' dtype. Call ``.double()`` on the model to compute
+    in float64.
+
     Args:
         in_channels (int): input feature size ``D``.
         hidden_channels (int): hidden size.
@@ -200,6 +212,7 @@ class GCN(nn.Module):
         self.dropout = float(dropout)
         self.normalize, self.add_self_loops, self.cached = normalize, add_self_loops, cached
         kw = dict(normalize=normalize, add_self_loops=add_self_loops, cached=cached)
+        GCNConv = _gcn_conv_class()
         self.conv1 = GCNConv(in_channels, hidden_channels, **kw)
         self.conv2 = GCNConv(hidden_channels, out_channels, **kw)
 
@@ -211,10 +224,20 @@ class GCN(nn.Module):
     # -- graph handling --------------------------------------------------------------------
 
     def _prepare(self, x, edge_index, edge_weight, adj):
-        check_tensor(x, "x", ndim=2)
+        check_tensor(x, "x", ndim=2, finite=False)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} features per node but the GCN was built with "
                              f"in_channels={self.in_channels}")
+        w = self.conv1.lin.weight
+        if x.device != w.device:
+            raise ValueError(f"x is on {x.device} but the GCN's parameters are on {w.device}; "
+                             f"move one of them, e.g. x.to({str(w.device)!r})")
+        check_tensor(x, "x")                           # finite
+        if x.dtype != w.dtype:
+            # float64 (torch.from_numpy), bf16/fp16 features: computed in the layers' dtype (the cast
+            # is differentiable, so the gradient reaches x in its own dtype); under autocast the
+            # matmuls still run in the autocast dtype.
+            x = x.to(w.dtype)
         n = x.shape[0]
         if (edge_index is None) == (adj is None):
             which = "both" if adj is not None else "neither"
@@ -227,16 +250,16 @@ class GCN(nn.Module):
             if adj.dtype != x.dtype:
                 adj = adj.to(x.dtype)
             a_hat = dense_gcn_norm(adj, self.add_self_loops) if self.normalize else adj
-            return None, None, a_hat
+            return x, None, None, a_hat
         edge_index = _check_edge_index(edge_index, n, x.device)
         if edge_weight is not None:
             _check_edge_weight(edge_weight, edge_index.shape[1], x)
             if edge_weight.dtype != x.dtype:
                 edge_weight = edge_weight.to(x.dtype)
-        return edge_index, edge_weight, None
+        return x, edge_index, edge_weight, None
 
     @staticmethod
-    def _conv(conv: GCNConv, x, edge_index, edge_weight, a_hat):
+    def _conv(conv, x, edge_index, edge_weight, a_hat):
         if a_hat is None:
             return conv(x, edge_index, edge_weight)
         out = a_hat @ conv.lin(x)                      # same Θ as the sparse path
@@ -254,7 +277,7 @@ class GCN(nn.Module):
 
         Taught in: chapter 07 (chapters/07_gcn_backward.md)
         """
-        edge_index, edge_weight, a_hat = self._prepare(x, edge_index, edge_weight, adj)
+        x, edge_index, edge_weight, a_hat = self._prepare(x, edge_index, edge_weight, adj)
         return F.relu(self._conv(self.conv1, x, edge_index, edge_weight, a_hat))
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor | None = None,
@@ -268,7 +291,7 @@ class GCN(nn.Module):
         Taught in: chapter 07 (chapters/07_gcn_backward.md); used in chapter 08
         (chapters/08_end_to_end.md).
         """
-        edge_index, edge_weight, a_hat = self._prepare(x, edge_index, edge_weight, adj)
+        x, edge_index, edge_weight, a_hat = self._prepare(x, edge_index, edge_weight, adj)
         h = F.relu(self._conv(self.conv1, x, edge_index, edge_weight, a_hat))
         h = F.dropout(h, p=self.dropout, training=self.training)
         out = self._conv(self.conv2, h, edge_index, edge_weight, a_hat)

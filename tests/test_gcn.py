@@ -240,6 +240,32 @@ def test_float32_default_and_shapes():
     torch.testing.assert_close(out.exp().sum(1), torch.ones(7))
 
 
+@pytest.mark.parametrize("feat_dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_other_feature_dtypes_are_cast_to_the_layers_dtype(feat_dtype):
+    # float64 (torch.from_numpy) or half-precision features into a float32 GCN: the result is the
+    # float32 model on the features rounded to feat_dtype, on both paths, and x gets its gradient
+    ei, w = _directed_weighted_graph(8, 3, seed=18)
+    torch.manual_seed(0)
+    m = GCN(5, 6, 3).eval()
+    x = torch.randn(8, 5, dtype=DT).to(feat_dtype).requires_grad_(True)
+    ref = m(x.detach().float(), ei, w.float())          # the same numbers, already float32
+    out = m(x, ei, w)                                    # w is float64 too
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(m(x, adj=edge_index_to_dense(ei, w, 8)), ref, rtol=0, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.dtype == feat_dtype and x.grad.abs().sum() > 0
+
+
+def test_float64_model_keeps_float64_and_x_on_another_device_is_named():
+    ei, w = _directed_weighted_graph(6, 2, seed=19)
+    m = _model()
+    out = m(torch.randn(6, 5, dtype=torch.float32), ei, w)
+    assert out.dtype == DT
+    with pytest.raises(ValueError, match=r"x is on meta but the GCN's parameters are on cpu"):
+        m(torch.empty(6, 5, dtype=DT, device="meta"), ei, w)
+
+
 def test_cached_reuses_the_first_graph():
     ei, w = _directed_weighted_graph(6, 2, seed=16)
     m = _model(cached=True)
