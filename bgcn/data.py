@@ -5,7 +5,8 @@ Three sources, one return type:
 * ``"digits"`` — scikit-learn's bundled handwritten digits (N = 1797, 8×8, one channel, 10 classes),
   shipped with scikit-learn, so nothing is downloaded;
 * ``"synthetic"`` — generated images of any size N with a known class structure (for scaling);
-* a folder ``path/<class_name>/*.png|jpg|jpeg|bmp`` of the reader's own images.
+* a folder ``path/<class_name>/**/<image>`` of the reader's own images (png, jpg, bmp, tif,
+  webp; at any depth under the class folder; 8- or 16-bit).
 
 :func:`load_dataset` returns a :class:`Dataset`, a 2-tuple ``(images, labels)`` that also carries
 ``class_names`` and ``name`` as attributes, so both ``images, labels = load_dataset("digits")`` and
@@ -36,6 +37,7 @@ __all__ = [
     "load_image_folder",
     "label_masks",
     "check_labels",
+    "check_every_class_labelled",
     "image_mean_std",
     "normalize_images",
 ]
@@ -43,7 +45,7 @@ __all__ = [
 #: Names accepted by :func:`load_dataset` besides a folder path.
 DATASETS = ("digits", "synthetic")
 #: File extensions (lower case) read by the folder loader.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class _ImagesLabels(NamedTuple):
@@ -187,34 +189,47 @@ def make_synthetic(n: int = 1000, num_classes: int = 10, image_size: int = 8, ch
 # --------------------------------------------------------------------------------------------------
 def load_image_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | None = None,
                       grayscale: bool = False) -> Dataset:
-    """Read ``path/<class_name>/*.png|jpg|jpeg|bmp``; classes are the sub-folders, sorted by name.
+    """Read ``path/<class_name>/**/<image>``; classes are the sub-folders, sorted by name.
 
-    Every image is converted to RGB (or to one channel with ``grayscale=True``), resized to
-    ``image_size`` (an int for square images or ``(H, W)``; ``None`` keeps the size of the first
-    image and resizes the others to it) with bilinear resampling, and scaled to [0, 1]:
-    ``x = pixel / 255``. Hidden files and files with other extensions are skipped.
+    Every image under a class folder is read, at any depth (``cats/2019/a.png`` is a cat), in
+    sorted order of its relative path; hidden files and folders (``.name``) and files whose
+    extension is not in :data:`IMAGE_EXTENSIONS` are skipped. Each image is converted to RGB (or
+    to one channel with ``grayscale=True``) and scaled to [0, 1] by the largest value its pixel
+    type can hold: ``x = pixel / 255`` for 8-bit images, ``x = pixel / 65535`` for 16-bit ones
+    (PIL modes ``"I;16"`` and ``"I"``), float images (mode ``"F"``) as they are if they lie in
+    [0, 1]. Images are resized with bilinear resampling to ``image_size`` (an int for square
+    images or ``(H, W)``; ``None`` keeps the size of the first image in sorted order and resizes
+    the others to it).
 
     Shapes:
         images: (N, 3 or 1, H, W) float32 in [0, 1]
         labels: (N,) long, label c = index of the class folder in sorted order
 
     Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a folder without class
-    sub-folders, a class folder without images, or an unreadable image (the file is named).
+    sub-folders, a folder with only one class (a classifier needs at least two), a class folder
+    without images, or an unreadable image (the file is named).
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = Path(path).expanduser()
+    layout = "path/<class_name>/<image>.png (one sub-folder per class)"
     if not root.exists():
-        raise NotFoundError(f"image folder {str(root)!r} does not exist; expected path/<class_name>/*.png")
+        raise NotFoundError(f"image folder {str(root)!r} does not exist; expected {layout}")
     if not root.is_dir():
-        raise ValueError(f"{str(root)!r} is a file, not a folder; expected path/<class_name>/*.png")
+        raise ValueError(f"{str(root)!r} is a file, not a folder; expected {layout}")
     class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
                         key=lambda d: d.name)
     if not class_dirs:
-        raise ValueError(f"image folder {str(root)!r} has no class sub-folders; put the images of "
-                         f"each class in their own folder: {root}/<class_name>/*.png")
+        loose = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        what = f"holds {loose} image(s) but no class sub-folders" if loose else "has no class sub-folders"
+        raise ValueError(f"image folder {str(root)!r} {what}; put the images of each class in their "
+                         f"own folder: {root}/<class_name>/<image>.png")
+    if len(class_dirs) < 2:
+        raise ValueError(f"image folder {str(root)!r} has only one class sub-folder "
+                         f"({class_dirs[0].name!r}); a classifier needs at least 2 classes: put the "
+                         f"images of each class in their own folder {root}/<class_name>/")
     size: tuple[int, int] | None
     if image_size is None:
         size = None
@@ -227,31 +242,80 @@ def load_image_folder(path: str | os.PathLike, image_size: int | tuple[int, int]
             raise TypeError(f"image_size must be an int, a (H, W) pair or None, got {image_size!r}") from None
         size = (_check_int(h, "image_size[0]", 1), _check_int(w, "image_size[1]", 1))
 
-    mode = "L" if grayscale else "RGB"
     arrays: list[np.ndarray] = []
     labels: list[int] = []
     for c, d in enumerate(class_dirs):
-        files = sorted(f for f in d.iterdir()
-                       if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = _image_files(d)
         if not files:
             raise ValueError(f"class folder {str(d)!r} has no images with extension "
-                             f"{'/'.join(IMAGE_EXTENSIONS)}; add images or remove the folder")
+                             f"{'/'.join(IMAGE_EXTENSIONS)} (searched its sub-folders too); add images "
+                             f"or remove the folder")
         for f in files:
             try:
                 with Image.open(f) as im:
-                    im = im.convert(mode)
-                    if size is None:
-                        size = (im.height, im.width)
-                    if (im.height, im.width) != size:
-                        im = im.resize((size[1], size[0]), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    a = _image_array(im, grayscale)
+            except ValueError as e:
                 raise ValueError(f"could not read image {str(f)!r}: {e}; fix or remove the file") from e
-            arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds of errors on bad files
+                raise ValueError(f"could not read image {str(f)!r}: {type(e).__name__}: {e}; fix or "
+                                 f"remove the file") from e
+            if size is None:
+                size = a.shape[1:]
+            if a.shape[1:] != size:
+                a = np.stack([np.asarray(Image.fromarray(ch).resize((size[1], size[0]), Image.BILINEAR))
+                              for ch in a])
+            arrays.append(np.clip(a, 0.0, 1.0, out=a))
             labels.append(c)
-    images = torch.from_numpy(np.stack(arrays)).contiguous()
+    images = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False)).contiguous()
     return Dataset(images, torch.tensor(labels, dtype=torch.long), [d.name for d in class_dirs],
                    root.name or str(root))
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """Image files under ``class_dir`` at any depth, sorted by relative path; hidden parts skipped."""
+    out = []
+    for f in class_dir.rglob("*"):
+        rel = f.relative_to(class_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+            out.append(rel)
+    return [class_dir / r for r in sorted(out, key=lambda r: r.parts)]
+
+
+# The largest 16-bit value. PIL mode "I" (32-bit int) holds 16-bit data in practice (older Pillow
+# opens 16-bit PNGs as "I"), so it is scaled by 65535 too and values above that are refused.
+_MAX_16BIT = 65535.0
+
+
+def _image_array(im: Any, grayscale: bool) -> np.ndarray:
+    """One PIL image as a float32 array (C, H, W) in [0, 1], C = 1 (grayscale) or 3.
+
+    8-bit modes go through PIL's own conversion (``"L"`` or ``"RGB"``) and are divided by 255;
+    16-bit (``"I;16*"``, ``"I"``) and float (``"F"``) grayscale images keep their precision:
+    x = pixel / 65535 (resp. x = pixel), and are repeated over 3 channels unless ``grayscale``.
+
+    Shapes:
+        returns (1 or 3, H, W) float32
+    """
+    mode = im.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            lo, hi = float(a.min()), float(a.max())
+            if not (np.isfinite(a).all() and lo >= 0.0 and hi <= 1.0):
+                raise ValueError(f"a float (mode 'F') image must hold values in [0, 1], this one spans "
+                                 f"[{lo:g}, {hi:g}]")
+        else:
+            lo, hi = float(a.min()), float(a.max())
+            if lo < 0 or hi > _MAX_16BIT:
+                raise ValueError(f"a 32-bit integer (mode {mode!r}) image is read as 16-bit data "
+                                 f"(0..65535), this one spans [{lo:g}, {hi:g}]; save it as 8- or 16-bit")
+            a = a / _MAX_16BIT
+        a = a.astype(np.float32)[None]
+        return a if grayscale else np.repeat(a, 3, axis=0)
+    a = np.asarray(im.convert("L" if grayscale else "RGB"), dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,13 +401,19 @@ def check_labels(labels: Any, n: int | None = None, mask: Any = None, name: str 
 
 
 def label_masks(labels: torch.Tensor, labels_per_class: int, val_per_class: int | None = None,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                seed: int = 0, num_classes: int | None = None,
+                class_names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stratified train / validation / test masks: ``labels_per_class`` labelled nodes per class.
 
     For every class c, a seeded random permutation of its nodes gives the first
     ``labels_per_class`` to train, the next ``val_per_class`` to validation (``None`` means as many
     as for training, ``0`` gives an empty validation mask) and the rest to test. The masks are
     disjoint and cover all N nodes; the same seed gives the same masks.
+
+    Every class must have ``labels_per_class + val_per_class`` nodes, so that every class has a
+    labelled node: a class the loss never sees is never predicted. With ``num_classes`` = C, the
+    classes 0..C-1 that have no node at all are refused too (labels with a gap). ``class_names``
+    only names the classes in the error messages.
 
     Shapes:
         labels: (N,) long
@@ -362,17 +432,35 @@ def label_masks(labels: torch.Tensor, labels_per_class: int, val_per_class: int 
 
     labels_cpu = labels.detach().cpu()
     n = labels_cpu.shape[0]
+    c_all = int(labels_cpu.max()) + 1
+    if num_classes is not None:
+        num_classes = _check_int(num_classes, "num_classes", 1)
+        if c_all > num_classes:
+            raise ValueError(f"labels go up to {c_all - 1} but num_classes={num_classes}")
+        c_all = num_classes
+    counts_all = torch.bincount(labels_cpu, minlength=c_all)
+    need = lpc + vpc
+
+    def _name(c: int) -> str:
+        if class_names is not None and c < len(class_names) and str(class_names[c]) != str(c):
+            return f"class {c} ({class_names[c]!r})"
+        return f"class {c}"
+
+    if num_classes is not None:
+        empty = [c for c in range(c_all) if int(counts_all[c]) == 0]
+        if empty:
+            raise ValueError(f"{', '.join(_name(c) for c in empty[:5])} has no node at all, so no node can "
+                             f"be labelled; remove the class or add examples of it")
     g = torch.Generator().manual_seed(seed)
     train = torch.zeros(n, dtype=torch.bool)
     val = torch.zeros(n, dtype=torch.bool)
-    classes, counts = torch.unique(labels_cpu, return_counts=True)
-    need = lpc + vpc
-    short = [(int(c), int(m)) for c, m in zip(classes, counts) if int(m) < need]
+    classes = [c for c in range(c_all) if int(counts_all[c]) > 0]
+    short = [(c, int(counts_all[c])) for c in classes if int(counts_all[c]) < need]
     if short:
-        desc = ", ".join(f"class {c} has {m}" for c, m in short[:5])
+        desc = ", ".join(f"{_name(c)} has {m}" for c, m in short[:5])
         raise ValueError(f"labels_per_class={lpc} + val_per_class={vpc} = {need} examples per class are "
-                         f"needed but {desc}; lower labels_per_class/val_per_class")
-    for c in classes.tolist():
+                         f"needed but {desc}; lower labels_per_class/val_per_class or add examples")
+    for c in classes:
         idx = (labels_cpu == c).nonzero(as_tuple=True)[0]
         idx = idx[torch.randperm(idx.numel(), generator=g)]
         train[idx[:lpc]] = True
@@ -383,6 +471,31 @@ def label_masks(labels: torch.Tensor, labels_per_class: int, val_per_class: int 
                          f"(labels_per_class={lpc}, val_per_class={vpc}); lower them")
     dev = labels.device
     return train.to(dev), val.to(dev), test.to(dev)
+
+
+def check_every_class_labelled(labels: torch.Tensor, train_mask: torch.Tensor, num_classes: int | None = None,
+                               class_names: Sequence[str] | None = None, name: str = "train_mask") -> None:
+    """Refuse a label mask that leaves a class without a labelled node.
+
+    Class c is labelled when some i has ``train_mask[i]`` and ``labels[i] == c``; the NLL of a
+    class with no labelled node is never minimised, so the GCN never predicts it. ``num_classes``
+    (default: max label + 1 over all nodes) says which classes must appear.
+
+    Shapes:
+        labels: (N,) integer;  train_mask: (N,) bool
+
+    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    """
+    check_labels(labels, mask=train_mask, name="labels")
+    labels_cpu = labels.detach().cpu().long()
+    c_all = int(labels_cpu.max()) + 1 if num_classes is None else _check_int(num_classes, "num_classes", 1)
+    seen = torch.bincount(labels_cpu[train_mask.detach().cpu()], minlength=c_all)
+    missing = [c for c in range(c_all) if int(seen[c]) == 0]
+    if missing:
+        names = ", ".join(f"{c} ({class_names[c]!r})" if class_names is not None and c < len(class_names)
+                          else str(c) for c in missing[:5])
+        raise ValueError(f"{name} has no labelled node of class {names}; label at least one node of every "
+                         f"class (e.g. label_masks(labels, labels_per_class) draws some from each class)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -148,10 +148,15 @@ def test_folder_pixel_values(tmp_path):
     from PIL import Image
 
     (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     arr = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
-    Image.fromarray(arr, mode="L").save(tmp_path / "a" / "x.png")
+    Image.fromarray(arr).save(tmp_path / "a" / "x.png")
+    Image.fromarray(255 - arr).save(tmp_path / "b" / "y.png")
     ds = load_dataset(str(tmp_path), grayscale=True)
-    assert torch.allclose(ds.images[0, 0], torch.from_numpy(arr.astype(np.float32) / 255))
+    assert torch.equal(ds.images[0, 0], torch.from_numpy(arr.astype(np.float32) / 255))
+    assert torch.equal(ds.images[1, 0], torch.from_numpy((255 - arr).astype(np.float32) / 255))
+    rgb = load_dataset(str(tmp_path))  # a grayscale file read as RGB: the same value in 3 channels
+    assert rgb.images.shape == (2, 3, 4, 4) and torch.equal(rgb.images[:, :1].expand(-1, 3, -1, -1), rgb.images)
 
 
 def test_folder_missing(tmp_path):
@@ -168,6 +173,7 @@ def test_folder_without_classes(tmp_path):
 
 
 def test_folder_class_without_images(tmp_path):
+    _write_folder(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
         load_dataset(str(tmp_path))
