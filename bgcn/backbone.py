@@ -33,6 +33,7 @@ __all__ = [
     "load_backbone_weights",
     "save_backbone_weights",
     "extract_features",
+    "check_backbone_input",
     "MLPBackbone",
     "CNNBackbone",
     "TimmFeatures",
@@ -231,9 +232,75 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained_file: str | os.Path
     if not hasattr(model, "num_features"):
         raise TypeError(f"backbone {name!r} has no .num_features attribute")
     model.bgcn_name = name  # type: ignore[attr-defined]
+    model.register_forward_pre_hook(_cast_images_hook)
     if pretrained_file is not None:
         load_backbone_weights(model, pretrained_file)
     return model
+
+
+def _cast_images_hook(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: cast floating images to the parameters' dtype; refuse integer images."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    if not x.is_floating_point():
+        raise TypeError(f"images have dtype {x.dtype}, but a backbone takes floating-point images in [0, 1]; "
+                        f"convert them first, e.g. images.float() / 255 for 8-bit pixels")
+    p = next(module.parameters(), None)
+    if p is not None and p.is_floating_point() and x.dtype != p.dtype:
+        return (x.to(p.dtype), *args[1:])
+    return None
+
+
+def _first_conv_in_channels(backbone: nn.Module) -> int | None:
+    """in_channels of the first Conv2d (or ``in_chans`` of our MLP), for error messages only."""
+    if isinstance(getattr(backbone, "in_chans", None), int):
+        return int(backbone.in_chans)
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def check_backbone_input(backbone: nn.Module, images: torch.Tensor, name: str | None = None) -> int:
+    """Check that ``backbone`` takes these images: one forward pass on two of them; returns D.
+
+    Any failure (a wrong number of channels, an image size a ViT was not built for, a dtype) is
+    re-raised as one ``ValueError`` that names the image shape, what the backbone expects where it
+    can tell, and the fix (``in_chans=``/``img_size=`` in :func:`create_backbone`, another
+    backbone, or ``image_size=`` when loading a folder). The backbone's mode is restored.
+
+    Shapes:
+        images: (N, C_in, H, W) (only the first two are used);  returns D = F.shape[1]
+
+    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    """
+    check_tensor(images, "images", ndim=4, finite=False)
+    name = name or getattr(backbone, "bgcn_name", type(backbone).__name__)
+    p = next(iter(backbone.parameters()), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            f = backbone(images[:2].to(dev))
+    except Exception as e:  # noqa: BLE001 - conv, attention and size asserts raise many kinds
+        shape = tuple(images.shape[1:])
+        want = _first_conv_in_channels(backbone)
+        hint = ""
+        if want is not None and want != shape[0]:
+            hint = (f" it was built for {want}-channel images: create it with in_chans={shape[0]}"
+                    f" (or load the folder with grayscale=True/False to match);")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"backbone {name!r} cannot take images of shape (C, H, W) = {shape}:{hint} "
+                         f"{type(e).__name__}: {first}; pass in_chans=/img_size= matching the images to "
+                         f"create_backbone, or choose another backbone") from e
+    finally:
+        backbone.train(was_training)
+    if not isinstance(f, torch.Tensor) or f.dim() != 2:
+        raise ValueError(f"backbone {name!r} returned {tuple(getattr(f, 'shape', ()))} for 2 images, expected "
+                         f"(2, D); create it with num_classes=0 through create_backbone")
+    return int(f.shape[1])
 
 
 def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:

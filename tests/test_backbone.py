@@ -186,3 +186,46 @@ def test_gradient_reaches_backbone(name, images):
     grads = [p.grad for p in m.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", ["vit_digits", "mlp_digits", "cnn_digits", "resnet18"])
+def test_float64_images_are_cast_to_the_parameters_dtype(name, images):
+    """torch.from_numpy gives float64: a float32 backbone casts them (exactly, since these values are
+    float32 numbers); a float64 backbone computes in float64 from float32 images."""
+    torch.manual_seed(0)
+    kw = {"in_chans": 1} if name == "resnet18" else {}
+    m = create_backbone(name, **kw).eval()
+    x = images if name != "resnet18" else torch.nn.functional.interpolate(images, size=16)
+    with torch.no_grad():
+        f32 = m(x)
+        f64in = m(x.double())
+        assert f64in.dtype == torch.float32 and torch.equal(f64in, f32)
+        assert torch.equal(extract_features(m, x.double()), extract_features(m, x))
+        m.double()
+        f = m(x)
+        assert f.dtype == torch.float64
+        assert (f - f32.double()).abs().max().item() < 1e-3 * max(1.0, f.abs().max().item())
+
+
+def test_integer_images_are_refused_with_the_fix(images):
+    m = create_backbone("cnn_digits")
+    with pytest.raises(TypeError, match=r"uint8.*images\.float\(\) / 255"):
+        m((images * 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("name,shape,match", [
+    ("resnet18", (1, 16, 16), r"built for 3-channel images: create it with in_chans=1"),
+    ("cnn_digits", (3, 16, 16), r"built for 1-channel images: create it with in_chans=3"),
+    ("mlp_digits", (1, 12, 12), r"\(1, 12, 12\).*img_size="),
+    ("vit_digits", (1, 16, 16), r"\(1, 16, 16\).*Input height \(16\)"),
+])
+def test_check_backbone_input_names_the_mismatch(name, shape, match):
+    from bgcn.backbone import check_backbone_input
+
+    m = create_backbone(name)
+    m.train()
+    with pytest.raises(ValueError, match=match):
+        check_backbone_input(m, torch.rand(2, *shape))
+    assert m.training  # mode restored
+    good = (3, 16, 16) if name == "resnet18" else (1, 8, 8)
+    assert check_backbone_input(m, torch.rand(3, *good)) == m.num_features
