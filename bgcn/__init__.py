@@ -13,7 +13,7 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 from . import utils
-from .utils import get_device, seed_everything
+from .utils import get_device, seed_everything, versions
 from .similarity import cosine_similarity, knn_indices, normalize_rows
 from .topk import (ESTIMATORS, Selection, effective_neighbours, get_estimator, hard_topk, register_estimator,
                    soft_topk, softmax_jacobian, topk_mass, topk_selection_matrix)
@@ -26,14 +26,46 @@ from . import argmax, scaling, temperature
 from .temperature import suggest_tau
 from . import estimators  # registers the selection estimators of chapter 09 in ESTIMATORS
 from .model import MODES, EndToEnd, build_model
-from .train import History, TrainResult, TrainingDiverged, load_checkpoint, pretrain_backbone, save_checkpoint, train
+from .train import History, TrainResult, TrainingDiverged, load_checkpoint, pretrain_backbone, save_checkpoint
 
-_LAZY = {"viz", "cli", "experiment"}
+import inspect as _inspect
+import sys as _sys
+import types as _types
 
 
-def __getattr__(name):  # lazy submodules: bgcn.viz imports plotly/matplotlib only when used
+def _callable_module(module, fn):
+    """Make ``module`` callable as ``fn`` (in place): ``module(*a, **kw)`` is ``fn(*a, **kw)``.
+
+    ``bgcn.train`` must be both: the one-call training loop the book calls
+    (``bgcn.train(model, images, ...)``) and the module that holds ``pretrain_backbone``,
+    ``History``, ``save_checkpoint``... (``bgcn.train.pretrain_backbone``). A function attribute
+    would shadow the module; a callable module serves both. ``fn`` is the class's ``__call__``
+    itself (a staticmethod), so no extra frame sits between the caller and ``fn``: warnings with
+    ``stacklevel=2`` still point at the caller's line.
+    """
+    cls = type("CallableModule", (_types.ModuleType,),
+               {"__call__": staticmethod(fn), "__module__": __name__, "__doc__": fn.__doc__})
+    module.__class__ = cls
+    module.__signature__ = _inspect.signature(fn)
+    return module
+
+
+_train_module = _callable_module(_sys.modules[f"{__name__}.train"], _sys.modules[f"{__name__}.train"].train)
+train = _train_module  # noqa: F811 - bgcn.train is the module, and calling it calls bgcn.train.train
+del _inspect, _types, _train_module
+
+# submodules imported on first attribute access: viz needs plotly/matplotlib, cli and the
+# experiments are entry points (``python -m bgcn``), not library code
+_LAZY = {"viz", "cli", "experiment", "estimator_experiment"}
+
+
+def __getattr__(name):
     if name in _LAZY:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'bgcn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _LAZY)

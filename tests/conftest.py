@@ -47,6 +47,18 @@ def _jupyter_book() -> list[str]:
     pytest.skip("jupyter-book is not installed (pip install -r requirements.txt)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The first test that uses ``built_book`` pays for the whole build (fixture setup counts toward
+    pytest-timeout's per-test limit): such tests get the build's own timeout plus the ini timeout."""
+    try:
+        ini = float(config.getini("timeout") or 0)
+    except ValueError:              # pytest-timeout not installed: no per-test limit to extend
+        return
+    for item in items:
+        if "built_book" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + (ini or 900)))
+
+
 @pytest.fixture(scope="session")
 def built_book() -> BookBuild:
     """Build the book with ``-W -n --keep-going`` (once per session) and return the result."""
