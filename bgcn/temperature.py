@@ -80,7 +80,7 @@ def temperature_sweep(scores: torch.Tensor, taus: Sequence[float], k: int = 10,
 
     Shapes:
         - scores: (n,) one row, or (N, M)
-        - output: dict of (T,) tensors ``tau``, ``entropy``, ``effective``, ``topk_mass``
+        - output: dict of (T,) float64 CPU tensors ``tau``, ``entropy``, ``effective``, ``topk_mass``
           (T = len(taus)) and the int ``n`` (candidates per row)
 
     Taught in: chapter 05 (chapters/05_temperature.md).
@@ -96,8 +96,9 @@ def temperature_sweep(scores: torch.Tensor, taus: Sequence[float], k: int = 10,
         ent.append(e.mean())
         eff.append(effective_neighbours(w).mean())
         mass.append(topk_mass(w, k).mean())
-    return {"tau": torch.tensor(taus, dtype=torch.float64), "entropy": torch.stack(ent).double(),
-            "effective": torch.stack(eff).double(), "topk_mass": torch.stack(mass).double(), "n": n}
+    as64 = lambda xs: torch.stack([x.detach().double() for x in xs]).cpu()  # noqa: E731
+    return {"tau": torch.tensor(taus, dtype=torch.float64), "entropy": as64(ent),
+            "effective": as64(eff), "topk_mass": as64(mass), "n": n}
 
 
 def soft_topk_gradient(scores: torch.Tensor, upstream: torch.Tensor, k: int, tau: float,
@@ -129,7 +130,7 @@ def soft_topk_gradient(scores: torch.Tensor, upstream: torch.Tensor, k: int, tau
     s = mask_diagonal(scores) if exclude_self else scores
     w = torch.softmax(s / tau, dim=-1)
     idx = torch.topk(s, k, dim=-1).indices
-    g = torch.zeros_like(w).scatter(-1, idx, upstream.to(w.dtype))
+    g = torch.zeros_like(w).scatter(-1, idx, upstream.to(device=w.device, dtype=w.dtype))
     return w * (g - (g * w).sum(-1, keepdim=True)) / tau
 
 
@@ -151,7 +152,7 @@ def gradient_norm_vs_tau(scores: torch.Tensor, taus: Sequence[float], k: int = 1
 
     Shapes:
         - scores: (N, M)
-        - output: dict of (T,) float64 tensors ``tau``, ``grad_norm`` (mean), ``grad_norm_median``,
+        - output: dict of (T,) float64 CPU tensors ``tau``, ``grad_norm`` (mean), ``grad_norm_median``,
           ``outside_share``, ``saturated``
 
     Taught in: chapter 05 (chapters/05_temperature.md).
@@ -164,12 +165,13 @@ def gradient_norm_vs_tau(scores: torch.Tensor, taus: Sequence[float], k: int = 1
     if isinstance(upstream, torch.Tensor):
         if upstream.shape != (n, k):
             raise ValueError(f"upstream must have shape (rows, k) = {(n, k)}, got {tuple(upstream.shape)}")
-        g = upstream.detach().to(s0.dtype)
+        g = upstream.detach().to(device=s0.device, dtype=s0.dtype)
     elif upstream == "random":
+        # drawn on the CPU (the same numbers on every device for a seed), then moved to the scores
         gen = torch.Generator().manual_seed(int(seed))
-        g = torch.randn(n, k, generator=gen, dtype=torch.float64).to(s0.dtype)
+        g = torch.randn(n, k, generator=gen, dtype=torch.float64).to(device=s0.device, dtype=s0.dtype)
     elif upstream == "ones":
-        g = torch.ones(n, k, dtype=s0.dtype)
+        g = torch.ones(n, k, dtype=s0.dtype, device=s0.device)
     else:
         raise ValueError(f"upstream must be 'random', 'ones' or an (N, k) tensor, got {upstream!r}")
     mean, median, outside, sat = [], [], [], []
@@ -185,10 +187,10 @@ def gradient_norm_vs_tau(scores: torch.Tensor, taus: Sequence[float], k: int = 1
         median.append(norms.median())
         inside = torch.zeros_like(gr, dtype=torch.bool).scatter(-1, idx, True)
         tot = gr.pow(2).sum()
-        outside.append(gr[~inside].pow(2).sum() / tot if tot > 0 else torch.zeros((), dtype=gr.dtype))
+        outside.append(gr[~inside].pow(2).sum() / tot if tot > 0 else torch.zeros((), dtype=gr.dtype, device=gr.device))
         with torch.no_grad():
             sat.append((torch.softmax(s0 / t, dim=-1).max(-1).values > saturation).to(torch.float64).mean())
-    as64 = lambda xs: torch.stack([x.detach().double() for x in xs])  # noqa: E731
+    as64 = lambda xs: torch.stack([x.detach().double() for x in xs]).cpu()  # noqa: E731
     return {"tau": torch.tensor(taus, dtype=torch.float64), "grad_norm": as64(mean),
             "grad_norm_median": as64(median), "outside_share": as64(outside), "saturated": as64(sat)}
 
@@ -234,7 +236,8 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
     k = check_k(k, similarities.shape[-1], exclude_self=exclude_self)
     if k >= n:
         raise ValueError(f"k={k} keeps every candidate; a temperature only matters for k < {n}")
-    s = _rows(similarities, exclude_self, rows, seed).double()
+    s = _rows(similarities, exclude_self, rows, seed)
+    s = (s.cpu() if s.device.type == "mps" else s).double()   # MPS has no float64
     lo, hi = (check_positive(b, "tau_bounds") for b in tau_bounds)
     if lo >= hi:
         raise ValueError(f"tau_bounds={tau_bounds} must be (low, high) with low < high")

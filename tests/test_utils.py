@@ -134,3 +134,52 @@ def test_versions_lives_in_utils_and_reports_the_stack():
     import torch_geometric
 
     assert v["torch_geometric"] == torch_geometric.__version__
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA paths (issue 9 item 8): every helper that makes a tensor of its own puts it on the data's
+# device. These run where a GPU is; /work/shared/gpu/smoke.py runs them on the GPU too.
+# ---------------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("upstream", ["random", "ones", "tensor"])
+def test_temperature_helpers_run_on_cuda_and_match_cpu(upstream):
+    from bgcn.temperature import gradient_norm_vs_tau, soft_topk_gradient, suggest_tau, temperature_sweep
+
+    g = torch.Generator().manual_seed(0)
+    S = bgcn.cosine_similarity(torch.randn(40, 6, generator=g, dtype=torch.float64))
+    up = torch.randn(12, 3, generator=g, dtype=torch.float64) if upstream == "tensor" else upstream
+    taus = [0.05, 0.3, 2.0]
+    cpu = gradient_norm_vs_tau(S, taus, k=3, upstream=up, rows=12)
+    gpu = gradient_norm_vs_tau(S.cuda(), taus, k=3, upstream=up.cuda() if upstream == "tensor" else up, rows=12)
+    for key in cpu:
+        assert gpu[key].device.type == "cpu" and gpu[key].dtype == torch.float64, key
+        torch.testing.assert_close(gpu[key], cpu[key], rtol=1e-9, atol=1e-12, msg=key)
+    sw_cpu, sw_gpu = temperature_sweep(S, taus, k=3), temperature_sweep(S.cuda(), taus, k=3)
+    for key in ("tau", "entropy", "effective", "topk_mass"):
+        assert sw_gpu[key].device.type == "cpu"
+        torch.testing.assert_close(sw_gpu[key], sw_cpu[key], rtol=1e-9, atol=1e-12, msg=key)
+    U = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(soft_topk_gradient(S.cuda(), U, 3, 0.3).cpu(), soft_topk_gradient(S, U, 3, 0.3),
+                               rtol=1e-9, atol=1e-12)
+    assert abs(suggest_tau(S.cuda(), 3) - suggest_tau(S, 3)) < 1e-9
+
+
+@cuda
+def test_gcn_and_similarity_on_cuda_with_other_dtypes():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    idx = bgcn.knn_indices(x.cuda(), 4, chunk_size=7)
+    assert idx.device.type == "cuda"
+    assert torch.equal(idx.cpu(), bgcn.knn_indices(x, 4))
+    torch.manual_seed(0)
+    m = bgcn.GCN(5, 8, 3).eval()
+    kg = bgcn.knn_graph(x.float(), 4)
+    ref = m(x.float(), kg.edge_index, kg.edge_weight)
+    out = m.cuda()(x.cuda(), kg.edge_index.cuda(), kg.edge_weight.cuda())
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="x is on cpu but the GCN's parameters are on cuda"):
+        m(x.float(), kg.edge_index, kg.edge_weight)
