@@ -42,6 +42,9 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor | None = None, eps: float
         y: features :math:`G`, shape (M, D); defaults to ``x``.
         eps: lower bound on the norms.
 
+    Any floating dtype works (float64 from ``torch.from_numpy`` included); when ``x`` and ``y``
+    differ, both are promoted to the wider one (``torch.promote_types``).
+
     Shapes:
         - x: (N, D), y: (M, D)
         - output: (N, M) with entries in [-1, 1]
@@ -55,7 +58,13 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor | None = None, eps: float
     check_tensor(y, "y", ndim=2)
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"x has D={x.shape[1]} features but y has D={y.shape[1]}; both must have the same feature dimension")
-    return xn @ normalize_rows(y, eps).transpose(0, 1)
+    if y.device != x.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}; move y with y.to(x.device)")
+    yn = normalize_rows(y, eps)
+    if yn.dtype != xn.dtype:  # e.g. float64 from torch.from_numpy against float32: the wider dtype
+        common = torch.promote_types(xn.dtype, yn.dtype)
+        xn, yn = xn.to(common), yn.to(common)
+    return xn @ yn.transpose(0, 1)
 
 
 @torch.no_grad()

@@ -91,3 +91,38 @@ def test_chunked_knn_equals_dense(n, d, k, chunk, seed):
 def test_normalize_rows_unit_norm():
     x = torch.randn(5, 3)
     assert torch.allclose(normalize_rows(x).norm(dim=1), torch.ones(5))
+
+
+def test_float64_and_mixed_dtypes():
+    # torch.from_numpy gives float64: it works alone and against float32 (promoted to float64)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((5, 4))
+    ref = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    x64, y64 = torch.from_numpy(a), torch.from_numpy(b)
+    s = bgcn.cosine_similarity(x64, y64)
+    assert s.dtype == torch.float64
+    np.testing.assert_allclose(s.numpy(), ref, rtol=0, atol=1e-14)
+    for x, y in [(x64, y64.float()), (x64.float(), y64)]:
+        mixed = bgcn.cosine_similarity(x, y)
+        assert mixed.dtype == torch.float64
+        # the float32 side was rounded: error of float32 rounding (~6e-8), not more
+        np.testing.assert_allclose(mixed.numpy(), ref, rtol=0, atol=1e-6)
+    half = bgcn.cosine_similarity(x64.bfloat16(), y64)
+    assert half.dtype == torch.float64
+
+
+def test_knn_indices_float64_from_numpy_matches_numpy_reference():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((25, 6))
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    s = fn @ fn.T
+    np.fill_diagonal(s, -np.inf)
+    ref = np.argsort(-s, axis=1, kind="stable")[:, :4]        # random data: no ties
+    for chunk in (1, 7, 4096):
+        got = knn_indices(torch.from_numpy(f), 4, chunk_size=chunk)
+        assert got.dtype == torch.long
+        np.testing.assert_array_equal(got.numpy(), ref)
