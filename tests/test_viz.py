@@ -237,22 +237,40 @@ def test_set_plotly_renderer():
 
 # --------------------------------------------------------------------------- ipywidgets (headless)
 
-def test_widget_softmax_temperature_headless():
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "the widget's image is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_widget_softmax_temperature_redraws_when_tau_moves():
     import ipywidgets as W
 
-    w = viz.widget_softmax_temperature(torch.linspace(0, 1, 30), k=5, tau_range=(1e-3, 10.0), tau=1.0)
-    assert isinstance(w, W.VBox)
-    s = w.tau_slider
-    assert isinstance(s, W.FloatLogSlider) and s.base == 10
-    assert s.min == pytest.approx(-3) and s.max == pytest.approx(1) and s.value == pytest.approx(1.0)
-    s.value = 0.01  # triggers a redraw without a kernel
+    s = torch.linspace(0, 1, 30, dtype=torch.float64)
+    w = viz.widget_softmax_temperature(s, k=5, tau_range=(1e-3, 10.0), tau=1.0)
+    assert isinstance(w, W.VBox) and isinstance(w.image, W.Image)
+    sl = w.tau_slider
+    assert isinstance(sl, W.FloatLogSlider) and sl.base == 10
+    assert sl.min == pytest.approx(-3) and sl.max == pytest.approx(1) and sl.value == pytest.approx(1.0)
+    hot_png, hot_caption = w.image.value, w.caption.value
+    assert _png_size(hot_png)[0] > 100
+    # what the caption states is the softmax of the row at the slider's tau
+    p = torch.softmax(s / 1.0, 0)
+    assert w.shown["effective"] == pytest.approx(bgcn.effective_neighbours(p).item(), rel=1e-12)
+    assert w.shown["topk_mass"] == pytest.approx(p.topk(5).values.sum().item(), rel=1e-12)
+    sl.value = 0.01                       # moving the slider redraws (no kernel needed)
+    assert w.shown["tau"] == pytest.approx(0.01)
+    assert w.image.value != hot_png and w.caption.value != hot_caption
+    assert "τ = 0.01" in w.caption.value
+    cold = torch.softmax(s / 0.01, 0)
+    assert w.shown["topk_mass"] == pytest.approx(cold.topk(5).values.sum().item(), rel=1e-12)
+    assert w.shown["topk_mass"] > 0.99 and p.topk(5).values.sum().item() < 0.3   # sharper when cold
     with pytest.raises(ValueError):
-        viz.widget_softmax_temperature(torch.linspace(0, 1, 30), tau_range=(1.0, 0.1))
+        viz.widget_softmax_temperature(s, tau_range=(1.0, 0.1))
     with pytest.raises(ValueError):
         viz.widget_softmax_temperature(torch.zeros(2, 2))
 
 
-def test_widget_knn_graph_headless():
+def test_widget_knn_graph_redraws_for_k_tau_and_estimator():
     import ipywidgets as W
 
     f, lab = _clusters(30)
@@ -262,12 +280,99 @@ def test_widget_knn_graph_headless():
     assert isinstance(w.tau_slider, W.FloatLogSlider)
     assert w.tau_slider.min == pytest.approx(-2) and w.tau_slider.max == pytest.approx(0)
     assert "softmax" in w.estimator_menu.options and "masked_softmax" in w.estimator_menu.options
+    first = w.image.value
     w.k_slider.value = 6
+    g = bgcn.knn_graph(f, 6, estimator="softmax", tau=0.1)
+    same = (lab[g.indices] == lab[:, None]).double().mean().item()
+    assert w.shown["k"] == 6 and w.shown["same_class"] == pytest.approx(same, abs=1e-12)
+    assert w.image.value != first and "k = 6" in w.caption.value
+    assert w.shown["w_first"] == pytest.approx(g.weights[:, 0].double().mean().item(), rel=1e-6)
+    before = w.image.value
     w.estimator_menu.value = "hard"
+    assert w.shown["estimator"] == "hard" and w.shown["w_first"] == w.shown["w_last"] == 1.0
+    assert w.image.value != before and w.caption.value.startswith("hard")
+    w.tau_slider.value = 1.0
+    assert w.shown["tau"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         viz.widget_knn_graph(f, lab, pos, k_range=(1, 30))   # k > N - 1
     with pytest.raises(ValueError):
         viz.widget_knn_graph(f, lab, pos[:3])
+
+
+def _fake_history(f, lab, epochs=(0, 2, 4), seed=1):
+    """A History as bgcn.train records it: graphs every 2 epochs, accuracies per epoch."""
+    from bgcn.train import History
+
+    g = torch.Generator().manual_seed(seed)
+    h = History()
+    for e in range(1, max(epochs) + 1):
+        h.append(epoch=e, train_acc=0.5 + 0.1 * e, val_acc=0.4 + 0.1 * e, test_acc=0.3 + 0.1 * e)
+    h.initial = {"train_acc": 0.45, "val_acc": 0.35, "test_acc": 0.25}
+    for e, noise in zip(epochs, (3.0, 1.0, 0.0)):
+        gr = bgcn.knn_graph(f + noise * torch.randn(f.shape, generator=g), 3, tau=0.1)
+        h.graphs.append({"epoch": e, "indices": gr.indices.to(torch.int16),
+                         "weights": gr.weights.float().to(torch.float16)})
+    return h
+
+
+def test_widget_graph_evolution_follows_the_epoch_slider():
+    import ipywidgets as W
+
+    from bgcn.graph import edge_change_fraction
+
+    f, lab = _clusters(30)
+    pos = viz.layout_2d(f)
+    h = _fake_history(f, lab)
+    w = viz.widget_graph_evolution(pos, lab, h)
+    sl = w.epoch_slider
+    assert isinstance(sl, W.SelectionSlider) and isinstance(w.play, W.Play)
+    assert [lbl for lbl, _ in sl.options] == ["0", "2", "4"] and w.play.max == 2
+    assert w.shown["epoch"] == 0 and w.shown["accuracies"] == {"val": 0.35, "test": 0.25}
+    assert np.isnan(w.shown["changed"])
+    first_png, first_caption = w.image.value, w.caption.value
+    assert _png_size(first_png)[0] > 300
+    sl.value = 2                          # the last recorded graph, epoch 4
+    idx = h.graphs[2]["indices"].long()
+    assert w.shown["epoch"] == 4 and w.shown["index"] == 2
+    assert w.shown["accuracies"]["val"] == pytest.approx(0.8) and w.shown["accuracies"]["test"] == pytest.approx(0.7)
+    assert w.shown["same_class"] == pytest.approx((lab[idx] == lab[:, None]).double().mean().item(), abs=1e-12)
+    assert w.shown["changed"] == pytest.approx(edge_change_fraction(h.graphs[1]["indices"].long(), idx), abs=1e-12)
+    assert w.image.value != first_png and w.caption.value != first_caption
+    assert w.caption.value.startswith("epoch 4: val 0.800, test 0.700")
+    # explicit graphs and curves, as for graph_evolution_figure
+    w2 = viz.widget_graph_evolution(pos, lab, [(gr["indices"], gr["weights"]) for gr in h.graphs],
+                                    {"train": [0.1, 0.2, 0.3]}, epochs=[0, 1, 2])
+    w2.epoch_slider.value = 1
+    assert w2.shown["accuracies"] == {"train": 0.2}
+
+
+def test_widget_graph_evolution_bad_input():
+    f, lab = _clusters(20)
+    pos = viz.layout_2d(f)
+    h = _fake_history(f, lab)
+    with pytest.raises(ValueError, match="non-empty"):
+        viz.widget_graph_evolution(pos, lab, [])
+    with pytest.raises(ValueError, match="accuracies is missing"):
+        viz.widget_graph_evolution(pos, lab, h.graphs)
+    with pytest.raises(ValueError, match="recorded at epoch"):
+        viz.widget_graph_evolution(pos, lab, h.graphs, {"val": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="nodes"):
+        viz.widget_graph_evolution(pos[:10], lab[:10], h)
+
+
+def test_graph_evolution_figure_accepts_a_history():
+    f, lab = _clusters(30)
+    pos = viz.layout_2d(f)
+    h = _fake_history(f, lab)
+    fig = viz.graph_evolution_figure(pos, lab, h)
+    assert [st.label for st in fig.layout.sliders[0].steps] == ["0", "2", "4"]
+    markers = [fr.data[-1] for fr in fig.frames]
+    assert [m.x[0] for m in markers] == [0, 2, 4]
+    assert list(markers[2].y) == pytest.approx([0.8, 0.7])       # val and test at epoch 4
+    assert list(markers[0].y) == pytest.approx([0.35, 0.25])     # before training
+    for fr in fig.frames:
+        edge = [tr for tr in fr.data if tr.x is not None and None in list(tr.x)]
+        assert sum(_segments(tr) for tr in edge) == 30 * 3
 
 
 def test_active_step_sets_initial_data():
