@@ -22,7 +22,12 @@ __all__ = ["GCN", "dense_gcn_norm", "edge_index_to_dense"]
 def _gcn_conv_class():
     """PyG's ``GCNConv``, imported on first use: ``torch_geometric.nn`` costs about a second, half
     of ``import bgcn``, and only a model needs it."""
-    from torch_geometric.nn import GCNConv
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch_geometric 2.8 calls the deprecated torch.jit.script at import time; not ours
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from torch_geometric.nn import GCNConv
 
     return GCNConv
 

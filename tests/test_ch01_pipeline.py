@@ -104,15 +104,57 @@ def test_pixel_rankings_are_pure_on_digits(digits):
     assert purity > 0.85
 
 
-def test_loss_depends_on_labelled_nodes_only(digits):
+def _train_run(images, labels, train_mask, mode, estimator, epochs=3):
+    """bgcn.train on the digits with only the training mask: (NLL per epoch, surrogate, final state)."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = bgcn.build_model(bgcn.create_backbone("mlp_digits"), num_classes=10, k=8, hidden=16,
+                         estimator=estimator, mode=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # no validation set: the selection warning
+        r = bgcn.train(m, images, labels, train_mask, None, None, mode=mode, epochs=epochs,
+                       progress=False, device="cpu", seed=0)
+    return list(r.history.loss), list(r.history.surrogate), {k: v.clone() for k, v in r.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode, estimator", [("frozen", "hard"), ("end2end", "softmax"),
+                                             ("end2end", "gumbel_reinforce")])
+def test_training_reads_the_labels_of_labelled_nodes_only(digits, mode, estimator):
+    # bgcn.train's losses, score-function surrogate and trained parameters are bit-identical when
+    # every *unlabelled* node's label is changed: no label outside train_mask leaks into training
     images, labels = digits
     train_mask, _, _ = bgcn.label_masks(labels, 3, 0, seed=0)
-    feats = images.flatten(1)
+    other = labels.clone()
+    other[~train_mask] = (other[~train_mask] + 1) % 10
+    loss_a, sur_a, state_a = _train_run(images, labels, train_mask, mode, estimator)
+    loss_b, sur_b, state_b = _train_run(images, other, train_mask, mode, estimator)
+    assert loss_a == loss_b and sur_a == sur_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    # control: changing one *labelled* node's label changes the very first loss
+    flipped = labels.clone()
+    i = int(train_mask.nonzero()[0])
+    flipped[i] = (flipped[i] + 1) % 10
+    loss_c, _, _ = _train_run(images, flipped, train_mask, mode, estimator, epochs=1)
+    assert loss_c[0] != loss_a[0]
+
+
+def test_labelled_outputs_depend_on_unlabelled_features(digits):
+    # transductive: the loss reads labelled nodes only, but through the graph their outputs depend
+    # on the features of the unlabelled nodes that send them messages, and on no other node
+    images, labels = digits
+    train_mask, _, _ = bgcn.label_masks(labels, 3, 0, seed=0)
+    feats = images.flatten(1).double()
     g = bgcn.knn_graph(feats, 8, "hard")
     torch.manual_seed(0)
-    gcn = bgcn.GCN(64, 16, 10, dropout=0.0)
-    other = labels.clone()
-    other[~train_mask] = (other[~train_mask] + 1) % 10      # change every unlabelled label
-    l1 = F.nll_loss(gcn(feats, g.edge_index)[train_mask], labels[train_mask])
-    l2 = F.nll_loss(gcn(feats, g.edge_index)[train_mask], other[train_mask])
-    assert l1.item() == l2.item()
+    gcn = bgcn.GCN(64, 16, 10, dropout=0.0).double()
+    x = feats.clone().requires_grad_(True)
+    F.nll_loss(gcn(x, g.edge_index)[train_mask], labels[train_mask]).backward()
+    reach = x.grad.abs().sum(1) > 0                       # nodes whose features move the loss
+    # two layers: the loss reaches the labelled nodes and their 1- and 2-hop in-neighbours
+    hop1 = torch.zeros_like(train_mask)
+    hop1[g.edge_index[0][train_mask[g.edge_index[1]]]] = True
+    hop2 = hop1.clone()
+    hop2[g.edge_index[0][(hop1 | train_mask)[g.edge_index[1]]]] = True
+    assert torch.equal(reach, train_mask | hop1 | hop2)
+    assert (reach & ~train_mask).sum() > train_mask.sum()   # most of the reached nodes are unlabelled
