@@ -127,7 +127,7 @@ def gradient_variance(model, images, labels, train_mask, repeats: int, seed: int
         loss = node_loss[train_mask].mean()
         lp = model.last_graph.info.get("log_prob")
         if lp is not None:
-            loss = loss + score_function_surrogate(lp, node_loss, train_mask, "node", "mean")
+            loss = loss + score_function_surrogate(lp, node_loss, train_mask, "node", "loo")
         paths = model.path_gradients(loss, retain_graph=True)
         loss.backward()
         gb.append(_flat_grad(params).detach().double())
@@ -196,7 +196,7 @@ def time_estimators(rows: Sequence[str] | None = None, rounds: int = 7, k: int =
             loss = node_loss[tr].mean()
             lp = model.last_graph.info.get("log_prob")
             if lp is not None:
-                loss = loss + score_function_surrogate(lp, node_loss, tr, "node", "mean")
+                loss = loss + score_function_surrogate(lp, node_loss, tr, "node", "loo")
             loss.backward()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)

@@ -17,7 +17,8 @@ from .similarity import cosine_similarity, knn_indices, normalize_rows
 from .topk import Selection, get_estimator
 from .utils import check_k, check_tau, check_tensor
 
-__all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction"]
+__all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction",
+           "symmetrize_dense", "edge_homophily"]
 
 
 @dataclass
@@ -205,6 +206,60 @@ def edge_change_fraction(old_indices: torch.Tensor, new_indices: torch.Tensor) -
     old, new = old_indices.detach().cpu(), new_indices.detach().cpu()
     same = (new.unsqueeze(2) == old.unsqueeze(1)).any(2).sum()  # O(N k^2), no N x N matrix
     return 1.0 - float(same) / float(n * k)
+
+
+def symmetrize_dense(adj: torch.Tensor) -> torch.Tensor:
+    r"""Symmetrise a dense adjacency with the rule of :func:`rankings_to_edges` (``symmetric=True``).
+
+    .. math::
+        A^{\text{sym}}_{ij} = \frac{A_{ij} + A_{ji}}{\max\big(1,\ [A_{ij}\ne0] + [A_{ji}\ne0]\big)}
+
+    A pair present both ways gets the mean of its two weights, a pair present one way keeps its
+    weight in both directions, and an absent pair stays 0 — the same weights as the sparse path
+    (``to_undirected(..., reduce="mean")``), so ``symmetric=True`` means one thing on both paths.
+    The count in the denominator is read off the forward values and carries no gradient, so the
+    backward of a selection estimator (whose forward is 0/1) still reaches every entry.
+
+    Shapes: adj (N, N) -> (N, N)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); used in chapter 09.
+    """
+    check_tensor(adj, "adj", ndim=2, finite=False)
+    if adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"adj must be a square (N, N) adjacency, got shape {tuple(adj.shape)}")
+    present = (adj.detach() != 0).to(adj.dtype)
+    count = (present + present.transpose(0, 1)).clamp_min(1.0)
+    return (adj + adj.transpose(0, 1)) / count
+
+
+def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
+    r"""Edge homophily of a kNN graph: the share of its edges that join two images of the same class.
+
+    .. math::
+        h = \frac{1}{Nk}\sum_{i=1}^{N}\sum_{j\in\mathcal N_k(i)} [y_i = y_j]
+
+    An *analysis* quantity: it reads every image's label, so it must never enter training; it says
+    whether a graph is a better graph for the task (more same-class neighbours), which "edges
+    changed" alone cannot.
+
+    Shapes: indices (N, k) integer, labels (N,) integer -> float in [0, 1]
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.is_floating_point():
+        raise ValueError(f"indices must be an integer (N, k) tensor of neighbour indices (KNNGraph.indices), got "
+                         f"{tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__}")
+    n = indices.shape[0]
+    if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor of shape ({n},), one class per node, got "
+                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if indices.numel() == 0:
+        return float("nan")
+    lab = labels.detach().cpu().long()
+    idx = indices.detach().cpu().long()
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        raise ValueError(f"indices must lie in [0, {n - 1}]")
+    return float((lab[idx] == lab[:, None]).double().mean())
 
 
 def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 1.0, *, exclude_self: bool = True,

@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,9 @@ class TrainingDiverged(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # history
 # --------------------------------------------------------------------------------------------------
-_SERIES = ("epoch", "loss", "train_acc", "val_acc", "test_acc", "grad_node", "grad_graph", "grad_total",
-           "grad_backbone", "edge_change", "time", "time_step")
+_SERIES = ("epoch", "loss", "surrogate", "train_acc", "val_acc", "test_acc", "grad_node", "grad_graph", "grad_total",
+           "grad_backbone", "grad_backbone_node", "grad_backbone_graph", "edge_change", "homophily", "time",
+           "time_step")
 
 
 @dataclass
@@ -89,12 +91,21 @@ class History:
 
     Series (one entry per epoch, epoch = 1, 2, …):
 
-    - ``loss``: training NLL on the labelled nodes (before the step);
+    - ``loss``: training NLL on the labelled nodes (before the step), never the surrogate;
+    - ``surrogate``: the score-function surrogate added for a sampled graph (0 otherwise; its value
+      means nothing, only its gradient does);
     - ``train_acc``, ``val_acc``, ``test_acc``: accuracies after the step (eval mode);
     - ``grad_node``, ``grad_graph``, ``grad_total``: :math:`\lVert\partial L/\partial F\rVert` reaching
       the backbone's output through the node features, through the graph weights, and both
       (norm of the sum); 0 when the path does not exist (frozen; graph path of end2end-features);
     - ``grad_backbone``: :math:`\lVert\nabla_\theta L\rVert` over all backbone parameters;
+    - ``grad_backbone_node``, ``grad_backbone_graph``: the same gradient split by path,
+      :math:`\lVert J_\theta^\top g_\text{node}\rVert` and :math:`\lVert J_\theta^\top g_\text{graph}\rVert`
+      with :math:`J_\theta = \partial F/\partial\theta`: the update each path actually makes
+      (filled with ``param_path_norms=True``, else NaN; 0 where the path does not exist);
+    - ``homophily``: edge homophily of the eval graph (:func:`bgcn.graph.edge_homophily`), an
+      analysis quantity computed from ``analysis_labels`` when given (NaN otherwise), never used in
+      training;
     - ``edge_change``: fraction of kNN edges that changed since the previous epoch
       (:func:`bgcn.graph.edge_change_fraction`);
     - ``time``: seconds for the epoch (step + evaluation), ``time_step``: the step alone.
@@ -110,6 +121,7 @@ class History:
 
     epoch: list = field(default_factory=list)
     loss: list = field(default_factory=list)
+    surrogate: list = field(default_factory=list)
     train_acc: list = field(default_factory=list)
     val_acc: list = field(default_factory=list)
     test_acc: list = field(default_factory=list)
@@ -117,7 +129,10 @@ class History:
     grad_graph: list = field(default_factory=list)
     grad_total: list = field(default_factory=list)
     grad_backbone: list = field(default_factory=list)
+    grad_backbone_node: list = field(default_factory=list)
+    grad_backbone_graph: list = field(default_factory=list)
     edge_change: list = field(default_factory=list)
+    homophily: list = field(default_factory=list)
     time: list = field(default_factory=list)
     time_step: list = field(default_factory=list)
     initial: dict = field(default_factory=dict)
@@ -125,7 +140,7 @@ class History:
 
     def append(self, **row: float) -> None:
         for name in _SERIES:
-            getattr(self, name).append(row[name])
+            getattr(self, name).append(row.get(name, float("nan")))
 
     def __len__(self) -> int:
         return len(self.epoch)
@@ -160,7 +175,15 @@ class TrainResult:
         model: the trained :class:`~bgcn.model.EndToEnd` (parameters of the *last* epoch).
         history: the :class:`History`.
         best_epoch: epoch of the best validation accuracy (first one on ties; last epoch without a
-            validation mask); ``best_val_acc`` and ``test_acc_at_best_val`` at it.
+            validation mask); ``best_val_acc`` and ``test_acc_at_best_val`` at it. With a warm-up,
+            only the joint epochs (after it) compete, so the score is the end-to-end model's.
+        warmup: ``None`` without a warm-up, else the model at the end of the warm-up, the one joint
+            training starts from: ``{"epoch", "val_acc", "test_acc", "best_epoch",
+            "best_val_acc", "test_acc_at_best_val"}`` (the last three: best validation within the
+            warm-up). ``gain_over_warmup`` = ``test_acc_at_best_val - warmup["test_acc"]``.
+        graphs: ``{"initial", "warmup", "best", "final"}`` eval-graph snapshots (``History.graphs``
+            format) of the model before training, at the end of the warm-up, at ``best_epoch``
+            (the model that was scored) and at the end.
         final: accuracies of the last epoch.
         best_state: the model's state dict at ``best_epoch`` (CPU tensors).
         status: ``"completed"`` or ``"resumed-complete"`` (the checkpoint had already reached ``epochs``).
@@ -184,11 +207,22 @@ class TrainResult:
     checkpoint: str | None
     timings: dict
     config: dict
+    warmup: dict | None = None
+    graphs: dict = field(default_factory=dict)
+
+    @property
+    def gain_over_warmup(self) -> float:
+        """Test accuracy at the best joint epoch minus that of the model at the end of the warm-up (NaN without one)."""
+        if not self.warmup:
+            return float("nan")
+        return float(self.test_acc_at_best_val - self.warmup["test_acc"])
 
     def summary(self) -> dict:
         """Plain-number summary (no model, no graphs) for metrics.json."""
         return {"best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
                 "test_acc_at_best_val": self.test_acc_at_best_val, "final": dict(self.final),
+                "warmup": None if self.warmup is None else dict(self.warmup),
+                "gain_over_warmup": self.gain_over_warmup,
                 "status": self.status, "timings": dict(self.timings), "epochs_run": len(self.history)}
 
 
@@ -267,10 +301,11 @@ def _rng_state(generator: torch.Generator | None) -> dict:
         "numpy_pos": torch.tensor([int(npst[2]), int(npst[3])], dtype=torch.int64),
         "numpy_gauss": torch.tensor([float(npst[4])], dtype=torch.float64),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = list(torch.cuda.get_rng_state_all())
     if generator is not None:
         st["generator"] = generator.get_state()
+        st["generator_device"] = torch.tensor([0 if generator.device.type == "cpu" else 1], dtype=torch.int64)
     return st
 
 
@@ -282,10 +317,16 @@ def _set_rng_state(st: dict, generator: torch.Generator | None) -> None:
     pos = st["numpy_pos"].tolist()
     np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), int(pos[0]), int(pos[1]),
                          float(st["numpy_gauss"][0])))
-    if "cuda" in st and torch.cuda.is_available():
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(st["cuda"])
     if generator is not None and "generator" in st:
-        generator.set_state(st["generator"])
+        saved = "cpu" if "generator_device" not in st or int(st["generator_device"][0]) == 0 else "cuda"
+        if saved == generator.device.type:
+            generator.set_state(st["generator"])
+        else:  # a CUDA generator's state does not fit a CPU one (and back): keep the fresh seeded one
+            warnings.warn(f"the checkpoint's random generator was on {saved}, this run's is on "
+                          f"{generator.device.type}: the stochastic estimator's noise continues from a fresh seed, "
+                          f"so the resumed run will not match an uninterrupted one exactly", UserWarning, stacklevel=3)
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -327,9 +368,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"could not read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
 
 
-# the settings that must match for a resume to continue the same run
-_RESUME_KEYS = ("mode", "warmup_epochs", "k", "estimator", "tau", "seed", "lr_backbone", "lr_gcn", "weight_decay",
-                "use_graph_weights", "exclude_self", "symmetric", "num_nodes")
+# the settings that may change between a run and its resume (every other config key must match)
+_RESUME_FREE = frozenset({"epochs", "device", "graph_every", "checkpoint_every", "amp"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,13 +377,14 @@ _RESUME_KEYS = ("mode", "warmup_epochs", "k", "estimator", "tau", "seed", "lr_ba
 # --------------------------------------------------------------------------------------------------
 def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor,
           val_mask: torch.Tensor | None = None, test_mask: torch.Tensor | None = None, *,
-          mode: str = "end2end", epochs: int = 100, warmup_epochs: int = 0, lr_backbone: float = 1e-4,
+          mode: str | None = None, epochs: int = 100, warmup_epochs: int = 0, lr_backbone: float = 1e-4,
           lr_gcn: float = 1e-2,
-          weight_decay: float = 5e-4, seed: int = 0, device: str | torch.device = "auto", amp: bool = True,
+          weight_decay: float = 5e-4, seed: int = 0, device: str | torch.device = "auto", amp: bool = False,
           deterministic: bool | None = None, graph_every: int = 1, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 1, resume: bool = False, progress: bool | None = None,
           reinforce_reward: str = "node", max_grad_norm: float | None = None,
-          extra_config: dict | None = None) -> TrainResult:
+          extra_config: dict | None = None, analysis_labels: torch.Tensor | None = None,
+          param_path_norms: bool = False) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` model full-batch and transductively.
 
     Every epoch is one AdamW step on
@@ -356,14 +397,17 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     with learning rate ``lr_backbone`` for the backbone's parameters and ``lr_gcn`` for the rest
     (AdamW, decoupled ``weight_decay`` on both). The graph spans all N images — labelled and
     unlabelled (transductive); only ``train_mask`` enters the loss. ``mode`` (see
-    :data:`bgcn.model.MODES`) configures the model first via :meth:`EndToEnd.configure`:
+    :data:`bgcn.model.MODES`; ``None`` = the model's own ``model.mode``, as
+    :func:`~bgcn.model.build_model` set it) configures the model first via
+    :meth:`EndToEnd.configure`, so the model and the run never disagree:
     ``"frozen"`` extracts F once under ``no_grad`` and builds one hard graph; the end-to-end modes
     rebuild the graph from the current features at every step.
 
     **Extension point (score function).** If the estimator puts per-node log-probabilities of its
     sampled neighbour sets in ``graph.info["log_prob"]`` (N,), the loss gains
-    :func:`~bgcn.model.score_function_surrogate` with ``reward=reinforce_reward`` (baseline: batch
-    mean for ``"node"``, a moving average of past losses for ``"global"``). A stochastic estimator
+    :func:`~bgcn.model.score_function_surrogate` with ``reward=reinforce_reward`` (baseline:
+    leave-one-out for ``"node"``, a moving average of past losses for ``"global"``); it is recorded
+    apart from the NLL (``history.surrogate``). A stochastic estimator
     gets a ``torch.Generator`` seeded with ``seed + 1`` on the training device.
 
     **Reproducibility.** ``seed_everything(seed)`` is called first (seed the *model's*
@@ -371,32 +415,49 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     the CPU; ``None`` = CPU only, since PyG's scatter kernels have no deterministic CUDA version)
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on for the run (restored
     after). On the CPU two runs with the same seed give identical histories, and
-    ``resume=True`` from a checkpoint reaches exactly the result of an uninterrupted run. On CUDA,
-    ``amp=True`` runs the backbone under bf16 autocast.
+    ``resume=True`` from a checkpoint reaches exactly the result of an uninterrupted run. On CUDA
+    nothing is promised: ``deterministic=True`` there sets ``CUBLAS_WORKSPACE_CONFIG`` only if CUDA
+    has not started yet (otherwise it warns that cuBLAS may not be deterministic), and
+    ``amp=True`` (off by default) runs the backbone under bf16 autocast, which changes the ranking
+    (see :class:`~bgcn.model.EndToEnd`).
 
     **Checkpoints** (``checkpoint=path``): state dicts, history, best-model weights and RNG states,
     written atomically every ``checkpoint_every`` epochs and at the end; read back with
     ``torch.load(weights_only=True)``. ``resume=True`` continues from it when it exists (the run's
-    settings must match) and starts afresh otherwise. A NaN/Inf loss or feature matrix raises
+    settings must match: every key of the config, ``extra_config`` included, except ``epochs``,
+    ``device``, ``graph_every``, ``checkpoint_every`` and ``amp``; the error names the one that
+    differs) and starts afresh otherwise, with a warning. A checkpoint's random generator state is
+    restored only on the device it was saved from. A NaN/Inf loss or feature matrix raises
     :class:`TrainingDiverged` before the bad step is applied; the last checkpoint stays as it was.
 
     Args:
         model: the model; moved to ``device``.
         images: (N, C_in, H, W) all images (labelled or not).
         labels: (N,) long; only entries in the masks are read.
-        train_mask, val_mask, test_mask: (N,) bool. Model selection is by best validation accuracy.
+        train_mask, val_mask, test_mask: (N,) bool. Model selection is by best validation accuracy
+            (among the joint epochs when there is a warm-up); a warning says when the validation
+            set is too small to select on (fewer than 5 nodes a class).
         mode: ``"frozen"``, ``"end2end-features"`` or ``"end2end"``.
         epochs: total number of epochs (a resumed run counts the ones already done).
         warmup_epochs: for the end-to-end modes, train only the GCN for this many first epochs on
             the features and graph of the initial backbone (computed once, as in ``"frozen"``), then
             switch to the mode ("linear probe, then fine-tune"): the GCN the backbone's gradient
             flows through is then no longer random. The optimizer is the same throughout (the
-            backbone's parameters get no gradient during the warm-up). Ignored by ``"frozen"``.
+            backbone's parameters get no gradient during the warm-up). The warm-up graph is the
+            frozen mode's: the *hard* kNN graph of the initial features, built once under
+            ``no_grad`` (never a sampled or dense graph), so every end-to-end run of one seed starts
+            from the same warm-up model. Must be < ``epochs``. Ignored by ``"frozen"``.
         graph_every: keep the eval graph every this many epochs in ``history.graphs`` (0: only
             epoch 0 and the last).
         progress: tqdm bar; ``None`` = only on a terminal and without ``TQDM_DISABLE=1``.
         max_grad_norm: clip the global gradient norm (None: no clipping).
-        extra_config: plain values stored with the run's config (e.g. the backbone name).
+        extra_config: plain values stored with the run's config (e.g. the backbone name); they
+            must match on resume.
+        analysis_labels: (N,) labels of *all* nodes, for ``history.homophily`` only (never read
+            by the loss or the model selection); ``None``: no homophily.
+        param_path_norms: also split the backbone's parameter gradient by path
+            (``history.grad_backbone_node`` / ``_graph``; one extra backward through the backbone
+            a step).
 
     Returns:
         :class:`TrainResult`.
@@ -410,6 +471,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     # ---- validate -------------------------------------------------------------------------------
     if not isinstance(model, EndToEnd):
         raise TypeError(f"model must be a bgcn.EndToEnd (see bgcn.model.build_model), got {type(model).__name__}")
+    if mode is None:
+        mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -420,6 +483,11 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
         raise ValueError(f"weight_decay={weight_decay!r} must be a number >= 0")
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
         raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an int >= 0")
+    if mode != "frozen" and warmup_epochs >= epochs:
+        raise ValueError(f"warmup_epochs={warmup_epochs} >= epochs={epochs}: the backbone would never train in mode "
+                         f"{mode!r}; use fewer warm-up epochs or more epochs (or mode='frozen')")
+    if not isinstance(param_path_norms, bool):
+        raise TypeError(f"param_path_norms must be a bool, got {type(param_path_norms).__name__}")
     if isinstance(graph_every, bool) or not isinstance(graph_every, int) or graph_every < 0:
         raise ValueError(f"graph_every={graph_every!r} must be an int >= 0 (0 keeps only the first and last graph)")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -432,6 +500,9 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
         raise ValueError("resume=True needs checkpoint=path (the file to continue from)")
     dev = get_device(device)
     check_tensor(images, "images", ndim=(2, 3, 4, 5))
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}; "
+                        f"convert with images.float() / 255 (uint8) or images.float()")
     n = images.shape[0]
     if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor of shape ({n},) (one class per image), got "
@@ -452,16 +523,45 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
         if num_classes is not None and hi >= int(num_classes):
             raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = {num_classes}; "
                              f"labels must lie in 0..{int(num_classes) - 1} (build the model with num_classes={hi + 1})")
+    trained = set(labels[train_mask].unique().tolist())
+    for mname, m in (("val_mask", val_mask), ("test_mask", test_mask)):
+        if m is None or not bool(m.any()):
+            continue
+        missing = sorted(set(labels[m].unique().tolist()) - trained)
+        if missing:
+            raise ValueError(f"class(es) {missing} appear in {mname} but have no labelled node in train_mask: the GCN "
+                             f"cannot learn them; label at least one image of each class (e.g. raise labels_per_class)")
+    if val_mask is not None and bool(val_mask.any()):
+        n_val = int(val_mask.sum())
+        n_cls = len(set(labels[val_mask].unique().tolist()))
+        if n_val < 5 * max(n_cls, 1):
+            warnings.warn(f"the validation set has only {n_val} node(s) for {n_cls} class(es) (< 5 a class): one "
+                          f"node is {100 / n_val:.0f} accuracy points, so selecting the best epoch on it is mostly "
+                          f"noise; label more validation images, or judge by the last epoch (TrainResult.final)",
+                          UserWarning, stacklevel=2)
+    if analysis_labels is not None:
+        if (not isinstance(analysis_labels, torch.Tensor) or analysis_labels.shape != (n,)
+                or analysis_labels.is_floating_point()):
+            raise ValueError(f"analysis_labels must be an integer tensor of shape ({n},) (every node's class, for "
+                             f"the homophily only) or None")
+        analysis_labels = analysis_labels.detach().cpu().long()
 
     model.configure(mode)
     model.amp = bool(amp)
-    config = {"mode": mode, "k": model.k, "estimator": model.estimator_name, "tau": model.tau,
+    config = {"mode": mode, "k": model.k, "estimator": model.estimator_name,
+              "configured_estimator": model.configured_estimator_name, "tau": model.tau,
               "use_graph_weights": model.use_graph_weights, "exclude_self": model.exclude_self,
               "symmetric": model.symmetric, "epochs": epochs, "lr_backbone": lr_backbone, "lr_gcn": lr_gcn,
               "weight_decay": float(weight_decay), "seed": int(seed), "device": str(dev), "amp": bool(amp),
               "num_nodes": int(n), "num_train": int(train_mask.sum()), "warmup_epochs": warmup_epochs,
               "graph_every": graph_every,
-              "max_grad_norm": max_grad_norm, "reinforce_reward": reinforce_reward}
+              "max_grad_norm": max_grad_norm, "reinforce_reward": reinforce_reward,
+              "param_path_norms": param_path_norms}
+    if extra_config is not None and not isinstance(extra_config, dict):
+        raise TypeError(f"extra_config must be a dict of plain values or None, got {type(extra_config).__name__}")
+    clash = sorted(set(extra_config or {}) & set(config))
+    if clash:
+        raise ValueError(f"extra_config keys {clash} clash with train()'s own settings; rename them")
     config.update(dict(extra_config or {}))
 
     # ---- determinism ----------------------------------------------------------------------------
@@ -470,8 +570,14 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     if deterministic is None:
         deterministic = dev.type == "cpu"
     if deterministic:
-        if dev.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if dev.type == "cuda" and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+            if torch.cuda.is_initialized():
+                warnings.warn("deterministic=True on CUDA, but cuBLAS has already started without "
+                              "CUBLAS_WORKSPACE_CONFIG: its matrix products may not be deterministic; set "
+                              "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before Python starts",
+                              UserWarning, stacklevel=2)
+            else:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(model, images, labels, train_mask, val_mask, test_mask, mode=mode, epochs=epochs,
@@ -479,7 +585,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
                       lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=float(weight_decay), seed=int(seed),
                       dev=dev, graph_every=graph_every, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       resume=resume, progress=progress_enabled(progress), reinforce_reward=reinforce_reward,
-                      max_grad_norm=max_grad_norm, config=config)
+                      max_grad_norm=max_grad_norm, config=config, analysis_labels=analysis_labels,
+                      param_path_norms=param_path_norms)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
 
@@ -487,11 +594,14 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
 def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, mode, epochs, warmup_epochs,
            lr_backbone, lr_gcn,
            weight_decay, seed, dev, graph_every, checkpoint, checkpoint_every, resume, progress, reinforce_reward,
-           max_grad_norm, config) -> TrainResult:
+           max_grad_norm, config, analysis_labels, param_path_norms) -> TrainResult:
+    from .graph import edge_change_fraction, edge_homophily
+
     seed_everything(seed)
     model.to(dev)
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed + 1)
+    warm = 0 if mode == "frozen" else warmup_epochs
 
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
@@ -504,16 +614,22 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
     history = History()
     best = {"epoch": 0, "score": -math.inf, "val_acc": float("nan"), "test_acc": float("nan")}
     best_state: dict = {}
+    warm_info: dict | None = None
+    snaps: dict = {}
     prev_indices: torch.Tensor | None = None
     start_epoch = 1
     loss_ema: float | None = None
     ckpt_path = None if checkpoint is None else Path(checkpoint)
 
+    if resume and ckpt_path is not None and not ckpt_path.is_file():
+        warnings.warn(f"resume=True but there is no checkpoint at {str(ckpt_path)!r}: starting afresh",
+                      UserWarning, stacklevel=3)
     if resume and ckpt_path is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, map_location="cpu")
         old = state.get("config", {})
+        keys = sorted((set(old) | set(config)) - _RESUME_FREE)
         diff = [f"{key}: checkpoint {old.get(key)!r} vs now {config.get(key)!r}"
-                for key in _RESUME_KEYS if key in old and old.get(key) != config.get(key)]
+                for key in keys if old.get(key) != config.get(key)]
         if diff:
             raise ValueError(f"cannot resume from {str(ckpt_path)!r}: the settings differ ({'; '.join(diff)}); "
                              f"use the same settings or another checkpoint path")
@@ -522,6 +638,8 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         history = History.from_state_dict(state["history"])
         best = dict(state["best"])
         best_state = {k: v.clone() for k, v in state["best_model"].items()}
+        warm_info = state.get("warmup") or None
+        snaps = dict(state.get("snapshots") or {})
         prev_indices = state.get("prev_indices")
         prev_indices = None if prev_indices is None or prev_indices.numel() == 0 else prev_indices.long()
         loss_ema = state.get("loss_ema")
@@ -542,33 +660,48 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
     def make_state(epoch: int) -> dict:
         return {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "history": history.state_dict(), "best": dict(best),
-                "best_model": best_state, "rng": _rng_state(generator),
+                "best_model": best_state, "rng": _rng_state(generator), "warmup": warm_info, "snapshots": snaps,
                 "prev_indices": torch.empty(0, dtype=torch.long) if prev_indices is None else prev_indices,
                 "loss_ema": loss_ema, "config": dict(config)}
 
+    def homophily(graph) -> float:
+        return float("nan") if analysis_labels is None else edge_homophily(graph.indices, analysis_labels)
+
     t_start = time.perf_counter()
-    # ---- frozen (or warm-up): features and graph once ---------------------------------------------
+    # ---- frozen (or warm-up): features and the hard graph once, under no_grad ---------------------
     fixed = None
     t_feat = 0.0
-    if mode == "frozen" or start_epoch <= warmup_epochs:
+    if mode == "frozen" or start_epoch <= warm:
         t0 = time.perf_counter()
         model.backbone.eval()
         with torch.no_grad():
             feats = model.features(images)
-        if not bool(torch.isfinite(feats).all()):
-            raise TrainingDiverged("the backbone produced NaN/Inf features before training", 0, None)
-        fixed = (feats, model.build_graph(feats, generator=generator))
-        model.last_graph = fixed[1]
+            if not bool(torch.isfinite(feats).all()):
+                raise TrainingDiverged("the backbone produced NaN/Inf features before training", 0, None)
+            graph0 = model.build_graph(feats, generator=generator, estimator="hard")
+        fixed = (feats, graph0)
+        model.last_graph = graph0
         t_feat = time.perf_counter() - t0
 
     def fixed_at(epoch: int):
-        return fixed if mode == "frozen" or epoch <= warmup_epochs else None
+        return fixed if mode == "frozen" or epoch <= warm else None
+
+    def gcn_on_fixed(cur):
+        # the hard graph's edges with unit weights: exactly what the frozen mode trains on
+        feats, graph = cur
+        return model.gcn(feats, graph.edge_index)
 
     if start_epoch == 1:
-        logp, graph = eval_forward(fixed_at(0))
+        if fixed_at(0) is not None:
+            model.eval()
+            with torch.no_grad():
+                logp, graph = gcn_on_fixed(fixed), fixed[1]
+        else:
+            logp, graph = eval_forward(None)
         history.initial = {"train_acc": accuracy(logp, labels, train_mask), "val_acc": accuracy(logp, labels, val_mask),
-                           "test_acc": accuracy(logp, labels, test_mask)}
+                           "test_acc": accuracy(logp, labels, test_mask), "homophily": homophily(graph)}
         history.graphs.append(_snapshot(graph, 0))
+        snaps["initial"] = _snapshot(graph, 0)
         prev_indices = graph.indices.detach().cpu()
 
     status = "completed" if start_epoch <= epochs else "resumed-complete"
@@ -585,7 +718,7 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         optimizer.zero_grad(set_to_none=True)
         try:
             if cur is not None:
-                logp = model.gcn_forward(*cur)
+                logp = gcn_on_fixed(cur)
                 graph = cur[1]
             else:
                 logp = model(images, generator=generator)
@@ -593,48 +726,75 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         except FloatingPointError as e:
             raise _diverged(epoch, str(e), ckpt_path, last_saved) from None
         node_loss = F.nll_loss(logp, labels.clamp_min(0), reduction="none")
-        loss = node_loss[train_mask].mean()
-        log_prob = graph.info.get("log_prob") if isinstance(graph.info, dict) else None
+        nll = node_loss[train_mask].mean()
+        loss = nll
+        log_prob = graph.info.get("log_prob") if (cur is None and isinstance(graph.info, dict)) else None
+        surrogate_value = 0.0
         if log_prob is not None:
-            base = "mean" if reinforce_reward == "node" else (0.0 if loss_ema is None else loss_ema)
-            loss = loss + score_function_surrogate(log_prob, node_loss, train_mask, reinforce_reward, base)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise _diverged(epoch, f"the loss is {loss_value}", ckpt_path, last_saved)
+            base = "loo" if reinforce_reward == "node" else (0.0 if loss_ema is None else loss_ema)
+            sur = score_function_surrogate(log_prob, node_loss, train_mask, reinforce_reward, base)
+            surrogate_value = float(sur.detach())
+            loss = loss + sur
+        loss_value = float(nll.detach())
+        if not math.isfinite(loss_value) or not math.isfinite(surrogate_value):
+            raise _diverged(epoch, f"the loss is {loss_value} (surrogate {surrogate_value})", ckpt_path, last_saved)
+        if not param_path_norms:
+            g_bb_node = g_bb_graph = float("nan")
+        elif cur is None and backbone_params and model._aliases:
+            g_bb_node, g_bb_graph = _param_path_norms(model, loss, backbone_params)
+        else:
+            g_bb_node = g_bb_graph = 0.0  # warm-up / frozen: no path reaches the backbone
         loss.backward()
         norms = model.path_grad_norms() if cur is None else {"node": 0.0, "graph": 0.0, "total": 0.0}
         g_backbone = _grad_norm(backbone_params) if cur is None else 0.0
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], max_grad_norm)
         optimizer.step()
-        nll_value = float(node_loss[train_mask].mean().detach())
-        loss_ema = nll_value if loss_ema is None else 0.9 * loss_ema + 0.1 * nll_value
+        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
         t_step = time.perf_counter() - t0
 
         # ---- evaluate ----------------------------------------------------------------------------
         try:
-            logp, graph = eval_forward(cur)
+            if cur is not None:
+                model.eval()
+                with torch.no_grad():
+                    logp, graph = gcn_on_fixed(cur), cur[1]
+            else:
+                logp, graph = eval_forward(None)
         except FloatingPointError as e:
             raise _diverged(epoch, str(e), ckpt_path, last_saved) from None
         tr, va, te = (accuracy(logp, labels, train_mask), accuracy(logp, labels, val_mask),
                       accuracy(logp, labels, test_mask))
         new_indices = graph.indices.detach().cpu()
-        from .graph import edge_change_fraction
-
         change = 0.0 if prev_indices is None else edge_change_fraction(prev_indices, new_indices)
         prev_indices = new_indices
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
-        history.append(epoch=epoch, loss=loss_value, train_acc=tr, val_acc=va, test_acc=te,
+        history.append(epoch=epoch, loss=loss_value, surrogate=surrogate_value, train_acc=tr, val_acc=va, test_acc=te,
                        grad_node=norms["node"], grad_graph=norms["graph"], grad_total=norms["total"],
-                       grad_backbone=g_backbone, edge_change=change, time=dt, time_step=t_step)
+                       grad_backbone=g_backbone, grad_backbone_node=g_bb_node, grad_backbone_graph=g_bb_graph,
+                       edge_change=change, homophily=homophily(graph), time=dt, time_step=t_step)
         if (graph_every and epoch % graph_every == 0) or epoch == epochs:
             history.graphs.append(_snapshot(graph, epoch))
-        score = va if val_mask is not None else float(epoch)  # no validation mask: the last epoch wins
-        if score > best["score"]:
-            best = {"epoch": epoch, "score": float(score), "val_acc": va, "test_acc": te}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        # model selection: with a warm-up, only the joint epochs compete (the warm-up is recorded apart)
+        in_warmup = warm > 0 and epoch <= warm
+        if in_warmup:
+            wb = warm_info or {"best_epoch": 0, "best_val_acc": -math.inf, "test_acc_at_best_val": float("nan")}
+            wscore = va if val_mask is not None else float(epoch)
+            if wscore > wb["best_val_acc"]:
+                wb = {**wb, "best_epoch": epoch, "best_val_acc": float(wscore), "test_acc_at_best_val": te}
+            warm_info = {**wb, "epoch": epoch, "val_acc": va, "test_acc": te}
+            if epoch == warm:
+                snaps["warmup"] = _snapshot(graph, epoch)
+        else:
+            score = va if val_mask is not None else float(epoch)  # no validation mask: the last epoch wins
+            if score > best["score"]:
+                best = {"epoch": epoch, "score": float(score), "val_acc": va, "test_acc": te}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                snaps["best"] = _snapshot(graph, epoch)
+        if epoch == epochs:
+            snaps["final"] = _snapshot(graph, epoch)
         bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{va:.3f}", test=f"{te:.3f}", refresh=False)
         if ckpt_path is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
             save_checkpoint(ckpt_path, make_state(epoch))
@@ -653,7 +813,24 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
     return TrainResult(model=model, history=history, best_epoch=int(best["epoch"]), best_val_acc=float(best_val),
                        test_acc_at_best_val=float(best["test_acc"]), final=final, best_state=best_state,
                        status=status, checkpoint=None if ckpt_path is None else str(ckpt_path),
-                       timings=timings, config=config)
+                       timings=timings, config=config, warmup=warm_info, graphs=snaps)
+
+
+def _param_path_norms(model: EndToEnd, loss: torch.Tensor, params: list) -> tuple[float, float]:
+    r"""Norms of the backbone's parameter gradient by path: :math:`\lVert J_\theta^\top g_\text{node}\rVert`,
+    :math:`\lVert J_\theta^\top g_\text{graph}\rVert` (two VJPs; leaves every ``.grad`` untouched)."""
+    aliases = model._aliases
+    names = [n for n in ("node", "graph") if n in aliases]
+    grads = torch.autograd.grad(loss, [aliases[n] for n in names], retain_graph=True, allow_unused=True)
+    out = {"node": 0.0, "graph": 0.0}
+    feats = model._feats
+    for name, g in zip(names, grads):
+        if g is None or feats is None or not feats.requires_grad:
+            continue
+        vj = torch.autograd.grad(feats, params, grad_outputs=g, retain_graph=True, allow_unused=True)
+        sq = [v.detach().double().pow(2).sum() for v in vj if v is not None]
+        out[name] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+    return out["node"], out["graph"]
 
 
 def _diverged(epoch: int, what: str, ckpt_path: Path | None, last_saved: int) -> TrainingDiverged:

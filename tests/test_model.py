@@ -142,14 +142,58 @@ def test_bad_arguments_are_clear():
 
 
 def test_score_function_surrogate_gradient():
-    """Its gradient is sum (l_i - b) dlogp_i / |M| over the labelled nodes; the baseline is the mean."""
-    theta = torch.randn(6, requires_grad=True)
+    """Its gradient is sum (l_i - b_i) dlogp_i / |M| over the labelled nodes; b_i is leave-one-out by default."""
+    theta = torch.randn(6, requires_grad=True, dtype=torch.float64)
     log_prob = torch.log_softmax(theta, 0)
-    node_loss = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    node_loss = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=torch.float64)
     mask = torch.tensor([True, True, True, False, False, False])
     score_function_surrogate(log_prob, node_loss, mask).backward()
-    expect_coef = torch.tensor([-1.0, 0.0, 1.0, 0, 0, 0]) / 3
+    # leave-one-out baselines (2+3)/2, (1+3)/2, (1+2)/2 -> coefficients -1.5, 0, 1.5
+    expect_coef = torch.tensor([-1.5, 0.0, 1.5, 0, 0, 0], dtype=torch.float64) / 3
     (expect,) = torch.autograd.grad(torch.log_softmax(theta, 0), theta, grad_outputs=expect_coef)
-    torch.testing.assert_close(theta.grad, expect)
+    torch.testing.assert_close(theta.grad, expect, rtol=0, atol=1e-14)
+    # "mean" keeps the node's own loss in the baseline: coefficients -1, 0, 1 = (1 - 1/|M|) x LOO's
+    theta.grad = None
+    score_function_surrogate(torch.log_softmax(theta, 0), node_loss, mask, baseline="mean").backward()
+    torch.testing.assert_close(theta.grad, expect * (1 - 1 / 3), rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="baseline"):
         score_function_surrogate(log_prob.detach(), node_loss, mask, reward="global", baseline="mean")
+    with pytest.raises(ValueError, match="baseline"):
+        score_function_surrogate(log_prob.detach(), node_loss, mask, reward="global", baseline="loo")
+    with pytest.raises(ValueError, match="mask"):
+        score_function_surrogate(log_prob.detach(), node_loss, torch.zeros(6, dtype=torch.bool))
+
+
+def _exact_expectations(reward: str, baseline):
+    """Enumerate every joint sample of 3 independent nodes (3 choices each): the exact E[grad surrogate]
+    and the exact grad E[R] (float64)."""
+    import itertools
+
+    torch.manual_seed(3)
+    theta = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)  # node i's logits over its 3 choices
+    table = torch.randn(3, 3, dtype=torch.float64)  # R_i(a_i): node i's loss for its choice a_i
+    mask = torch.tensor([True, True, True])
+    e_grad = torch.zeros_like(theta)
+    e_reward = torch.zeros((), dtype=torch.float64)
+    for a in itertools.product(range(3), repeat=3):
+        logp = torch.log_softmax(theta, 1)
+        lp = logp[torch.arange(3), torch.tensor(a)]  # (N,) log p_i(a_i)
+        p = lp.sum().exp()
+        node_loss = table[torch.arange(3), torch.tensor(a)]
+        (g,) = torch.autograd.grad(score_function_surrogate(lp, node_loss, mask, reward, baseline), theta,
+                                   retain_graph=True)
+        e_grad += p.detach() * g
+        e_reward = e_reward + p * node_loss.mean()
+    (true,) = torch.autograd.grad(e_reward, theta)
+    return e_grad, true
+
+
+def test_score_function_surrogate_unbiased_against_exact_expectation():
+    """Per-node rewards that depend on the node's own choice: LOO and global are unbiased, 'mean' is shrunk."""
+    e_loo, true = _exact_expectations("node", "loo")
+    torch.testing.assert_close(e_loo, true, rtol=0, atol=1e-12)
+    e_glob, true = _exact_expectations("global", 0.7)  # any constant baseline
+    torch.testing.assert_close(e_glob, true, rtol=0, atol=1e-12)
+    e_mean, true = _exact_expectations("node", "mean")
+    torch.testing.assert_close(e_mean, true * (1 - 1 / 3), rtol=0, atol=1e-12)
+    assert (e_mean - true).abs().max() > 1e-3  # the bias the old default had is real
