@@ -65,13 +65,38 @@ def _probability(text: str) -> float:
     return v
 
 
+#: The smallest temperature the CLI takes. Scores are cosines in [-1, 1], so scores/τ reach 1/τ and
+#: the softmax's gradient scales with 1/τ: at τ = 1e-8 a cosine gap of one float32 rounding step
+#: (6e-8) already becomes a logit gap of 6, a hard argmax, and below it only overflow is left
+#: (float32 ends at 3.4e38, so τ < 3e-39 makes scores/τ infinite).
+TAU_MIN = 1e-8
+
+#: Seeds are ints in [0, SEED_MAX]: torch's generators take 64 bits and the runs seed with seed + 1.
+SEED_MAX = 2**63 - 1
+
+
 def _tau(text: str) -> float | str:
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        return _positive_float(text)
+        v = _positive_float(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0 or 'auto' (chosen from the data)") from None
+        raise argparse.ArgumentTypeError(f"tau={text!r} must be a number > 0 or 'auto' (chosen from the data)") from None
+    if v < TAU_MIN:
+        raise argparse.ArgumentTypeError(
+            f"tau={text} is below {TAU_MIN:g}: scores/tau (cosines in [-1, 1]) would reach {1 / v:.1e} and the "
+            f"softmax is a hard argmax whose gradient scales with 1/tau; use tau >= {TAU_MIN:g} or 'auto'")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {text} is out of range; use an integer in [0, 2**63 - 1]")
+    return v
 
 
 def _estimator(text: str) -> str:
@@ -176,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr-gcn", type=_positive_float, default=1e-2, help="AdamW learning rate of the GCN")
     o.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="AdamW weight decay")
     o.add_argument("--max-grad-norm", type=_positive_float, default=None, help="clip the gradient norm")
-    o.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the label split, initialisation and dropout")
+    o.add_argument("--seed", type=_seed, default=0, help="seed of the label split, initialisation and dropout")
     r = t.add_argument_group("run")
     r.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
     r.add_argument("--threads", type=_positive_int, default=None,
@@ -249,16 +274,81 @@ def versions() -> dict:
     return out
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder or creatable as one: not a file, not under a file, writable."""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file, not a folder; give the path of a folder")
+        if not os.access(out, os.W_OK):
+            raise ValueError(f"--out {str(out)!r} is not writable; give a folder you can write to")
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {str(out)!r} lies under {str(parent)!r}, which is a file, not a folder; "
+                         f"give another --out")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is not writable; give "
+                         f"another --out")
+
+
+def _flags(message: str) -> str:
+    """A library message in the CLI's words: ``labels_per_class=5`` -> ``--labels-per-class 5``."""
+    for name in ("labels_per_class", "val_per_class"):
+        message = message.replace(f"{name}=", f"--{name.replace('_', '-')} ").replace(
+            name, f"--{name.replace('_', '-')}")
+    return message
+
+
+def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
+    """``create_backbone(name)`` fitted to the images; returns (backbone, images, options used).
+
+    A registered backbone gets ``in_chans`` and ``img_size`` from the data where its config has
+    them (``cnn_digits`` takes any size, so no ``img_size``). A timm model gets ``in_chans`` from
+    the data and, if its architecture takes one (ViTs), ``img_size``; with ``pretrained_file`` it
+    keeps the 3 input channels its weights were trained on and one-channel images are repeated
+    over 3 channels (a grayscale image as RGB).
+    """
+    from .backbone import backbone_config, create_backbone, list_backbones
+
+    c, h, w = (int(v) for v in images.shape[1:])
+    size = h if h == w else (h, w)
+    if name in list_backbones():
+        cfg = backbone_config(name)
+        kw = {k: v for k, v in (("in_chans", c), ("img_size", size)) if k in cfg}
+        backbone = create_backbone(name, pretrained_file=pretrained_file, **kw)
+    else:
+        kw = {}
+        if pretrained_file is None:
+            kw["in_chans"] = c
+        elif c == 1:
+            print(f"python -m bgcn train: {name} with --pretrained-file takes 3-channel images: the "
+                  f"one-channel images are repeated over 3 channels", file=sys.stderr)
+            images = images.expand(-1, 3, -1, -1).contiguous()
+        try:  # timm ViTs are built for one image size: give them the data's
+            backbone = create_backbone(name, pretrained_file=pretrained_file, img_size=size, **kw)
+            kw["img_size"] = size
+        except TypeError:  # the architecture takes no img_size (a conv net): any size works
+            backbone = create_backbone(name, pretrained_file=pretrained_file, **kw)
+    return backbone, images, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
+
+
 def run_train(args: argparse.Namespace) -> dict:
     """Run ``train`` from parsed arguments; returns the metrics written to ``OUT/metrics.json``.
+
+    Every flag is checked before any training starts (a bad one raises ``ValueError`` naming it):
+    ``--out`` must be a folder (or creatable), ``--warmup-epochs`` < ``--epochs`` in the end-to-end
+    modes, every class must have ``--labels-per-class`` + ``--val-per-class`` images, and the
+    backbone must take the images (``in_chans``/``img_size`` are set from the data). Everything that
+    defines the run goes into ``extra_config``, so ``--resume`` refuses a checkpoint made with other
+    settings; ``--resume`` without a checkpoint says that it starts afresh.
 
     Shapes: none (command line).
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    import torch
-
-    from .backbone import create_backbone
+    from .backbone import check_backbone_input
     from .data import label_masks, load_dataset
     from .model import build_model
     from .similarity import cosine_similarity
@@ -268,42 +358,60 @@ def run_train(args: argparse.Namespace) -> dict:
     _load_estimators()
     estimator = args.estimator if args.mode == "end2end" else "hard"
     out = Path(args.out or f"runs/{args.mode}-{estimator}-seed{args.seed}")
+    _check_out(out)
+    warmup = args.warmup_epochs
+    if args.mode != "frozen" and warmup >= args.epochs:
+        raise ValueError(f"--warmup-epochs {warmup} must be smaller than --epochs {args.epochs}: the backbone "
+                         f"learns only after the warm-up, so it would never train (use --mode frozen for that)")
     if args.dataset == "synthetic":
         ds = load_dataset("synthetic", n=args.synthetic_n, seed=args.seed)
     else:
         ds = load_dataset(args.dataset)
     images, labels = ds.images, ds.labels
-    num_classes = int(labels.max()) + 1
-    train_mask, val_mask, test_mask = label_masks(labels, args.labels_per_class, args.val_per_class, seed=args.seed)
+    num_classes = ds.num_classes
+    try:
+        train_mask, val_mask, test_mask = label_masks(labels, args.labels_per_class, args.val_per_class,
+                                                      seed=args.seed, num_classes=num_classes,
+                                                      class_names=ds.class_names)
+    except ValueError as e:
+        raise ValueError(_flags(str(e))) from None
 
     seed_everything(args.seed)
-    kw = {}
-    if args.backbone.endswith("_digits") and tuple(images.shape[1:]) != (1, 8, 8):
-        kw = {"img_size": int(images.shape[-1]), "in_chans": int(images.shape[1])}
-    backbone = create_backbone(args.backbone, pretrained_file=args.pretrained_file, **kw)
+    backbone, images, backbone_kw = _create_backbone_for(args.backbone, args.pretrained_file, images)
+    check_backbone_input(backbone, images, name=args.backbone)
+    device = get_device(args.device)
     tau = args.tau
     if tau == "auto":
         from .backbone import extract_features
         from .temperature import suggest_tau
 
-        feats = extract_features(backbone, images, device=get_device(args.device), to_cpu=True)
+        feats = extract_features(backbone, images, device=device, to_cpu=True)
         tau = suggest_tau(cosine_similarity(feats), args.k, method="mass", exclude_self=not args.include_self)
     model = build_model(backbone, num_classes, k=args.k, estimator=estimator, tau=float(tau), hidden=args.hidden,
                         dropout=args.dropout, mode=args.mode, exclude_self=not args.include_self,
                         symmetric=args.symmetric)
-    extra = {"dataset": args.dataset, "backbone": args.backbone, "pretrained_file": args.pretrained_file,
-             "labels_per_class": args.labels_per_class, "val_per_class": args.val_per_class,
-             "hidden": args.hidden, "dropout": args.dropout, "tau_arg": str(args.tau)}
+    # everything that defines the run: train() refuses to resume a checkpoint where one differs
+    extra = {"dataset": args.dataset, "synthetic_n": args.synthetic_n if args.dataset == "synthetic" else None,
+             "image_shape": [int(v) for v in images.shape[1:]], "num_classes": int(num_classes),
+             "class_names": list(ds.class_names), "backbone": args.backbone, "backbone_kwargs": backbone_kw,
+             "pretrained_file": args.pretrained_file, "labels_per_class": args.labels_per_class,
+             "val_per_class": args.val_per_class, "hidden": args.hidden, "dropout": args.dropout}
+    ckpt = out / "checkpoint.pt"
+    resume = bool(args.resume)
+    if resume and not ckpt.is_file():
+        print(f"python -m bgcn train: --resume: no checkpoint at {ckpt}, so this run starts afresh",
+              file=sys.stderr)
+        resume = False
     t0 = time.perf_counter()
     res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
-                warmup_epochs=args.warmup_epochs,
+                warmup_epochs=warmup,
                 lr_backbone=args.lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
                 device=args.device, amp=not args.no_amp, graph_every=args.graph_every,
-                checkpoint=out / "checkpoint.pt", resume=args.resume, progress=args.progress,
+                checkpoint=ckpt, resume=resume, progress=args.progress,
                 max_grad_norm=args.max_grad_norm, extra_config=extra)
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
-               "config": res.config, "versions": versions(), "seed": args.seed,
-               "device": str(get_device(args.device)), **res.summary(),
+               "config": res.config, "tau_arg": str(args.tau), "versions": versions(), "seed": args.seed,
+               "device": str(device), **res.summary(),
                "wall_time_s": time.perf_counter() - t0, "out": str(out), "checkpoint": res.checkpoint,
                "history": res.history.series()}
     out.mkdir(parents=True, exist_ok=True)
@@ -327,13 +435,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return estimators_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train import TrainingDiverged
-
     prog = f"python -m bgcn {args.command}"
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # one line, no source echo
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"{prog}: warning: {text}", file=sys.stderr if file is None else file)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return _run_command(args, prog)
+
+
+def _run_command(args: argparse.Namespace, prog: str) -> int:
+    from .train import TrainingDiverged
+
     try:
         if args.command == "train":
             m = run_train(args)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .utils import NotFoundError, check_tensor
+from .utils import NotFoundError, check_seed, check_tensor
 
 __all__ = [
     "Dataset",
@@ -148,7 +148,7 @@ def make_synthetic(n: int = 1000, num_classes: int = 10, image_size: int = 8, ch
     image_size = _check_int(image_size, "image_size", 2)
     channels = _check_int(channels, "channels", 1)
     max_shift = _check_int(max_shift, "max_shift", 0)
-    seed = _check_int(seed, "seed", None)
+    seed = check_seed(seed)
     noise = float(noise)
     if not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise={noise} must be a finite number >= 0")
@@ -428,7 +428,7 @@ def label_masks(labels: torch.Tensor, labels_per_class: int, val_per_class: int 
         raise ValueError("labels is empty; nothing to split")
     lpc = _check_int(labels_per_class, "labels_per_class", 1)
     vpc = lpc if val_per_class is None else _check_int(val_per_class, "val_per_class", 0)
-    seed = _check_int(seed, "seed", None)
+    seed = check_seed(seed)
 
     labels_cpu = labels.detach().cpu()
     n = labels_cpu.shape[0]

@@ -163,3 +163,165 @@ def test_mask_without_a_class_is_refused():
     check_every_class_labelled(labels, mask)  # every class has one: no error
     with pytest.raises(ValueError, match="class 3"):
         check_every_class_labelled(labels, mask, num_classes=4)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _cli(args, capsys):
+    """Run ``python -m bgcn train ARGS`` in-process; (exit status, stderr). Parse errors exit too."""
+    from bgcn.cli import main
+
+    try:
+        code = main(["train"] + args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _tiny(out, epochs=2):
+    return ["--dataset", "synthetic", "--synthetic-n", "100", "--k", "5", "--labels-per-class", "3",
+            "--epochs", str(epochs), "--device", "cpu", "--no-progress", "--out", str(out)]
+
+
+def _one_error_line(err):
+    lines = [ln for ln in err.splitlines() if ln.strip() and ": warning:" not in ln]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-1", str(2**200)])
+def test_cli_seed_out_of_range_names_seed(seed, capsys, tmp_path):
+    code, err = _cli(_tiny(tmp_path / "r") + ["--seed", seed], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "--seed" in line and "2**63 - 1" in line
+
+
+def test_cli_tiny_tau_names_tau(capsys, tmp_path):
+    from bgcn.cli import TAU_MIN, _tau
+
+    code, err = _cli(_tiny(tmp_path / "r") + ["--tau", "1e-300"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "--tau" in line and "tau=1e-300" in line and "1e-08" in line
+    assert _tau(str(TAU_MIN)) == TAU_MIN and _tau("auto") == "auto"
+    # at the smallest tau the softmax of cosines is still finite in float32, with its gradient
+    s = torch.tensor([[1.0, 1.0 - 6e-8, -1.0]], requires_grad=True)
+    w = torch.softmax(s / TAU_MIN, dim=-1)
+    w[0, 0].backward()
+    assert torch.isfinite(w).all() and torch.isfinite(s.grad).all()
+
+
+def test_cli_warmup_not_below_epochs_names_both(capsys, tmp_path):
+    code, err = _cli(_tiny(tmp_path / "r", epochs=4) + ["--warmup-epochs", "4"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "--warmup-epochs 4" in line and "--epochs 4" in line and "never train" in line
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+def test_cli_out_is_a_file_or_under_a_file(capsys, tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    for out, what in ((f, "is a file"), (f / "sub" / "run", "lies under")):
+        code, err = _cli(_tiny(out), capsys)
+        line = _one_error_line(err)
+        assert code == 2 and "--out" in line and what in line and str(f) in line
+    assert f.read_text() == "x"
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda:7"])
+def test_cli_missing_device_is_one_line(device, capsys, tmp_path):
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    code, err = _cli(_tiny(tmp_path / "r") + ["--device", device], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "--device" in line and device in line
+
+
+def test_cli_resume_without_checkpoint_says_so(capsys, tmp_path):
+    code, err = _cli(_tiny(tmp_path / "r") + ["--resume"], capsys)
+    assert code == 0, err
+    assert "--resume: no checkpoint at" in err and "starts afresh" in err
+    assert (tmp_path / "r" / "checkpoint.pt").is_file()
+    code, err = _cli(_tiny(tmp_path / "r", epochs=3) + ["--resume"], capsys)  # now it exists: no notice
+    assert code == 0 and "starts afresh" not in err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert len(m["history"]["loss"]) == 3
+
+
+def _folder(root, n_per_class=(8, 8, 8), size=(12, 12), gray=False):
+    for c, n in enumerate(n_per_class):
+        for i in range(n):
+            a = _rgb(100 * c + i, *size)
+            a[..., c % 3] = 255  # a class colour, so there is something to learn
+            _png(root / f"class{c}" / f"{i}.png", a[..., 0].copy() if gray else a)
+    return root
+
+
+def test_cli_cnn_digits_on_an_rgb_folder(capsys, tmp_path):
+    folder = _folder(tmp_path / "imgs")
+    code, err = _cli(["--dataset", str(folder), "--backbone", "cnn_digits", "--labels-per-class", "2",
+                      "--k", "3", "--epochs", "2", "--device", "cpu", "--no-progress", "--out",
+                      str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "metrics.json").read_text())["config"]
+    assert cfg["backbone_kwargs"] == {"in_chans": 3} and cfg["image_shape"] == [3, 12, 12]
+    assert cfg["class_names"] == ["class0", "class1", "class2"]
+
+
+@pytest.mark.parametrize("backbone,kwargs", [
+    ("vit_tiny_digits", {"in_chans": 3, "img_size": [12, 10]}),   # a non-square folder
+    ("mlp_digits", {"in_chans": 3, "img_size": [12, 10]}),
+])
+def test_cli_registered_backbones_fit_the_folder(backbone, kwargs, capsys, tmp_path):
+    folder = _folder(tmp_path / "imgs", size=(12, 10))
+    code, err = _cli(["--dataset", str(folder), "--backbone", backbone, "--labels-per-class", "2", "--k", "3",
+                      "--epochs", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["config"]["backbone_kwargs"] == kwargs
+
+
+def test_cli_timm_backbone_on_one_channel_images(capsys, tmp_path):
+    code, err = _cli(_tiny(tmp_path / "r") + ["--backbone", "resnet18"], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["config"]["backbone_kwargs"] == {"in_chans": 1}
+    # a ViT whose 16x16 patches do not fit 8x8 images: one line naming the backbone and the shape
+    code, err = _cli(_tiny(tmp_path / "r2") + ["--backbone", "vit_tiny_patch16_224"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "vit_tiny_patch16_224" in line and "(1, 8, 8)" in line
+
+
+def test_cli_class_too_small_for_the_labels_names_class_and_flag(capsys, tmp_path):
+    folder = _folder(tmp_path / "imgs", n_per_class=(8, 8, 3), gray=True)
+    code, err = _cli(["--dataset", str(folder), "--labels-per-class", "2", "--k", "3", "--epochs", "2",
+                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "class 2 ('class2') has 3" in line and "--labels-per-class" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_one_class_folder_is_one_line(capsys, tmp_path):
+    folder = _folder(tmp_path / "imgs", n_per_class=(8,))
+    code, err = _cli(["--dataset", str(folder), "--epochs", "2", "--device", "cpu", "--no-progress",
+                      "--out", str(tmp_path / "r")], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "only one class" in line
+
+
+def test_cli_subprocess_bad_out_is_one_line_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    f = tmp_path / "f"
+    f.write_text("")
+    r = subprocess.run([sys.executable, "-m", "bgcn", "train"] + _tiny(f / "run"), capture_output=True,
+                       text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        f"python -m bgcn train: error: --out {str(f / 'run')!r} lies under {str(f)!r}, which is a file, "
+        f"not a folder; give another --out"]
