@@ -22,20 +22,21 @@ def _toy(n=5, seed=0):
 
 # ------------------------------------------------------------------ .round() / .long()
 
-def test_round_has_zero_gradient_and_long_detaches():
-    x = torch.tensor([0.3, 1.7, 2.2], dtype=D, requires_grad=True)
-    r = x.round()
-    assert r.grad_fn is not None
-    (g,) = torch.autograd.grad(r.sum(), x)
-    assert torch.equal(g, torch.zeros_like(g))
-    li = x.long()
-    assert li.grad_fn is None and not li.requires_grad
-
-
-def test_gather_needs_a_long_index():
-    v = torch.arange(6.0).reshape(2, 3)
-    with pytest.raises(RuntimeError):
-        v.gather(1, torch.tensor([[1.0], [2.0]]))
+def test_rounding_gives_no_gradient_the_straight_through_argmax_does():
+    # chapter 03: .round() has derivative 0 and .long() cuts the graph, so a rounded soft-argmax
+    # trains nothing; bgcn's straight-through argmax has the same (exact) one-hot forward and a
+    # non-zero gradient: the softmax Jacobian, computed here by hand
+    x = torch.tensor([0.3, 1.7, 2.2, -0.4], dtype=D, requires_grad=True)
+    (g_round,) = torch.autograd.grad(soft_argmax(x, 50.0).round(), x)
+    assert torch.equal(g_round, torch.zeros_like(g_round))
+    assert soft_argmax(x, 50.0).long().grad_fn is None
+    y = straight_through_argmax(x, 0.5)
+    assert y.detach().tolist() == [0.0, 0.0, 1.0, 0.0]
+    v = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=D)
+    (g_st,) = torch.autograd.grad(y, x, v)
+    w = torch.softmax(x.detach() / 0.5, -1)
+    torch.testing.assert_close(g_st, w * (v - (w * v).sum()) / 0.5, rtol=0, atol=1e-14)
+    assert float(g_st.abs().min()) > 0
 
 
 # ------------------------------------------------------------------ soft-argmax

@@ -39,21 +39,31 @@ def test_topk_jacobian_is_selection_matrix_eq_ch02_jacobian():
     assert torch.equal(J, topk_selection_matrix(y, 4))
 
 
-def test_indices_argsort_argmax_carry_no_gradient():
-    y = torch.tensor([0.3, 0.9, 0.1, 0.6], dtype=D, requires_grad=True)
-    vals, idx = torch.topk(y, 2)
-    assert vals.requires_grad and vals.grad_fn is not None
-    for t in (idx, torch.argsort(y), torch.argmax(y)):
+def test_indices_carry_no_gradient_values_do():
+    # bgcn.hard_topk / soft_topk: values and weights are in the autograd graph, the indices are
+    # int64 and outside it (no backward through them is possible)
+    y = torch.tensor([[0.3, 0.9, 0.1, 0.6], [0.5, 0.2, 0.8, 0.4]], dtype=D, requires_grad=True)
+    vals, idx = bgcn.hard_topk(y, 2)
+    w, idx_soft = bgcn.soft_topk(y, 2, 0.5)
+    assert torch.equal(idx, torch.tensor([[1, 3], [2, 0]])) and torch.equal(idx_soft, idx)
+    assert vals.grad_fn is not None and w.grad_fn is not None
+    for t in (idx, idx_soft, bgcn.knn_indices(y.detach(), 1)):
         assert t.dtype == torch.int64 and not t.requires_grad and t.grad_fn is None
     with pytest.raises(RuntimeError):
         torch.autograd.grad(idx.double().sum(), y)
+    # the values' gradient is the selection matrix (an independent check of the same claim)
+    (g,) = torch.autograd.grad(vals.sum(), y)
+    assert g.tolist() == [[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]]
 
 
 def test_index_finite_difference_zero_except_at_tie():
+    # the top-1 index of bgcn.hard_topk as a function of one score: piecewise constant, so its
+    # central difference is 0 except in the step of width 2h around the tie with 0.6
     a = torch.linspace(-0.2, 1.0, 10001, dtype=D)
     h = 1e-4
     y_of = lambda t: torch.stack([t, *(torch.full_like(t, v) for v in (0.2, 0.4, 0.6))], dim=1)
-    fd = (torch.argmax(y_of(a + h), 1) - torch.argmax(y_of(a - h), 1)).double() / (2 * h)
+    top1 = lambda t: bgcn.hard_topk(y_of(t), 1)[1][:, 0]
+    fd = (top1(a + h) - top1(a - h)).double() / (2 * h)
     nz = torch.nonzero(fd).flatten()
     assert 1 <= nz.numel() <= 2
     assert bool(((a[nz] - 0.6).abs() <= h).all())
@@ -61,10 +71,14 @@ def test_index_finite_difference_zero_except_at_tie():
 
 
 def test_topk_values_piecewise_linear_derivative_is_entry_of_P():
+    # d(second-largest value)/da, by autograd through bgcn.hard_topk, equals the entry P[1, 0] of
+    # bgcn.topk_selection_matrix at every a: 1 while a is the second largest, 0 elsewhere
     a = torch.linspace(-0.2, 1.0, 601, dtype=D, requires_grad=True)
     Y = torch.stack([a, *(torch.full_like(a, v) for v in (0.2, 0.4, 0.6))], dim=1)
-    vals, idx = torch.topk(Y, 2, dim=1)
+    vals, idx = bgcn.hard_topk(Y, 2)
     d2 = torch.autograd.grad(vals[:, 1].sum(), a)[0]
+    P10 = torch.stack([topk_selection_matrix(row, 2)[1, 0] for row in Y.detach()])
+    assert torch.equal(d2, P10)
     ad = a.detach()
     inside = (ad > 0.4 + 1e-9) & (ad < 0.6 - 1e-9)
     outside = (ad < 0.4 - 1e-9) | (ad > 0.6 + 1e-9)

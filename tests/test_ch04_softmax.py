@@ -59,26 +59,41 @@ def test_psd_quadratic_form_is_variance_and_rank_eq_ch04_psd():
     assert float(J.abs().max()) <= 1 / (4 * tau) + 1e-12
 
 
-def test_naive_softmax_overflows_torch_softmax_does_not_eq_ch04_stable():
+def test_naive_softmax_overflows_soft_topk_does_not_eq_ch04_stable():
+    # exp(s / tau) overflows at small tau; bgcn.soft_topk (and the temperature sweep) stay finite
+    # and equal the max-shifted formula computed by hand
+    from bgcn.temperature import temperature_sweep
+
     sim = torch.tensor([0.95, 0.90, 0.40, -0.30, -1.00], dtype=D)
     for dt, tau in ((torch.float32, 0.01), (torch.float64, 0.001)):
-        x = (sim / tau).to(dt)
+        s = sim.to(dt)
+        x = s / tau
         naive = torch.exp(x) / torch.exp(x).sum()
         assert bool(torch.isnan(naive).any())
-        good = torch.softmax(x, -1)
-        assert bool(torch.isfinite(good).all()) and abs(float(good.sum()) - 1) < 1e-6
         m = x.max()
         stable = torch.exp(x - m) / torch.exp(x - m).sum()
-        assert torch.allclose(stable, good, atol=1e-15 if dt == D else 1e-7, rtol=0)
-        assert torch.allclose(m + torch.log(torch.exp(x - m).sum()), torch.logsumexp(x, -1))
+        w, idx = soft_topk(s, 5, tau)                      # k = n: every weight, sorted
+        assert bool(torch.isfinite(w).all()) and abs(float(w.sum()) - 1) < 1e-6
+        assert torch.allclose(w, stable[idx], atol=1e-15 if dt == D else 1e-7, rtol=0)
+        sweep = temperature_sweep(s, [tau], k=2)
+        assert bool(torch.isfinite(sweep["entropy"]).all()) and float(sweep["topk_mass"][0]) <= 1 + 1e-6
     x = (sim / 0.1).to(torch.float32)  # fine without the trick
-    assert torch.allclose(torch.exp(x) / torch.exp(x).sum(), torch.softmax(x, -1), atol=1e-6)
+    assert torch.allclose(torch.exp(x) / torch.exp(x).sum(), soft_topk(sim.float(), 5, 0.1)[0], atol=1e-6)
 
 
 def test_backward_at_large_scores_is_finite():
-    x = (torch.tensor([0.95, 0.90, 0.40], dtype=D) / 0.001).requires_grad_()
-    (g,) = torch.autograd.grad(torch.softmax(x, -1)[1], x)
-    assert bool(torch.isfinite(g).all())
+    # tau = 0.001 on cosine scores: bgcn.soft_topk's gradient is finite and equals eq. (6) by hand
+    from bgcn.temperature import soft_topk_gradient
+
+    s = torch.tensor([[0.95, 0.90, 0.40]], dtype=D, requires_grad=True)
+    w, idx = soft_topk(s, 2, 0.001)
+    up = torch.tensor([[0.0, 1.0]], dtype=D)
+    (g,) = torch.autograd.grad((w * up).sum(), s)
+    assert bool(torch.isfinite(g).all()) and float(g.abs().max()) > 0
+    wf = torch.softmax(s.detach() / 0.001, -1)
+    ghat = torch.zeros_like(wf).scatter(-1, idx, up)
+    torch.testing.assert_close(g, wf * (ghat - (ghat * wf).sum(-1, keepdim=True)) / 0.001, rtol=1e-12, atol=0)
+    torch.testing.assert_close(soft_topk_gradient(s.detach(), up, 2, 0.001), g, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("tau", [0.3, 1.0])
@@ -100,6 +115,9 @@ def test_vjp_formula_row_wise_matrix_exercise_04_4():
     (g,) = torch.autograd.grad(W, S, V)
     W = W.detach()
     assert torch.allclose(W * (V - (W * V).sum(1, keepdim=True)) / 0.5, g, atol=1e-14, rtol=0)
+    # the same, row by row, through bgcn's batched Jacobian: g_i = J_i^T v_i
+    J = softmax_jacobian(W, 0.5)                                   # (6, 6, 6)
+    assert torch.allclose((J.transpose(-1, -2) @ V.unsqueeze(-1)).squeeze(-1), g, atol=1e-14, rtol=0)
 
 
 def _gathered(N=50, k=5, tau=1.0, seed=0):

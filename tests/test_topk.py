@@ -53,14 +53,6 @@ def test_selection_matrix_batched_and_depends_on_input():
     assert not torch.equal(bgcn.topk_selection_matrix(y2, 2)[0], p[0])
 
 
-def test_indices_have_no_gradient():
-    y = torch.randn(8, requires_grad=True)
-    out = torch.topk(y, 3)
-    assert out.values.requires_grad and out.values.grad_fn is not None
-    assert not out.indices.requires_grad and out.indices.grad_fn is None
-    assert torch.argsort(y).grad_fn is None
-
-
 # ---------------------------------------------------------------- soft top-k (seed 000 eqs. 9-11)
 
 def test_soft_topk_is_softmax_gathered_at_hard_topk():
