@@ -88,12 +88,15 @@ def _subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
 def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
     r"""Fraction of rows whose neighbour *set* differs: :math:`\frac1N\sum_i [\mathcal N^{old}(i) \ne \mathcal N^{new}(i)]`.
 
+    The one copy lives in :func:`bgcn.experiment.rows_changed`.
+
     Shapes: old, new (N, k) -> float
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    a, b = old.long().sort(1).values, new.long().sort(1).values
-    return float((a != b).any(1).float().mean())
+    from .experiment import rows_changed as _rows_changed
+
+    return _rows_changed(old.long(), new.long())
 
 
 def _flat_grad(params) -> torch.Tensor:
@@ -225,14 +228,13 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     from . import __version__
     from . import estimators as E
     from .backbone import create_backbone, extract_features, save_backbone_weights
-    from .cli import versions
+    from .utils import versions
     from .data import label_masks, load_dataset
-    from .graph import edge_change_fraction
     from .model import build_model
     from .similarity import cosine_similarity
-    from .topk import mask_diagonal
     from .temperature import suggest_tau
     from .train import pretrain_backbone, train
+    from .experiment import run_measures
     from .utils import get_device, seed_everything
 
     cfg = dict(QUICK if quick else FULL)
@@ -286,10 +288,6 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     feats = extract_features(bb, images, device=dev, to_cpu=True)
     tau_data = float(suggest_tau(cosine_similarity(feats), cfg["k"], method="mass", target_mass=0.5))
 
-    def knn_now(net) -> torch.Tensor:
-        f = extract_features(net, images, device=dev, to_cpu=True)
-        return E.topk_indices(mask_diagonal(cosine_similarity(f)), cfg["k"])
-
     runs: list[dict] = list(done)
     for seed in range(cfg["seeds"]):
         tr, va, te = label_masks(labels, cfg["labels_per_class"], seed=seed)
@@ -301,27 +299,24 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
             state = E.PerturbationState() if est in ("blackbox", "imle") else None
             seed_everything(seed)
             backbone = create_backbone(cfg["backbone"], pretrained_file=pre_path)
+            init_state = {k_: v.clone() for k_, v in backbone.state_dict().items()}
             model = build_model(backbone, num_classes, k=cfg["k"], estimator=est, tau=tau, hidden=cfg["hidden"],
                                 dropout=cfg["dropout"], mode=mode,
                                 estimator_kw=None if state is None else {"state": state})
             warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
             res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
                         lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                        seed=seed, device=dev, graph_every=0, progress=False)
+                        seed=seed, device=dev, graph_every=0, progress=False, analysis_labels=labels,
+                        param_path_norms=mode != "frozen")
             h = res.history
-            # the hard kNN sets of the backbone's features before and after training (the same measure for
-            # every row; the training loop's first graph is a *sample* for stochastic estimators)
-            g0 = knn_now(create_backbone(cfg["backbone"], pretrained_file=pre_path))
-            g1 = knn_now(res.model.backbone)
             e2e = slice(warm, None)
+            # graph measures on the scored model (weights at the best joint epoch), the hard kNN sets of the
+            # backbone's features: the same measure for every row (a stochastic estimator's graph is a sample)
             run = {"row": name, "seed": seed, "mode": mode, "estimator": est, "tau": tau,
                    "test_acc": res.test_acc_at_best_val, "best_epoch": res.best_epoch,
                    "best_val_acc": res.best_val_acc, "final_test_acc": res.final["test_acc"],
-                   "warmup_test_acc": (h.test_acc[int(np.argmax(h.val_acc[:warm]))] if warm else None),
+                   **run_measures(res, warm, init_state, images, labels, cfg["k"], dev),
                    "time_per_epoch": float(np.mean(h.time[e2e])), "time_per_step": float(np.mean(h.time_step[e2e])),
-                   "rows_changed": rows_changed(g0, g1), "edges_changed": edge_change_fraction(g0, g1),
-                   "grad_node_mean": float(np.mean(h.grad_node[e2e])),
-                   "grad_graph_mean": float(np.mean(h.grad_graph[e2e])),
                    "loss_last": h.loss[-1]}
             if state is not None:
                 run.update({"perturbed_rows_changed": state.changed_rows, "perturbed_swaps_per_row": state.swaps})
@@ -380,9 +375,11 @@ def summarize(runs: list[dict], names: Sequence[str]) -> list[dict]:
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    keys = ("test_acc", "final_test_acc", "warmup_test_acc", "time_per_epoch", "time_per_step", "rows_changed",
-            "edges_changed", "grad_node_mean", "grad_graph_mean", "relvar_backbone", "relvar_graph", "norm_backbone",
-            "norm_graph", "norm_node", "perturbed_rows_changed", "perturbed_swaps_per_row", "best_epoch")
+    keys = ("test_acc", "final_test_acc", "warmup_test_acc", "warmup_best_test_acc", "gain_over_warmup",
+            "homophily_before", "homophily_after", "time_per_epoch", "time_per_step", "rows_changed",
+            "edges_changed", "grad_node_mean", "grad_graph_mean", "grad_graph_share", "relvar_backbone",
+            "relvar_graph", "norm_backbone", "norm_graph", "norm_node", "perturbed_rows_changed",
+            "perturbed_swaps_per_row", "best_epoch")
     out = []
     for name in names:
         rs = [r for r in runs if r["row"] == name]
@@ -414,33 +411,43 @@ def format_tables(summary: list[dict], cfg: dict, tau_data: float) -> str:
             f"{cfg['seeds']} seed(s); backbone `{cfg['backbone']}` pre-trained without labels "
             f"({cfg['pretrain_epochs']} epochs SimCLR-lite); {cfg['epochs']} epochs per run, of which the first "
             f"{cfg['warmup_epochs']} train only the GCN on the pre-trained features (warm-up), then backbone and GCN "
-            f"together. Test accuracy at the epoch of best validation accuracy, mean ± std over seeds. s/epoch: "
+            f"together; the warm-up trains on the hard kNN graph of the pre-trained features under no_grad, "
+            f"the same for every row. Test accuracy at the epoch of best validation accuracy among the joint "
+            f"epochs, mean ± std over seeds; after warm-up: the same run's model at the end of the warm-up; "
+            f"gain: the difference, in points (± std over seeds). s/epoch: "
             f"wall time of one joint epoch (step + evaluation) on {cfg['device']} with {cfg['threads']} thread(s) "
             f"(a shared, loaded machine: these vary with the load). s/step: median over {cfg['timing_rounds']} "
             f"interleaved rounds of one training step (forward + backward) per row, measured after the runs, "
             f"the fairer comparison of cost. Rows changed: share of nodes whose hard "
             f"kNN neighbour set (top-k of the backbone's cosine similarities) differs between the pre-trained "
-            f"and the trained backbone; edges changed: share of kNN edges. τ from the data "
+            f"backbone and the scored one (its weights at the best epoch); edges changed: share of kNN edges; "
+            f"homophily: share of kNN edges joining two images of one class (all labels, analysis only). "
+            f"τ from the data "
             f"(softmax row) = {tau_data:.4f}; the selection estimators use their defaults (see estimators.json).")
-    lines = [head, "", "| row | test % | final test % | s/epoch | s/step (interleaved median) | rows changed | "
-             "edges changed |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "", "| row | test % | after warm-up % | gain (points) | final test % | s/step | rows changed | "
+             "edges changed | homophily before → after |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
+        gain = ("–" if r.get("gain_over_warmup") is None else
+                f"{100 * r['gain_over_warmup']:+.1f} ± {100 * r.get('gain_over_warmup_std', 0.0):.1f}")
         lines.append(f"| {r['row']} | {f(r, 'test_acc', '.1f', 100)} ± {f(r, 'test_acc_std', '.1f', 100)} | "
-                     f"{f(r, 'final_test_acc', '.1f', 100)} | {f(r, 'time_per_epoch', '.2f')} | "
-                     f"{f(r, 'step_s', '.3f')} | {f(r, 'rows_changed', '.1%')} | {f(r, 'edges_changed', '.1%')} |")
-    lines += ["", "Gradient reaching the backbone (means over seeds). ‖∂L/∂F‖ node / graph: mean over the joint "
-              "epochs of the gradient norm at the backbone's output by each path. Relative variance: "
+                     f"{f(r, 'warmup_test_acc', '.1f', 100)} | {gain} | "
+                     f"{f(r, 'final_test_acc', '.1f', 100)} | "
+                     f"{f(r, 'step_s', '.3f')} | {f(r, 'rows_changed', '.1%')} | {f(r, 'edges_changed', '.1%')} | "
+                     f"{f(r, 'homophily_before', '.1%')} → {f(r, 'homophily_after', '.1%')} |")
+    lines += ["", "Gradient reaching the backbone (means over seeds). ‖∇θ‖ node / graph: mean over the joint "
+              "epochs of the norm of the backbone's parameter gradient by each path (J_θᵀ g for g = ∂L/∂F along "
+              "the path: the update each path makes); graph share = graph / (node + graph). Relative variance: "
               f"E‖g − ḡ‖²/‖ḡ‖² over {cfg['grad_repeats']} draws of the estimator's noise at the trained parameters, "
               "dropout off (0 = deterministic), for all backbone parameters and for the graph path alone. "
               "Perturbed rows / swaps: blackbox and I-MLE's backward at the last step (share of rows whose "
               "perturbed top-k differs, swapped neighbours per row).", "",
-              "| row | ‖∂L/∂F‖ node | ‖∂L/∂F‖ graph | relvar backbone | relvar graph path | perturbed rows | swaps/row |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| row | ‖∇θ‖ node | ‖∇θ‖ graph | graph share | relvar backbone | relvar graph path | perturbed rows | "
+              "swaps/row |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
         if r["row"] == "frozen":
             continue
         lines.append(f"| {r['row']} | {f(r, 'grad_node_mean', '.2e')} | {f(r, 'grad_graph_mean', '.2e')} | "
-                     f"{f(r, 'relvar_backbone', '.2e')} | {f(r, 'relvar_graph', '.2e')} | "
+                     f"{f(r, 'grad_graph_share', '.3f')} | {f(r, 'relvar_backbone', '.2e')} | {f(r, 'relvar_graph', '.2e')} | "
                      f"{f(r, 'perturbed_rows_changed', '.1%')} | {f(r, 'perturbed_swaps_per_row', '.2f')} |")
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,21 @@ row                          what it is
                              (:func:`bgcn.temperature.suggest_tau`, ``method="mass"``)
 ``end2end_masked_softmax``   softmax over the k kept similarities, same τ from the data
 ``end2end_values``           the kept similarities as weights
+``end2end_features_random``  positive control: end to end through the node features from the
+                             *random* initialisation that ``frozen_random`` freezes
+``end2end_softmax_random``   the same through the softmax graph, τ from that run's initial features
 ===========================  ==================================================================
+
+Every end-to-end row first trains the GCN alone on the frozen mode's hard graph (warm-up), then
+backbone and GCN together; its score is the test accuracy at the best validation epoch *among the
+joint epochs*, reported beside the same run's warm-up model (``warmup_test_acc``, the model joint
+training starts from) and the gain over it. The graph measures are taken on the model that was
+scored (its weights at the best epoch): edge homophily of the hard kNN graph
+(:func:`bgcn.graph.edge_homophily`, an analysis quantity using all labels, never used in training)
+before and after, the share of kNN edges and of rows that changed, and the graph path's share of
+the backbone's parameter gradient, :math:`\lVert g_\text{graph}\rVert/(\lVert g_\text{node}\rVert +
+\lVert g_\text{graph}\rVert)` with :math:`g = J_\theta^\top\,\partial L/\partial F` per path (mean over
+the joint epochs).
 
 The pre-training is a short self-supervised SimCLR-lite run (:func:`bgcn.train.pretrain_backbone`,
 no labels) on all images; its weights are saved to ``OUT/pretrained_<backbone>.pt`` and every
@@ -37,11 +51,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,6 +73,8 @@ METHODS: dict[str, tuple[str, str, str, str]] = {
     "end2end_softmax_taudata": ("end2end", "softmax", "data", "pretrained"),
     "end2end_masked_softmax": ("end2end", "masked_softmax", "data", "pretrained"),
     "end2end_values": ("end2end", "values", "1", "pretrained"),
+    "end2end_features_random": ("end2end-features", "hard", "1", "random"),
+    "end2end_softmax_random": ("end2end", "softmax", "run", "random"),
 }
 BASELINES = ("knn_pixels", "knn", "label_spreading")
 ROWS = BASELINES + tuple(METHODS)
@@ -131,7 +146,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     """
     from . import __version__
     from .backbone import create_backbone, extract_features
-    from .cli import versions
+    from .utils import versions
     from .data import label_masks, load_dataset
     from .model import build_model
     from .similarity import cosine_similarity
@@ -152,7 +167,8 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     cfg.update({"k": k, "device": str(get_device(device)), "quick": quick, "methods": rows,
                 "threads": torch.get_num_threads(),
                 "val_per_class": "= labels_per_class", "weight_decay": 5e-4, "hidden": 64, "dropout": 0.5,
-                "selection": "test accuracy at the epoch of best validation accuracy"})
+                "selection": "test accuracy at the epoch of best validation accuracy among the joint epochs "
+                             "(after the warm-up) for end-to-end rows"})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     show = progress_enabled(progress)
@@ -215,19 +231,22 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                                  "time_per_epoch": None})
                     continue
                 mode, est, tau_kind, init = METHODS[name]
-                tau = tau_data if tau_kind == "data" else 1.0
                 seed_everything(seed)
                 backbone_ = create_backbone(cfg["backbone"], pretrained_file=pre_path if init == "pretrained" else None)
+                init_state = {k_: v.clone() for k_, v in backbone_.state_dict().items()}
+                if tau_kind == "run":  # τ from this run's own initial features (random init)
+                    f0 = extract_features(backbone_, images, device=get_device(device), to_cpu=True)
+                    tau = float(suggest_tau(cosine_similarity(f0), k, method="mass", target_mass=0.5))
+                else:
+                    tau = tau_data if tau_kind == "data" else 1.0
                 model = build_model(backbone_, num_classes, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
                                     dropout=cfg["dropout"], mode=mode)
                 warm = 0 if mode == "frozen" else min(cfg["warmup_epochs"], cfg["epochs"] - 1)
                 res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
                             lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                            seed=seed, device=device, graph_every=0, progress=False)
+                            seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,
+                            param_path_norms=mode != "frozen")
                 h = res.history
-                g0, g1 = h.graphs[0]["indices"].long(), h.graphs[-1]["indices"].long()
-                from .graph import edge_change_fraction
-
                 runs.append({"method": name, "labels_per_class": lpc, "seed": seed, "mode": mode, "estimator": est,
                              "tau": tau, "init": init, "test_acc": res.test_acc_at_best_val,
                              "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
@@ -236,13 +255,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                              "time_per_epoch": float(np.mean(h.time[warm:])),
                              "time_per_epoch_warmup": float(np.mean(h.time[:warm])) if warm else None,
                              "time_total": res.timings["total"], "warmup_epochs": warm,
-                             # paired check: the same run's best-validation test accuracy within the warm-up
-                             "warmup_test_acc": (h.test_acc[int(np.argmax(h.val_acc[:warm]))] if warm else None),
-                             "grad_node_mean": float(np.mean(h.grad_node)),
-                             "grad_graph_mean": float(np.mean(h.grad_graph)),
-                             "grad_graph_share": float(np.mean(h.grad_graph) /
-                                                       max(np.mean(h.grad_node) + np.mean(h.grad_graph), 1e-30)),
-                             "edges_changed_total": edge_change_fraction(g0, g1),
+                             **run_measures(res, warm, init_state, images, labels, k, device),
                              "loss_first": h.loss[0], "loss_last": h.loss[-1]})
                 if show:
                     print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={res.test_acc_at_best_val:.4f} "
@@ -263,6 +276,79 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     return result
 
 
+def hard_knn(backbone, images: torch.Tensor, k: int, device: str | torch.device = "auto") -> torch.Tensor:
+    """The hard cosine kNN sets (self excluded) of a backbone's features, on the CPU.
+
+    Shapes: images (N, C_in, H, W) -> (N, k) long
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    from .backbone import extract_features
+    from .similarity import knn_indices
+    from .utils import get_device
+
+    f = extract_features(backbone, images, device=get_device(device), to_cpu=True)
+    return knn_indices(f.double(), k, exclude_self=True)
+
+
+def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
+    """Share of nodes whose kNN *set* differs between two (N, k) rankings.
+
+    Shapes: old, new (N, k) -> float in [0, 1]
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    return float((old.sort(1).values != new.sort(1).values).any(1).double().mean())
+
+
+def run_measures(res, warm: int, init_state: dict, images: torch.Tensor, labels: torch.Tensor, k: int,
+                 device: str | torch.device = "auto") -> dict:
+    r"""What a results row reports about one :func:`bgcn.train.train` run, measured on the *scored* model.
+
+    - ``warmup_test_acc``: test accuracy of the model at the end of the warm-up (where joint
+      training starts), ``gain_over_warmup`` = ``test_acc`` − it (end-to-end rows);
+      ``warmup_best_test_acc``: the warm-up's own best-validation test accuracy;
+    - ``homophily_before`` / ``homophily_after``: :func:`bgcn.graph.edge_homophily` of the hard kNN
+      graph of the initial backbone and of the backbone at the best epoch (the scored model);
+    - ``edges_changed`` / ``rows_changed``: between those two hard kNN graphs;
+    - ``grad_graph_share``: mean over the joint epochs of
+      :math:`\lVert g^\theta_\text{graph}\rVert / (\lVert g^\theta_\text{node}\rVert + \lVert g^\theta_\text{graph}\rVert)`,
+      the graph path's share of the backbone's parameter gradient (NaN when not measured);
+      ``grad_node_mean`` / ``grad_graph_mean``: the means of the two norms.
+
+    Shapes: images (N, C_in, H, W), labels (N,)
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    import copy
+
+    from .graph import edge_change_fraction, edge_homophily
+
+    h = res.history
+    backbone0 = copy.deepcopy(res.model.backbone)
+    backbone0.load_state_dict(init_state)
+    scored = copy.deepcopy(res.model)
+    if res.best_state:
+        scored.load_state_dict(res.best_state)
+    g0 = hard_knn(backbone0, images, k, device)
+    g1 = hard_knn(scored.backbone, images, k, device)
+    joint = slice(warm, None)
+    node = np.asarray(h.grad_backbone_node[joint], dtype=float)
+    graph = np.asarray(h.grad_backbone_graph[joint], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = graph / (node + graph)
+    measured = len(share) and not np.isnan(node).all()
+    out = {"warmup_test_acc": res.warmup["test_acc"] if res.warmup else None,
+           "warmup_best_test_acc": res.warmup["test_acc_at_best_val"] if res.warmup else None,
+           "gain_over_warmup": res.gain_over_warmup if res.warmup else None,
+           "homophily_before": edge_homophily(g0, labels), "homophily_after": edge_homophily(g1, labels),
+           "edges_changed": edge_change_fraction(g0, g1), "rows_changed": rows_changed(g0, g1),
+           "grad_node_mean": float(np.nanmean(node)) if measured else None,
+           "grad_graph_mean": float(np.nanmean(graph)) if measured else None,
+           "grad_graph_share": float(np.nanmean(share)) if measured and not np.isnan(share).all() else None}
+    return out
+
+
 def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> list[dict]:
     """Mean ± std (ddof = 1, 0 for one seed) of test accuracy and mean time per epoch per (method, labels).
 
@@ -281,11 +367,15 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
             row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": float(acc.mean()),
                    "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                    "time_per_epoch": float(np.mean(tpe)) if tpe else None}
-            for key in ("grad_node_mean", "grad_graph_mean", "grad_graph_share", "edges_changed_total",
-                        "final_test_acc", "best_epoch", "warmup_test_acc"):
+            for key in ("grad_node_mean", "grad_graph_mean", "grad_graph_share", "edges_changed", "rows_changed",
+                        "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc",
+                        "gain_over_warmup", "homophily_before", "homophily_after"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     row[key] = float(np.mean(vals))
+            gains = [r["gain_over_warmup"] for r in rs if r.get("gain_over_warmup") is not None]
+            if len(gains) > 1:
+                row["gain_over_warmup_std"] = float(np.std(gains, ddof=1))
             out.append(row)
     return out
 
@@ -316,27 +406,34 @@ def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) 
 
 
 def format_paths_table(summary: list[dict], rows: Sequence[str], lpc: int) -> str:
-    """Markdown table of the gradient reaching the backbone by path, for one labels-per-class setting.
+    """Markdown table, for one labels-per-class setting: what moved, and by which path.
 
-    Columns: mean over epochs and seeds of ‖∂L/∂F‖ through the node features and through the graph
-    (warm-up epochs count as 0), the graph path's share, the fraction of kNN edges that differ
-    between the first and the last graph, the paired test accuracy at the end of the warm-up, and
-    the final one.
+    Columns (means over seeds): the paired test accuracy of the warm-up model and the gain of the
+    joint epochs over it (± std over seeds), the edge homophily of the hard kNN graph before and
+    after (on the scored model), the share of kNN edges and rows that changed, and the graph
+    path's share of the backbone's parameter gradient.
 
     Shapes: none (text).
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    lines = [f"| method ({lpc} labels/class) | ‖∂L/∂F‖ node | ‖∂L/∂F‖ graph | graph share | edges changed | "
-             "test % after warm-up | test % at best val |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method ({lpc} labels/class) | test % after warm-up | gain (points) | homophily before → after | "
+             "edges changed | rows changed | graph share of ∇θ |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(v, fmt=".1f"):
+        return "–" if v is None else f"{100 * v:{fmt}}"
+
     for name in rows:
         r = next((r for r in summary if r["method"] == name and r["labels_per_class"] == lpc), None)
-        if r is None or "grad_node_mean" not in r:
+        if r is None or "homophily_before" not in r:
             continue
-        warm = r.get("warmup_test_acc")
-        lines.append(f"| {name} | {r['grad_node_mean']:.2e} | {r['grad_graph_mean']:.2e} | "
-                     f"{r['grad_graph_share']:.3f} | {100 * r['edges_changed_total']:.1f} % | "
-                     f"{'–' if warm is None else f'{100 * warm:.1f}'} | {100 * r['test_acc_mean']:.1f} |")
+        gain = r.get("gain_over_warmup")
+        gain_s = "–" if gain is None else f"{100 * gain:+.1f} ± {100 * r.get('gain_over_warmup_std', 0.0):.1f}"
+        share = r.get("grad_graph_share")
+        lines.append(f"| {name} | {pct(r.get('warmup_test_acc'))} | {gain_s} | "
+                     f"{pct(r['homophily_before'])} → {pct(r['homophily_after'])} % | "
+                     f"{pct(r.get('edges_changed'))} % | {pct(r.get('rows_changed'))} % | "
+                     f"{'–' if share is None else f'{share:.3f}'} |")
     return "\n".join(lines)
 
 
@@ -356,12 +453,15 @@ def write_report(out: str | os.PathLike) -> list[Path]:
               f"seed(s); digits ({cfg['num_images']} images), k = {cfg['k']}, backbone `{cfg['backbone']}` "
               f"pre-trained without labels (SimCLR-lite, {cfg['pretrain_epochs']} epochs), {cfg['epochs']} epochs "
               f"per run. End-to-end rows: the first {cfg['warmup_epochs']} epochs train the GCN only on the "
-              f"pre-trained features (warm-up), the rest train backbone and GCN together. τ from the data = "
+              f"initial features and their hard kNN graph (warm-up), the rest train backbone and GCN together, "
+              f"and only those joint epochs compete in the model selection. τ from the data = "
               f"{res['tau_data']:.4f}. s/epoch: mean wall time of one epoch of the row's mode (step + evaluation; "
               f"for end-to-end rows the joint epochs after the warm-up), {cfg.get('threads', '?')} CPU thread(s).")
-    mid = lpcs[len(lpcs) // 2]
-    text = (header + "\n\n" + table + "\n\nGradient reaching the backbone's output F by path, and what moved "
-            f"(means over seeds):\n\n" + format_paths_table(summary, rows, mid) + "\n")
+    text = (header + "\n\n" + table + "\n\nWhat moved, measured on the scored model (means over seeds; "
+            "homophily = share of kNN edges joining two images of the same class, computed with all labels for "
+            "analysis only; graph share = ‖∇θ via the graph‖ / (‖via the node features‖ + ‖via the graph‖) "
+            "for the backbone's parameters θ, mean over the joint epochs):\n\n"
+            + "\n\n".join(format_paths_table(summary, rows, l) for l in lpcs) + "\n")
     files = [out / "results.md", out / "results.csv"]
     _write(files[0], text)
     _write_csv(files[1], summary)
@@ -376,8 +476,9 @@ def _write(path: Path, text: str) -> None:
 
 def _write_csv(path: Path, summary: list[dict]) -> None:
     keys = ["method", "labels_per_class", "n_seeds", "test_acc_mean", "test_acc_std", "time_per_epoch",
-            "final_test_acc", "best_epoch", "warmup_test_acc", "grad_node_mean", "grad_graph_mean", "grad_graph_share",
-            "edges_changed_total"]
+            "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc", "gain_over_warmup",
+            "gain_over_warmup_std", "homophily_before", "homophily_after", "edges_changed", "rows_changed",
+            "grad_node_mean", "grad_graph_mean", "grad_graph_share"]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")

@@ -214,7 +214,10 @@ class EndToEnd(nn.Module):
 
         Shapes: features (N, D) -> KNNGraph with edge_index (2, E), edge_weight (E,), indices (N, k)
         """
-        fn = get_estimator(self.graph_estimator if estimator is None else estimator)
+        use = self.graph_estimator if estimator is None else estimator
+        fn = get_estimator(use)
+        # the estimator's own keyword arguments go to it only (not to the hard graph of a warm-up)
+        est_kw = self.estimator_kw if use is self.estimator else {}
         captured: dict = {}
 
         def estimator(scores, k, tau=1.0, **kw):
@@ -225,7 +228,7 @@ class EndToEnd(nn.Module):
             if hasattr(fn, attr):
                 setattr(estimator, attr, getattr(fn, attr))
         graph = knn_graph(features, self.k, estimator, self.tau, exclude_self=self.exclude_self,
-                          symmetric=self.symmetric, generator=generator, **self.estimator_kw)
+                          symmetric=self.symmetric, generator=generator, **est_kw)
         # extension point: what a stochastic estimator says about its sample (Selection.info or a
         # Selection.log_prob attribute) rides on graph.info, where train() looks for "log_prob"
         sel = captured.get("sel")
