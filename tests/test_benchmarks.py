@@ -187,6 +187,7 @@ def test_peak_memory_sees_an_allocation():
 
 # ------------------------------------------------------------------ the benchmark script
 
+@pytest.mark.slow
 def test_bench_knn_smoke(tmp_path):
     bench = _bench()
     data = bench.run([120, 240], list(bench.METHODS), d=16, k=4, chunk_size=50, device="cpu", verbose=False)
@@ -203,6 +204,7 @@ def test_bench_knn_smoke(tmp_path):
     assert Path(png).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_bench_knn_main_and_skip(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "r.json"

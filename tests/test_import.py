@@ -2,7 +2,7 @@
 
 - ``import bgcn`` stays light: torch_geometric (half of the import time), plotly and matplotlib are
   imported when first used, not at import (a property of sys.modules, not a timing test; the
-  times are measured in benchmarks/import_time.md).
+  times before/after are in the closing note of issue 9).
 - ``bgcn.train`` is both the training function and the module holding ``pretrain_backbone``.
 - ``bgcn.experiment`` and ``bgcn.estimator_experiment`` are reachable as attributes.
 - no library module imports the command line (``bgcn.cli``): the cli sits on top.
@@ -51,6 +51,7 @@ def test_import_bgcn_leaves_heavy_packages_unimported():
     assert not heavy, f"import bgcn imported {heavy}; import them inside the function that needs them"
 
 
+@pytest.mark.slow
 def test_heavy_packages_come_when_used():
     # the lazy imports are real: building a GCN brings torch_geometric; bgcn.viz itself is light
     # until it draws (plotly and matplotlib are imported inside the drawing functions)
