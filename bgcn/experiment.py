@@ -62,7 +62,7 @@ import torch
 from .utils import json_safe as _json_safe
 
 __all__ = ["METHODS", "run_experiment", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
-           "FULL"]
+           "FULL", "paired_difference", "run_measures", "hard_knn", "rows_changed"]
 
 #: GCN rows: name -> (mode, estimator, tau ("1" or "data"), backbone init ("random"/"pretrained"))
 METHODS: dict[str, tuple[str, str, str, str]] = {
@@ -378,6 +378,41 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
                 row["gain_over_warmup_std"] = float(np.std(gains, ddof=1))
             out.append(row)
     return out
+
+
+def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_class: int,
+                      key: str = "test_acc") -> dict:
+    r"""Paired difference of one row against another over the seeds they share, with a noise verdict.
+
+    .. math::
+        d_s = a_s - b_s,\quad \bar d = \frac1n\sum_s d_s,\quad
+        \text{se} = \frac{\operatorname{std}(d)}{\sqrt n},\quad
+        \text{beyond noise} \iff |\bar d| > 2\,\text{se}
+
+    The seed fixes the label split, which both rows share, so the paired difference is much
+    sharper than the two rows' ± side by side. "Beyond noise" is a rough two-standard-error rule,
+    not a test with a stated level (with 5 seeds, a t-test at 5 % would ask for about 2.8 se).
+
+    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise"}`` (differences in accuracy units;
+    ``wins`` = seeds with :math:`d_s > 0`); ``n = 0`` and NaNs when no seed is shared.
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    a = {r["seed"]: r[key] for r in runs if r.get("method", r.get("row")) == method
+         and r.get("labels_per_class", labels_per_class) == labels_per_class and r.get(key) is not None}
+    b = {r["seed"]: r[key] for r in runs if r.get("method", r.get("row")) == baseline
+         and r.get("labels_per_class", labels_per_class) == labels_per_class and r.get(key) is not None}
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "se": nan, "n": 0, "wins": 0, "beyond_noise": False}
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    se = sd / np.sqrt(len(d))
+    return {"mean": float(d.mean()), "std": sd, "se": float(se), "n": len(d), "wins": int((d > 0).sum()),
+            "beyond_noise": bool(len(d) > 1 and abs(d.mean()) > 2 * se)}
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:

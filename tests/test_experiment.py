@@ -74,3 +74,23 @@ def test_paths_table_shows_gain_and_homophily(run):
     table = format_paths_table(summ, ["end2end_softmax_taudata"], 5)
     assert f"{100 * m['homophily_before']:.1f} → {100 * m['homophily_after']:.1f} %" in table
     assert f"{100 * (m['gain_over_warmup'] + 0.01):+.1f} ± 1.0" in table
+
+
+def test_paired_difference_by_hand():
+    from bgcn.experiment import paired_difference
+
+    runs = [{"method": "a", "labels_per_class": 10, "seed": s, "test_acc": v} for s, v in enumerate([0.9, 0.8, 0.7])]
+    runs += [{"method": "b", "labels_per_class": 10, "seed": s, "test_acc": v} for s, v in enumerate([0.85, 0.79, 0.71])]
+    runs += [{"method": "b", "labels_per_class": 5, "seed": 0, "test_acc": 0.0}]  # another setting: ignored
+    d = paired_difference(runs, "a", "b", 10)
+    diffs = [0.05, 0.01, -0.01]
+    assert d["n"] == 3 and d["wins"] == 2
+    assert d["mean"] == pytest.approx(sum(diffs) / 3)
+    sd = float(torch.tensor(diffs, dtype=torch.float64).std())
+    assert d["std"] == pytest.approx(sd) and d["se"] == pytest.approx(sd / 3 ** 0.5)
+    assert d["beyond_noise"] is (abs(d["mean"]) > 2 * d["se"])
+    # a consistent gain is beyond noise; rows without shared seeds give n = 0
+    runs2 = [{"method": m, "labels_per_class": 10, "seed": s, "test_acc": 0.5 + (0.02 + 0.001 * s) * (m == "a")}
+             for m in "ab" for s in range(5)]
+    assert paired_difference(runs2, "a", "b", 10)["beyond_noise"]
+    assert paired_difference(runs2, "a", "zz", 10)["n"] == 0
