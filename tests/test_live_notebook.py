@@ -1,0 +1,259 @@
+"""A chapter run live: JupyterLab 4 in headless Chromium, Run All, figures drawn, a widget moved.
+
+The second kind of reader does not read the static book: they open a chapter as a notebook
+(Binder, Colab, their own JupyterLab) and run it. This test does that with chapter 05 (Plotly
+figures and the τ slider of :func:`bgcn.viz.widget_softmax_temperature`):
+
+1. converts ``chapters/05_temperature.md`` to ``.ipynb`` with jupytext, into a temporary folder;
+2. starts JupyterLab on 127.0.0.1 (a free port, a random token, the test's own settings
+   folders) with the environment of a reader: no ``PLOTLY_RENDERER`` (the book build sets one;
+   a live notebook must draw with Plotly's default renderer);
+3. opens the notebook in headless Chromium (Playwright), runs ``notebook:run-all-cells`` and
+   waits until every code cell has run and the kernel is idle;
+4. checks: no error output; every Plotly output of the notebook is drawn (a ``.js-plotly-plot``
+   with a ``.main-svg`` that holds traces), as many as the notebook has; no "Plotly is not
+   defined" (or any other uncaught error) in the page; no request leaves 127.0.0.1;
+5. moves the τ slider with the keyboard and checks that the widget's picture and caption change.
+
+Marker ``browser``. Skipped when Chromium, Playwright or JupyterLab is not installed (under
+``CI=true`` that is a failure, as in tests/test_browser.py). About a minute on two cores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = ROOT / "chapters" / "05_temperature.md"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-default-apps", "--disable-extensions"]
+RUN_TIMEOUT_S = 240      # Run All of chapter 05 takes ~20 s alone, longer on a loaded machine
+
+
+def _unavailable(msg: str):
+    if IN_CI:
+        pytest.fail(msg + " (CI=true: the live-notebook test must run)")
+    pytest.skip(msg)
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("BGCN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
+                 "/usr/bin/chromium"):
+        if name:
+            path = shutil.which(name) or (name if Path(name).is_file() else None)
+            if path:
+                return path
+    _unavailable("Chromium is not installed (apt-get install -y chromium, or set BGCN_CHROMIUM)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 serving a folder with chapter 05 as a notebook."""
+    for mod, pip in (("jupyterlab", "jupyterlab"), ("jupytext", "jupytext"), ("playwright", "playwright")):
+        if importlib.util.find_spec(mod) is None:
+            _unavailable(f"{mod} is not installed (pip install {pip}; see requirements.txt)")
+    import jupytext
+
+    work = tmp_path_factory.mktemp("live")
+    nb_dir, home = work / "nb", work / "home"
+    nb_dir.mkdir()
+    nb = jupytext.read(CHAPTER)
+    nb.metadata.pop("jupytext", None)
+    jupytext.write(nb, nb_dir / "05_temperature.ipynb", fmt="ipynb")
+    # every cell in the DOM (no windowing), so that each figure can be checked without scrolling
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    env = {k: v for k, v in os.environ.items() if k not in ("PLOTLY_RENDERER", "MPLBACKEND", "JUPYTER_PLATFORM_DIRS")}
+    env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"),
+               JUPYTER_RUNTIME_DIR=str(home / "runtime"), OMP_NUM_THREADS="1", TQDM_DISABLE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]))
+    port, token = _free_port(), secrets.token_hex(16)
+    log = open(work / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={nb_dir}", "--LabApp.expose_app_in_browser=True",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False"]
+        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        cwd=nb_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f"JupyterLab did not start:\n{(work / 'lab.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"base": base, "token": token, "log": work / "lab.log"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    exe = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001
+            _unavailable(f"Chromium could not be started ({exe}: {str(exc)[:300]})")
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        outside: list[str] = []
+
+        def route(r):
+            u = urlsplit(r.request.url)
+            if u.scheme in ("data", "blob") or u.hostname == "127.0.0.1":
+                return r.continue_()
+            outside.append(r.request.url)
+            return r.abort("blockedbyclient")
+
+        context.route("**/*", route)
+        pg = context.new_page()
+        pg.console_messages, pg.page_errors, pg.outside = [], [], outside
+        pg.on("console", lambda m: pg.console_messages.append(f"{m.type}: {m.text}"))
+        pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))
+        pg.goto(f"{lab['base']}/lab/tree/05_temperature.ipynb?token={lab['token']}",
+                wait_until="domcontentloaded", timeout=120_000)
+        yield pg
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        try:
+            pg.screenshot(path=str(SCREENSHOTS / "live__05_temperature.png"))
+        except Exception:  # noqa: BLE001
+            pass
+        context.close()
+        browser.close()
+
+
+JS_READY = """async () => {
+  const app = window.jupyterapp;
+  await app.started; await app.restored;
+  const nb = app.shell.currentWidget;
+  if (!nb || !nb.sessionContext) { return 'no notebook'; }
+  await nb.context.ready; await nb.sessionContext.ready;
+  const k = nb.sessionContext.session && nb.sessionContext.session.kernel;
+  return k ? k.status : 'no kernel';
+}"""
+
+JS_STATE = """() => {
+  const nb = window.jupyterapp.shell.currentWidget;
+  const cells = nb.content.widgets.filter(c => c.model.type === 'code');
+  const k = nb.sessionContext.session && nb.sessionContext.session.kernel;
+  const errors = [];
+  let plotlyOutputs = 0;
+  for (const c of cells) {
+    for (const o of c.model.outputs.toJSON()) {
+      if (o.output_type === 'error') { errors.push(o.ename + ': ' + o.evalue); }
+      // a Plotly figure, whichever renderer wrote it (mime bundle, or HTML calling Plotly.newPlot)
+      if (o.data && (o.data['application/vnd.plotly.v1+json']
+                     || String(o.data['text/html'] || '').includes('Plotly.newPlot'))) { plotlyOutputs += 1; }
+    }
+  }
+  return {status: k ? k.status : 'none', cells: cells.length,
+          done: cells.filter(c => c.model.executionCount !== null).length,
+          errors: errors, plotlyOutputs: plotlyOutputs};
+}"""
+
+JS_PLOTS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot')).map(gd => ({
+  svg: gd.querySelectorAll('.main-svg').length,
+  traces: gd.querySelectorAll('.main-svg .trace').length,
+  sliders: gd.querySelectorAll('.slider-container').length,
+  width: gd.getBoundingClientRect().width,
+}))"""
+
+
+def test_chapter_05_runs_live_in_jupyterlab(page):
+    page.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
+    page.wait_for_function("() => !!(window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext)", timeout=120_000)
+    status = page.evaluate(JS_READY)
+    assert status in ("idle", "starting", "busy", "unknown"), f"notebook/kernel not ready: {status}"
+    t0 = time.monotonic()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    state = None
+    while time.monotonic() - t0 < RUN_TIMEOUT_S:
+        time.sleep(1.0)
+        state = page.evaluate(JS_STATE)
+        if state["errors"] or (state["done"] == state["cells"] and state["status"] == "idle"):
+            break
+    run_s = time.monotonic() - t0
+    assert state is not None and not state["errors"], f"error output after Run All: {state['errors']}"
+    assert state["done"] == state["cells"] and state["status"] == "idle", (
+        f"Run All did not finish in {RUN_TIMEOUT_S} s: {state}")
+    print(f"Run All of chapter 05 in JupyterLab: {run_s:.1f} s, {state['cells']} code cells")
+
+    # every Plotly output is drawn by JupyterLab's Plotly renderer (jupyterlab-plotly)
+    assert state["plotlyOutputs"] >= 2, f"the notebook should hold Plotly outputs: {state}"
+    deadline = time.monotonic() + 60
+    while True:           # plotly.js draws asynchronously after the output is attached
+        plots = page.evaluate(JS_PLOTS)
+        if (len(plots) >= state["plotlyOutputs"] and all(p["traces"] for p in plots)) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert len(plots) == state["plotlyOutputs"], f"{state['plotlyOutputs']} Plotly outputs, {len(plots)} drawn"
+    for i, p in enumerate(plots):
+        assert p["svg"] >= 1 and p["traces"] >= 1 and p["width"] > 100, f"Plotly figure {i} is blank: {p}"
+        assert p["sliders"] >= 1, f"Plotly figure {i} lost its slider: {p}"
+    problems = [m for m in page.console_messages if re.search(r"Plotly is not defined|ReferenceError", m)]
+    assert not problems and not page.page_errors, f"page errors: {problems + page.page_errors}"
+
+    # the live τ slider: move it with the keyboard, the picture and the caption change
+    widget = page.locator(".jp-OutputArea .jupyter-widgets.widget-vbox").filter(
+        has=page.locator(".widget-slider")).first
+    widget.wait_for(timeout=30_000)
+    img = widget.locator(".widget-image img, img.widget-image").first
+    caption = widget.locator(".widget-html-content").first
+    img.wait_for(timeout=30_000)
+    before_src, before_caption = img.get_attribute("src"), caption.inner_text()
+    assert "τ = " in before_caption, before_caption
+    handle = widget.locator(".widget-slider .noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")       # 10 steps of 0.05 in log10 τ: τ / 10^0.5
+    page.wait_for_function(
+        "([el, old]) => el.innerText !== old", arg=[caption.element_handle(), before_caption], timeout=30_000)
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[img.element_handle(), before_src], timeout=30_000)
+    after_caption = caption.inner_text()
+    tau_before = float(re.search(r"τ = ([0-9.e+-]+)", before_caption).group(1))
+    tau_after = float(re.search(r"τ = ([0-9.e+-]+)", after_caption).group(1))
+    assert tau_after < tau_before, (before_caption, after_caption)
+    assert not page.outside, f"requests outside 127.0.0.1: {sorted(set(page.outside))[:10]}"
