@@ -20,7 +20,7 @@ PARTS = [  # (caption, first NN, last NN, numbered)
     ("Part I: From rankings to gradients", 1, 7, True),
     ("Part II: Training end to end", 8, 10, True),
 ]
-REFERENCE = ["chapters/api", "chapters/bibliography"]
+REFERENCE = ["chapters/related_work", "chapters/api", "chapters/bibliography"]
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
 
 
