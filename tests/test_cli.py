@@ -64,7 +64,8 @@ def test_help_documents_every_flag_with_default():
         assert "(default:" in text
     text = " ".join(sub["train"].format_help().split())
     for flag, default in (("--k", "10"), ("--tau", "auto"), ("--backbone", "mlp_digits"), ("--mode", "end2end"), ("--lr-gcn", "0.01"),
-                          ("--device", "auto"), ("--labels-per-class", "10"), ("--estimator", "softmax")):
+                          ("--device", "auto"), ("--labels-per-class", "10"), ("--estimator", "softmax"),
+                          ("--warmup-epochs", "auto"), ("--lr-backbone", "auto")):
         assert flag in text and f"(default: {default})" in text
 
 
@@ -216,3 +217,34 @@ def test_every_setting_that_defines_a_run_is_in_its_config(two_epoch_run):
         assert key in cfg, key
     assert cfg["hidden"] == 64 and cfg["backbone"] == "mlp_digits" and cfg["synthetic_n"] == 100
     assert cfg["backbone_kwargs"] == {"in_chans": 1, "img_size": 8} and cfg["image_shape"] == [1, 8, 8]
+
+
+def test_auto_warmup_is_a_quarter_of_epochs_and_kept_on_resume(tmp_path):
+    out = tmp_path / "run"
+    assert main(_small(8) + ["--tau", "0.1", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["warmup_epochs"] == 2 and m["warmup_arg"] == "auto"
+    # a longer --epochs on --resume continues the same run: the warm-up stays the checkpoint's
+    assert main(_small(12) + ["--tau", "0.1", "--out", str(out), "--resume"]) == 0
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["config"]["warmup_epochs"] == 2 and len(m2["history"]["loss"]) == 12
+    assert m2["history"]["loss"][:8] == m["history"]["loss"]
+    # frozen has no warm-up; an explicit value is taken as it is
+    assert main(_small(4) + ["--mode", "frozen", "--tau", "0.1", "--out", str(tmp_path / "f")]) == 0
+    assert json.loads((tmp_path / "f" / "metrics.json").read_text())["config"]["warmup_epochs"] == 0
+    assert main(_small(4) + ["--warmup-epochs", "3", "--tau", "0.1", "--out", str(tmp_path / "w")]) == 0
+    assert json.loads((tmp_path / "w" / "metrics.json").read_text())["config"]["warmup_epochs"] == 3
+
+
+def test_auto_lr_backbone_depends_on_pretrained_file(tmp_path):
+    from bgcn.backbone import create_backbone, save_backbone_weights
+    from bgcn.cli import LR_BACKBONE_PRETRAINED, LR_BACKBONE_RANDOM
+
+    assert main(_small(2) + ["--tau", "0.1", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["config"]["lr_backbone"] == LR_BACKBONE_RANDOM
+    w = save_backbone_weights(create_backbone("mlp_digits"), tmp_path / "w.pt")
+    assert main(_small(2) + ["--tau", "0.1", "--pretrained-file", str(w), "--out", str(tmp_path / "b")]) == 0
+    cfg = json.loads((tmp_path / "b" / "metrics.json").read_text())["config"]
+    assert cfg["lr_backbone"] == LR_BACKBONE_PRETRAINED and cfg["pretrained_file"] == str(w)
+    assert main(_small(2) + ["--tau", "0.1", "--lr-backbone", "5e-4", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["config"]["lr_backbone"] == 5e-4
