@@ -198,3 +198,93 @@ def test_plotly_figures_are_in_the_page(built_book, doc):
         if not any(f.get("layout", {}).get("sliders") for f in figs):
             problems.append("the temperature chapter has no Plotly figure with a slider")
     assert not problems, f"{doc}: " + "; ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# source checks (no build needed): citations and code-line length
+BIB_KEY_RE = re.compile(r"^@\w+\s*\{\s*([^,\s]+)\s*,", re.M)
+# MyST roles {cite}`a,b`, {cite:p}`a`, {cite:t}`a`; reST roles :cite:`a` / :cite:p:`a` in docstrings
+CITE_RE = re.compile(r"(?:\{cite(?::\w+)?\}|:cite(?::\w+)?:)`([^`]+)`")
+CODE_FENCE_RE = re.compile(r"^(`{3,}|~{3,})\s*(\{code-cell\}|python\b|ipython3?\b)")
+MAX_CODE_LINE = 88
+
+
+def bib_keys() -> list[str]:
+    return BIB_KEY_RE.findall((ROOT / "references.bib").read_text(encoding="utf-8"))
+
+
+def citations() -> dict[str, list[str]]:
+    """key -> the files citing it: every page of the book and every bgcn docstring."""
+    sources = [ROOT / f"{d}.md" for d in toc_files() if (ROOT / f"{d}.md").is_file()]
+    sources += sorted((ROOT / "bgcn").rglob("*.py"))
+    cited: dict[str, list[str]] = {}
+    for path in sources:
+        for m in CITE_RE.finditer(path.read_text(encoding="utf-8")):
+            for key in m.group(1).split(","):
+                cited.setdefault(key.strip(), []).append(path.relative_to(ROOT).as_posix())
+    return cited
+
+
+def test_bibliography_has_no_uncited_or_missing_entries():
+    keys = bib_keys()
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    cited = citations()
+    uncited = sorted(set(keys) - set(cited))
+    missing = {k: v for k, v in sorted(cited.items()) if k not in keys}
+    assert keys, "no entries found in references.bib"
+    assert not duplicates, f"references.bib defines these keys twice: {duplicates}"
+    assert not uncited, (f"references.bib entries cited nowhere in the book (pages in _toc.yml or "
+                         f"bgcn docstrings): {uncited}; cite them or remove them")
+    assert not missing, f"cited keys missing from references.bib: {missing}"
+
+
+def code_lines_too_long(path: Path, limit: int = MAX_CODE_LINE) -> list[tuple[int, int]]:
+    """(line number, length) of every code line longer than ``limit`` in a MyST chapter.
+
+    Code is what a reader sees as code: the body of ``{code-cell}`` cells (not their option
+    header: ``---``-fenced YAML or ``:key:`` lines) and of fenced ``python`` blocks, such as the
+    solutions of the exercises.
+    """
+    out, fence, in_header, first = [], None, False, False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if fence is None:
+            m = CODE_FENCE_RE.match(line)
+            if m:
+                fence, in_header, first = m.group(1), False, True
+            continue
+        if line.strip() == fence:
+            fence = None
+            continue
+        if first:
+            first = False
+            if line.strip() == "---":
+                in_header = True
+                continue
+        if in_header:
+            in_header = line.strip() != "---"
+            continue
+        if re.match(r"^:[\w-]+:", line):
+            continue
+        if len(line) > limit:
+            out.append((n, len(line)))
+    return out
+
+
+def test_code_line_helper_sees_cells_and_solutions_not_options(tmp_path):
+    page = tmp_path / "99_x.md"
+    long = "x = " + "1 + " * 30 + "1"
+    page.write_text("\n".join([
+        "```{code-cell} ipython3", "---", "mystnb:", "  figure:", "    caption: " + "w" * 100,
+        "---", long, "```", "prose " + "p" * 100, "```python", "ok = 1", long, "```",
+        "```{code-cell} ipython3", ":tags: [remove-cell]", "short = 2", "```"]))
+    assert code_lines_too_long(page) == [(7, len(long)), (12, len(long))]
+
+
+def test_chapter_code_lines_fit_the_column():
+    """Every code line of every chapter is at most 88 characters; lists all offenders at once."""
+    report = []
+    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md")):
+        for n, length in code_lines_too_long(path):
+            report.append(f"{path.relative_to(ROOT)}:{n}: {length} characters")
+    assert not report, (f"{len(report)} code lines longer than {MAX_CODE_LINE} characters "
+                        "(they overflow the page column):\n" + "\n".join(report))
