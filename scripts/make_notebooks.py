@@ -5,7 +5,12 @@ writes ``notebooks/chapters/NN_name.ipynb`` for every ``chapters/NN_name.md``:
 
 * with the outputs the book build computed, when ``_build/jupyter_execute/chapters/NN_name.ipynb``
   exists (run after ``make book``), else without outputs (jupytext conversion);
-* with a first cell that installs ``bgcn`` from the repository when it is not importable (Colab).
+* with a first cell that installs ``bgcn`` (with its widget extra) and ``myst-nb`` (the chapters
+  ``glue`` their measured numbers into the text) from the repository when they are not
+  importable (Colab).
+
+The repository's address is read from ``repository.url`` / ``repository.branch`` in _config.yml,
+the one place it is set.
 
 The GitHub workflow publishes ``notebooks/`` as the root of the ``colab`` branch, which the
 Colab launch button points at (``scripts/bookext.py``). ``notebooks/`` is git-ignored on main.
@@ -20,12 +25,26 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPO_URL = "https://github.com/bgcn-book/bgcn"   # keep in step with repository.url in _config.yml
-SETUP_SOURCE = f'''# Setup for Colab: install the book's library when it is not installed yet
+
+
+def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
+    """(url, branch) of the book's repository, from ``repository:`` in _config.yml."""
+    import yaml
+
+    repo = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("repository") or {}
+    url = str(repo.get("url") or "").rstrip("/")
+    if not url.startswith("https://"):
+        raise SystemExit(f"make_notebooks: repository.url in {config} must be an https URL, got {url!r}")
+    return url, str(repo.get("branch") or "main")
+
+
+def setup_source(url: str, branch: str) -> str:
+    """The first cell of every notebook: install what a bare Colab kernel lacks."""
+    return f'''# Setup for Colab: install the book's library (and myst-nb, whose glue the chapters use)
 try:
-    import bgcn
+    import bgcn, myst_nb
 except ImportError:
-    %pip install -q "bgcn @ git+{REPO_URL}@main"
+    %pip install -q "bgcn[widgets] @ git+{url}@{branch}" myst-nb
     import bgcn'''
 
 
@@ -40,7 +59,7 @@ def convert(md: Path, out_dir: Path, with_outputs: bool = True) -> Path:
         nb = jupytext.read(md)
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    setup = nbformat.v4.new_code_cell(SETUP_SOURCE, metadata={"tags": ["colab-setup"]})
+    setup = nbformat.v4.new_code_cell(setup_source(*repository()), metadata={"tags": ["colab-setup"]})
     nb.cells = [c for c in nb.cells if "colab-setup" not in c.get("metadata", {}).get("tags", [])]
     nb.cells.insert(0, setup)
     target = out_dir / "chapters" / f"{md.stem}.ipynb"

@@ -4,11 +4,13 @@ The second kind of reader does not read the static book: they open a chapter as 
 (Binder, Colab, their own JupyterLab) and run it. This test does that with chapter 05 (Plotly
 figures and the τ slider of :func:`bgcn.viz.widget_softmax_temperature`):
 
-1. converts ``chapters/05_temperature.md`` to ``.ipynb`` with jupytext, into a temporary folder;
+1. puts into a temporary folder ``chapters/05_temperature.md`` converted to ``.ipynb`` with
+   jupytext (what Colab opens), and the ``.md`` file itself (what Binder opens);
 2. starts JupyterLab on 127.0.0.1 (a free port, a random token, the test's own settings
-   folders) with the environment of a reader: no ``PLOTLY_RENDERER`` (the book build sets one;
-   a live notebook must draw with Plotly's default renderer);
-3. opens the notebook in headless Chromium (Playwright), runs ``notebook:run-all-cells`` and
+   folders, with binder/overrides.json's settings, so that ``.md`` opens as a Jupytext
+   notebook) with the environment of a reader: no ``PLOTLY_RENDERER`` (the book build sets
+   one; a live notebook must draw with Plotly's default renderer);
+3. opens each notebook in headless Chromium (Playwright), runs ``notebook:run-all-cells`` and
    waits until every code cell has run and the kernel is idle;
 4. checks: no error output; every Plotly output of the notebook is drawn (a ``.js-plotly-plot``
    with a ``.main-svg`` that holds traces), as many as the notebook has; no "Plotly is not
@@ -16,11 +18,13 @@ figures and the τ slider of :func:`bgcn.viz.widget_softmax_temperature`):
 5. moves the τ slider with the keyboard and checks that the widget's picture and caption change.
 
 Marker ``browser``. Skipped when Chromium, Playwright or JupyterLab is not installed (under
-``CI=true`` that is a failure, as in tests/test_browser.py). About a minute on two cores.
+``CI=true`` that is a failure, as in tests/test_browser.py). About a minute on two cores
+(both notebooks).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -53,14 +57,15 @@ def _unavailable(msg: str):
     pytest.skip(msg)
 
 
-def _chromium() -> str:
+def _chromium() -> str | None:
+    """The system Chromium (Debian's, as .ci/run installs it), else None: Playwright's own."""
     for name in (os.environ.get("BGCN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
                  "/usr/bin/chromium"):
         if name:
             path = shutil.which(name) or (name if Path(name).is_file() else None)
             if path:
                 return path
-    _unavailable("Chromium is not installed (apt-get install -y chromium, or set BGCN_CHROMIUM)")
+    return None
 
 
 def _free_port() -> int:
@@ -79,14 +84,25 @@ def lab(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("live")
     nb_dir, home = work / "nb", work / "home"
-    nb_dir.mkdir()
+    (nb_dir / "ipynb").mkdir(parents=True)
+    (nb_dir / "md").mkdir()
+    # the .ipynb a reader gets from jupytext (or Colab from scripts/make_notebooks.py) ...
     nb = jupytext.read(CHAPTER)
     nb.metadata.pop("jupytext", None)
-    jupytext.write(nb, nb_dir / "05_temperature.ipynb", fmt="ipynb")
+    jupytext.write(nb, nb_dir / "ipynb" / CHAPTER.with_suffix(".ipynb").name, fmt="ipynb")
+    # ... and the MyST file itself, which Binder opens as a notebook
+    shutil.copy(CHAPTER, nb_dir / "md" / CHAPTER.name)
+    settings = home / "settings" / "@jupyterlab"
+    # binder/overrides.json's settings, as user settings: .md opens as a Jupytext Notebook
+    overrides = json.loads((ROOT / "binder" / "overrides.json").read_text())
+    for plugin, values in overrides.items():
+        package, name = plugin.split(":")
+        f = home / "settings" / package / f"{name}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(values))
     # every cell in the DOM (no windowing), so that each figure can be checked without scrolling
-    tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
-    tracker.mkdir(parents=True)
-    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "notebook-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     env = {k: v for k, v in os.environ.items() if k not in ("PLOTLY_RENDERER", "MPLBACKEND", "JUPYTER_PLATFORM_DIRS")}
     env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"),
@@ -126,40 +142,50 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
+def browser(lab):
     exe = _chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         try:
-            browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+            b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         except Exception as exc:  # noqa: BLE001
-            _unavailable(f"Chromium could not be started ({exe}: {str(exc)[:300]})")
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        outside: list[str] = []
+            _unavailable(f"no Chromium could be started ({exe or 'none found'}: {str(exc)[:300]}); "
+                         "apt-get install -y chromium, or set BGCN_CHROMIUM")
+        yield b
+        b.close()
 
-        def route(r):
-            u = urlsplit(r.request.url)
-            if u.scheme in ("data", "blob") or u.hostname == "127.0.0.1":
-                return r.continue_()
-            outside.append(r.request.url)
-            return r.abort("blockedbyclient")
 
-        context.route("**/*", route)
-        pg = context.new_page()
-        pg.console_messages, pg.page_errors, pg.outside = [], [], outside
-        pg.on("console", lambda m: pg.console_messages.append(f"{m.type}: {m.text}"))
-        pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))
-        pg.goto(f"{lab['base']}/lab/tree/05_temperature.ipynb?token={lab['token']}",
-                wait_until="domcontentloaded", timeout=120_000)
-        yield pg
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        try:
-            pg.screenshot(path=str(SCREENSHOTS / "live__05_temperature.png"))
-        except Exception:  # noqa: BLE001
-            pass
-        context.close()
-        browser.close()
+@pytest.fixture(params=["ipynb", "md"])
+def page(request, lab, browser):
+    """Chapter 05 open in JupyterLab: as a converted .ipynb, and as the .md file (Binder's way)."""
+    kind = request.param
+    path = f"{kind}/{CHAPTER.stem}.{kind}"
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    outside: list[str] = []
+
+    def route(r):
+        u = urlsplit(r.request.url)
+        if u.scheme in ("data", "blob") or u.hostname == "127.0.0.1":
+            return r.continue_()
+        outside.append(r.request.url)
+        return r.abort("blockedbyclient")
+
+    context.route("**/*", route)
+    pg = context.new_page()
+    pg.console_messages, pg.page_errors, pg.outside, pg.kind = [], [], outside, kind
+    pg.on("console", lambda m: pg.console_messages.append(f"{m.type}: {m.text}"))
+    pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))
+    pg.goto(f"{lab['base']}/lab/tree/{path}?token={lab['token']}&reset",   # reset: no old layout
+            wait_until="domcontentloaded", timeout=120_000)
+    pg.nb_path = path
+    yield pg
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        pg.screenshot(path=str(SCREENSHOTS / f"live__{CHAPTER.stem}__{kind}.png"))
+    except Exception:  # noqa: BLE001
+        pass
+    context.close()
 
 
 JS_READY = """async () => {
@@ -201,8 +227,13 @@ JS_PLOTS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plo
 
 def test_chapter_05_runs_live_in_jupyterlab(page):
     page.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
-    page.wait_for_function("() => !!(window.jupyterapp.shell.currentWidget"
-                           " && window.jupyterapp.shell.currentWidget.sessionContext)", timeout=120_000)
+    page.wait_for_function("() => !!window.jupyterapp.shell.currentWidget", timeout=120_000)
+    opened = page.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
+        await w.context.ready;
+        return {notebook: !!(w.sessionContext && w.content && w.content.widgets),
+                path: w.context.path, factory: w.context.factoryName || ''}; }""")
+    assert opened["path"] == page.nb_path, opened
+    assert opened["notebook"], f"{opened['path']} did not open as a notebook: {opened}"
     status = page.evaluate(JS_READY)
     assert status in ("idle", "starting", "busy", "unknown"), f"notebook/kernel not ready: {status}"
     t0 = time.monotonic()
@@ -217,7 +248,7 @@ def test_chapter_05_runs_live_in_jupyterlab(page):
     assert state is not None and not state["errors"], f"error output after Run All: {state['errors']}"
     assert state["done"] == state["cells"] and state["status"] == "idle", (
         f"Run All did not finish in {RUN_TIMEOUT_S} s: {state}")
-    print(f"Run All of chapter 05 in JupyterLab: {run_s:.1f} s, {state['cells']} code cells")
+    print(f"Run All of chapter 05 ({page.kind}) in JupyterLab: {run_s:.1f} s, {state['cells']} code cells")
 
     # every Plotly output is drawn by JupyterLab's Plotly renderer (jupyterlab-plotly)
     assert state["plotlyOutputs"] >= 2, f"the notebook should hold Plotly outputs: {state}"
@@ -252,8 +283,15 @@ def test_chapter_05_runs_live_in_jupyterlab(page):
         "([el, old]) => el.innerText !== old", arg=[caption.element_handle(), before_caption], timeout=30_000)
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
                            arg=[img.element_handle(), before_src], timeout=30_000)
+    deadline = time.monotonic() + 60      # let the kernel finish the queued redraws
+    while page.evaluate(JS_STATE)["status"] != "idle" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
     after_caption = caption.inner_text()
+    readout = float(widget.locator(".widget-readout").first.inner_text())
     tau_before = float(re.search(r"τ = ([0-9.e+-]+)", before_caption).group(1))
     tau_after = float(re.search(r"τ = ([0-9.e+-]+)", after_caption).group(1))
     assert tau_after < tau_before, (before_caption, after_caption)
+    # the caption (written by the kernel) shows the slider's final value
+    assert abs(tau_after - readout) <= 0.01 * readout, (readout, after_caption)
     assert not page.outside, f"requests outside 127.0.0.1: {sorted(set(page.outside))[:10]}"
