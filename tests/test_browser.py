@@ -12,7 +12,8 @@ CDN is answered from a local copy, and any request that cannot be is a failure:
 Per page: no uncaught exception and no console error; math typeset by MathJax (and no MathJax
 error); every Plotly figure drawn, with its slider where it has one; static widgets rendered;
 images loaded; internal links point at files that exist (and at anchors that exist). A screenshot
-of each page goes to ``_build/screenshots/``. On the temperature chapter a slider is moved with
+of each whole page goes to ``_build/screenshots/``: ``<page>.png``, or, for a page taller than
+one slice (8 000 px), ``<page>-01.png``, ``<page>-02.png``, ... from top to bottom. On the temperature chapter a slider is moved with
 the mouse and the figure must change.
 
 Without a browser the tests are skipped, except under CI (``CI=true``), where that fails.
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -43,7 +45,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-default-apps", "--disable-extensions"]
-MAX_SHOT_HEIGHT = 12_000  # px; the API page is ~110 000 px tall
+SHOT_SLICE = 8_000  # px per screenshot file; the API page is ~110 000 px tall, in slices
 NPM_PACKAGES = {"requirejs": "2.3.4", "@jupyter-widgets/html-manager": "1.0.6", "mathjax": "3.2.2"}
 
 
@@ -298,11 +300,70 @@ def check_page(run: PageRun) -> list[str]:
 
     problems += run.errors
     problems += [f"request not served locally: {u}" for u in dict.fromkeys(run.unserved)]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    height = min(page.evaluate("() => document.documentElement.scrollHeight"), MAX_SHOT_HEIGHT)
-    page.screenshot(path=str(SCREENSHOTS / (run.doc.replace("/", "__") + ".png")), full_page=True,
-                    clip={"x": 0, "y": 0, "width": 1280, "height": height})
+    save_full_page(page, run.doc)
     return problems
+
+
+def shot_slices(height: int, slice_px: int = SHOT_SLICE) -> list[tuple[int, int]]:
+    """(top, height) of the slices that cover a page of ``height`` px, top to bottom, no overlap."""
+    height = max(int(height), 1)
+    return [(y, min(slice_px, height - y)) for y in range(0, height, slice_px)]
+
+
+def save_full_page(page, doc: str) -> list[Path]:
+    """Screenshot the whole page, in slices of SHOT_SLICE px (Chromium cannot paint one image
+    taller than about 16 000 px). Returns the files written, top to bottom."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    stem = doc.replace("/", "__")
+    for old in [SCREENSHOTS / f"{stem}.png", *SCREENSHOTS.glob(f"{stem}-[0-9][0-9]*.png")]:
+        old.unlink(missing_ok=True)  # slices of an earlier, longer version of the page
+    height = page.evaluate("() => Math.max(document.documentElement.scrollHeight, "
+                           "document.body ? document.body.scrollHeight : 0)")
+    width = page.viewport_size["width"] if page.viewport_size else 1280
+    slices = shot_slices(height)
+    files = []
+    for i, (top, h) in enumerate(slices, 1):
+        name = f"{stem}.png" if len(slices) == 1 else f"{stem}-{i:02d}.png"
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True,
+                        clip={"x": 0, "y": top, "width": width, "height": h})
+        files.append(SCREENSHOTS / name)
+    return files
+
+
+@pytest.mark.parametrize("height", [1, 900, SHOT_SLICE - 1, SHOT_SLICE, SHOT_SLICE + 1, 110_003])
+def test_screenshot_slices_cover_the_whole_page(height):
+    slices = shot_slices(height)
+    assert slices[0][0] == 0 and all(h > 0 and h <= SHOT_SLICE for _, h in slices)
+    assert all(a + ha == b for (a, ha), (b, _) in zip(slices, slices[1:])), "gap or overlap"
+    assert slices[-1][0] + slices[-1][1] == height, "the bottom of the page is not covered"
+
+
+def test_full_page_screenshot_reaches_the_bottom(browser, tmp_path, monkeypatch):
+    """A page taller than two slices comes back whole: every slice shows its own band of the page."""
+    from PIL import Image
+
+    bands = 25  # 1000 px each, 25 000 px in all: beyond what one Chromium image can hold
+    colour = lambda i: ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)
+    html = "".join(f'<div style="height:1000px;background:rgb{colour(i)}"></div>' for i in range(bands))
+    page_file = tmp_path / "tall.html"
+    page_file.write_text(f"<html><body style='margin:0'>{html}</body></html>")
+    monkeypatch.setattr(sys.modules[__name__], "SCREENSHOTS", tmp_path / "shots")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(page_file.as_uri())
+        files = save_full_page(page, "tall")
+    finally:
+        context.close()
+    assert len(files) == len(shot_slices(bands * 1000))
+    covered = 0
+    for f, (top, h) in zip(files, shot_slices(bands * 1000)):
+        im = Image.open(f).convert("RGB")
+        assert im.size[1] == h, f"{f.name}: {im.size[1]} px tall, expected {h}"
+        for y in range(500, h, 1000):  # the middle of every band in this slice
+            assert im.getpixel((640, y)) == colour((top + y) // 1000), f"{f.name} at y={top + y}"
+        covered += h
+    assert covered == bands * 1000
 
 
 def pages() -> list[str]:
