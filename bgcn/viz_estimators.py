@@ -41,6 +41,7 @@ __all__ = [
     "plot_toy_row",
     "plot_estimator_row",
     "paired_differences",
+    "classify_differences",
     "plot_paired_differences",
 ]
 
@@ -262,6 +263,34 @@ def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_ac
         sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
         out[row] = {"mean": float(d.mean()), "std": sd, "n": len(d),
                     "se": sd / math.sqrt(len(d)) if len(d) > 1 else float("nan"), "diffs": d.tolist()}
+    return out
+
+
+def classify_differences(diffs: dict, exclude: Sequence[str] = ()) -> dict:
+    r"""Sort the rows of :func:`paired_differences` into ahead / within / behind by one standard deviation.
+
+    A row is ``"within"`` when :math:`|\bar d| \le \text{std}(d)` (the paired differences'
+    sample standard deviation over seeds), ``"ahead"`` when :math:`\bar d > \text{std}(d)`,
+    ``"behind"`` when :math:`\bar d < -\text{std}(d)`, and ``"one_seed"`` when there is a single
+    seed (no spread to compare with). Rows in ``exclude`` (e.g. the reference itself) are left out.
+    Each list is ordered by decreasing mean difference.
+
+    Shapes: dict of dicts -> {"ahead", "within", "behind", "one_seed"}: lists of row names.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    out = {"ahead": [], "within": [], "behind": [], "one_seed": []}
+    for row, d in sorted(diffs.items(), key=lambda kv: -kv[1]["mean"]):
+        if row in exclude:
+            continue
+        if d["n"] < 2 or not math.isfinite(d["std"]):
+            out["one_seed"].append(row)
+        elif abs(d["mean"]) <= d["std"]:
+            out["within"].append(row)
+        elif d["mean"] > 0:
+            out["ahead"].append(row)
+        else:
+            out["behind"].append(row)
     return out
 
 

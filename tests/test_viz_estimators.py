@@ -13,6 +13,7 @@ import bgcn  # noqa: E402
 import bgcn.estimators as E  # noqa: E402
 from bgcn.viz_estimators import (  # noqa: E402
     CHOSEN_COLOUR,
+    classify_differences,
     OTHER_COLOUR,
     ROW_ESTIMATORS,
     estimator_row,
@@ -149,6 +150,15 @@ def test_paired_differences_pairs_by_seed():
     assert "c" not in d
     with pytest.raises(ValueError, match="reference="):
         paired_differences(runs, "z")
+    runs += [{"row": "e", "seed": s, "test_acc": 0.90 + 0.01 * s - 0.02 - 0.001 * s}
+             for s in range(3)]
+    runs += [{"row": "f", "seed": 0, "test_acc": 0.95}]
+    d = paired_differences(runs, "a")
+    cls = classify_differences(d, exclude=["a"])
+    # b: mean +1.67, std 1.15 -> ahead; e: mean -2.1, std 0.1 -> behind; f: one seed
+    assert cls == {"ahead": ["b"], "within": [], "behind": ["e"], "one_seed": ["f"]}
+    d["b"]["std"] = 2.0
+    assert classify_differences(d, exclude=["a"])["within"] == ["b"]
     fig = plot_paired_differences([("vs a", d)])
     assert len(fig.axes) == 1
     plt.close(fig)
