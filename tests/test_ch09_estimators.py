@@ -108,3 +108,91 @@ def test_blackbox_absolute_lambda_too_small_on_cosine_scores():
         (ESTIMATORS["blackbox"](v, 5, 1.0, exclude_self=True, state=st, **kw).dense * g).sum().backward()
         shares.append(st.changed_rows)
     assert shares[0] < 0.2 and shares[1] > 0.8
+
+
+def test_reinforce_expectations_by_enumeration():
+    """Page 1's exact checks: over every group of S samples, the no-baseline and leave-one-out
+    estimates are unbiased, and the batch mean that includes the sample's own reward gives
+    exactly (1 - 1/S) times the gradient."""
+    import itertools
+
+    th = torch.tensor([0.2, -0.3, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    wr = torch.tensor([1.0, -0.5, 2.0, 0.3], dtype=torch.float64)
+
+    def reward(idx):
+        return 10.0 + torch.zeros(idx.shape[0], 4, dtype=torch.float64).scatter(1, idx, 1.0) @ wr
+
+    t = torch.tensor(list(itertools.permutations(range(4), 2)))
+    (exact,) = torch.autograd.grad((E.plackett_luce_log_prob(th.expand(len(t), 4), t).exp()
+                                    * reward(t)).sum(), th)
+    S = 3
+    groups = torch.tensor(list(itertools.product(range(len(t)), repeat=S)))
+    idx = t[groups.T.reshape(-1)]
+    lp = E.plackett_luce_log_prob(th.expand(len(idx), 4), idx).reshape(S, -1)
+    P = lp.detach().sum(0).exp()
+    assert abs(float(P.sum()) - 1) < 1e-13
+    R = reward(idx).reshape(S, -1)
+    got = {}
+    for base in (None, "loo", "mean"):
+        b = R.mean(0, keepdim=True) if base == "mean" else base
+        (g,) = torch.autograd.grad(E.reinforce_surrogate(lp * P, R, b), th, retain_graph=True)
+        got[base] = -g
+    scale = float(exact.abs().max())
+    assert float((got[None] - exact).abs().max()) < 1e-13 * scale
+    assert float((got["loo"] - exact).abs().max()) < 1e-13 * scale
+    assert float((got["mean"] - (1 - 1 / S) * exact).abs().max()) < 1e-13 * scale
+    assert float((got["mean"] - exact).abs().max()) > 0.1 * scale      # the bias is real
+
+
+def test_plackett_luce_pair_closed_form():
+    th = torch.tensor([0.3, -1.0, 1.2, 0.0, 0.5, -0.4], dtype=torch.float64)
+    t = torch.tensor([(a, b) for a in range(6) for b in range(6) if a != b])
+    p = E.plackett_luce_log_prob(th.expand(len(t), 6), t).exp()
+    w = torch.softmax(th, 0)
+    closed = w[t[:, 0]] * w[t[:, 1]] / (1 - w[t[:, 0]])
+    assert torch.allclose(p, closed, rtol=1e-13, atol=0)
+
+
+def test_imle_division_by_lambda():
+    """Page 1's I-MLE paragraph: scale=False is torch-imle's undivided z - z' (entries in
+    {-1, 0, 1}); with the default gradient-relative lambda it does not grow with the loss, while
+    the default scale=True gradient is proportional to it; with a fixed lambda the two differ by
+    exactly 1/lambda."""
+    s = torch.randn(8, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    g = torch.randn(8, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+
+    def grad(upstream, **kw):
+        x = s.clone().requires_grad_(True)
+        sel = ESTIMATORS["imle"](x, 4, 1.0, generator=torch.Generator().manual_seed(3), **kw)
+        (sel.dense * upstream).sum().backward()
+        return x.grad
+
+    raw, raw100 = grad(g, scale=False), grad(100 * g, scale=False)
+    assert set(raw.unique().tolist()) <= {-1.0, 0.0, 1.0} and bool((raw != 0).any())
+    assert torch.equal(raw, raw100)                          # blind to the loss's size
+    div, div100 = grad(g), grad(100 * g)
+    assert torch.allclose(div100, 100 * div, rtol=1e-12, atol=0)
+    fixed = grad(g, lam=0.5, scale=False), grad(g, lam=0.5)
+    assert torch.allclose(fixed[1], fixed[0] / 0.5, rtol=0, atol=0)
+
+
+def test_page2_reading_matches_the_committed_table():
+    """Page 2 reads results/estimators.json by seed-paired differences; with every seed present,
+    the mean paired difference is the difference of the table's means."""
+    import json
+    from pathlib import Path
+
+    from bgcn.viz_estimators import classify_differences, paired_differences
+
+    path = Path(__file__).resolve().parents[1] / "results" / "estimators.json"
+    if not path.is_file():
+        pytest.skip("results/estimators.json not committed")
+    full = json.loads(path.read_text())
+    summ = {s["row"]: s for s in full["summary"]}
+    d = paired_differences(full["runs"], "softmax_taudata")
+    for row, v in d.items():
+        assert v["n"] == full["config"]["seeds"]
+        want = 100 * (summ[row]["test_acc"] - summ["softmax_taudata"]["test_acc"])
+        assert abs(v["mean"] - want) < 1e-9
+    cls = classify_differences(d, exclude=["softmax_taudata"])
+    assert sorted(sum(cls.values(), [])) == sorted(r for r in d if r != "softmax_taudata")
