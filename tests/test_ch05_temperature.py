@@ -182,3 +182,60 @@ def test_topk_mass_range_bound():
         r = S.max(1).values - S.min(1).values
         bound = 6 * torch.exp(r / tau) / (6 * torch.exp(r / tau) + 100 - 6)
         assert (bgcn.topk_mass(w, 6) <= bound + 1e-15).all()
+
+
+# --------------------------------------------------------------------------- claims added in issue 9
+
+def test_node0_gap_is_typical_of_the_digits(digits_similarity):
+    """The chapter reads node 0's top-1/top-2 gap as 'typical': it lies near the median gap."""
+    S = digits_similarity
+    n = S.shape[0]
+    off = S.masked_select(~torch.eye(n, dtype=torch.bool)).view(n, n - 1)
+    top2 = torch.topk(off, 2, dim=1).values
+    gaps = top2[:, 0] - top2[:, 1]
+    med = gaps.median().item()
+    assert 0.004 < med < 0.008                                # measured 0.0056
+    assert gaps.quantile(0.25) < gaps[0] < gaps.quantile(0.75)  # node 0 (0.0063) is typical
+    # and the gradient peak (tau ~ 0.003) is about half of it, as the text says
+    r = gradient_norm_vs_tau(S, np.logspace(-5, 2, 29), 10, rows=torch.arange(0, n, 9))
+    peak = float(np.logspace(-5, 2, 29)[int(r["grad_norm_median"].argmax())])
+    assert 0.3 < peak / med < 0.9
+
+
+def test_hot_gradient_limit_error_falls_like_one_over_tau():
+    """||dL/dS_i|| -> ||g_hat_i - mean||/(n tau); the relative error is O(1/tau) (chapter 05 check)."""
+    S = _sim(200, d=16)
+    n = S.shape[0] - 1
+    off = ~torch.eye(S.shape[0], dtype=torch.bool)
+    g = torch.randn(S.shape[0], 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    top = torch.topk(S.masked_fill(~off, -np.inf), 5).indices
+    g_hat = torch.zeros(S.shape[0], S.shape[0], dtype=torch.float64).scatter(1, top, g)[off].view(-1, n)
+    spread = (g_hat - g_hat.mean(1, keepdim=True)).norm(dim=1).mean().item()
+    rel = {}
+    for tau in (1e2, 1e3, 1e4):
+        norm = gradient_norm_vs_tau(S, [tau], 5, upstream=g)["grad_norm"][0].item()
+        rel[tau] = abs(norm - spread / (n * tau)) / (spread / (n * tau))
+    assert rel[1e4] < 1e-3
+    assert rel[1e2] / rel[1e3] == pytest.approx(10, rel=0.05)
+    assert rel[1e3] / rel[1e4] == pytest.approx(10, rel=0.05)
+
+
+def test_exercise_05_2_hot_gradient_entries_use_the_mean():
+    """Exercise 05-2's solution: at large tau, kept entries ~ (g - gbar)/(N tau), unkept ~ -gbar/(N tau),
+
+    with gbar the *mean* of g_hat over the N entries of the row (not the sum).
+    """
+    S = _sim(300, d=16)
+    N, k, tau = S.shape[0], 6, 1e5
+    g = torch.randn(N, k, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grad = soft_topk_gradient(S, g, k, tau)                   # self included: all N entries
+    idx = torch.topk(S, k).indices
+    g_hat = torch.zeros(N, N, dtype=torch.float64).scatter(1, idx, g)
+    gbar = g_hat.mean(1, keepdim=True)
+    approx = (g_hat - gbar) / (N * tau)
+    assert ((grad - approx).abs().max() / approx.abs().max()).item() < 1e-3
+    kept = torch.zeros(N, N, dtype=torch.bool).scatter(1, idx, True)
+    unkept = grad.masked_select(~kept).view(N, N - k)
+    assert torch.allclose(unkept, (-gbar / (N * tau)).expand(N, N - k), rtol=1e-3, atol=0)
+    # the sum in place of the mean would be N times too large
+    assert not torch.allclose(unkept, (-g_hat.sum(1, keepdim=True) / (N * tau)).expand(N, N - k), rtol=0.5)

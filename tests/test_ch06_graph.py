@@ -175,3 +175,21 @@ def test_transductive_reach(digits):
     feeds = reach[train].any(0).double().mean().item()
     assert 0.35 < has_labelled_nb < 0.5               # "fewer than half"
     assert 0.75 < feeds < 0.9                          # "most images"
+
+
+# --------------------------------------------------------------------------- the chapter's text (issue 9)
+
+def test_chapter_quotes_the_edge_loop_speedup_from_the_cell():
+    """The speed-up of the reshape over the seed's loop depends on N and on the machine: chapter 06
+    quotes it only through glue, at two sizes, and says that it depends on N."""
+    import re
+    from pathlib import Path
+
+    ch06 = (Path(__file__).resolve().parents[1] / "chapters" / "06_rankings_to_graph.md").read_text(encoding="utf-8")
+    prose = re.sub(r"```.*?```", "", ch06, flags=re.S)         # the text outside code
+    assert not re.search(r"\b\d[\d,]*\s*(×|x|times)\s+faster", prose), "a typed speed-up in chapter 06"
+    assert not re.search(r"(a|about a) thousand times faster", prose)
+    for n in (200, 2000):
+        assert f"{{glue:text}}`speedup_{n}:" in prose
+        assert f'glue(f"speedup_{{n_t}}"' in ch06 and f"for n_t in (200, 2000)" in ch06
+    assert "depends on $N$" in prose

@@ -39,7 +39,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "chapters" / "05_temperature.md"
@@ -225,6 +224,8 @@ JS_PLOTS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plo
 }))"""
 
 
+@pytest.mark.browser
+@pytest.mark.timeout(420)
 def test_chapter_05_runs_live_in_jupyterlab(page):
     page.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
     page.wait_for_function("() => !!window.jupyterapp.shell.currentWidget", timeout=120_000)
@@ -295,3 +296,33 @@ def test_chapter_05_runs_live_in_jupyterlab(page):
     # the caption (written by the kernel) shows the slider's final value
     assert abs(tau_after - readout) <= 0.01 * readout, (readout, after_caption)
     assert not page.outside, f"requests outside 127.0.0.1: {sorted(set(page.outside))[:10]}"
+
+
+def test_binder_and_colab_environments_install_the_library():
+    """Static (no browser): what Binder and Colab need to run a chapter live."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_notebooks
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["launch_buttons"]["notebook_interface"] == "jupyterlab"   # classic opens .md as text
+    binder = ROOT / "binder"
+    req = (binder / "requirements.txt").read_text().split("\n")
+    assert "-r ../requirements.txt" in req
+    assert any(line.startswith("--extra-index-url https://download.pytorch.org/whl/cpu") for line in req)
+    post = binder / "postBuild"
+    assert os.access(post, os.X_OK), "binder/postBuild must be executable"
+    text = post.read_text()
+    assert "pip install --no-deps -e ." in text and "overrides.json" in text
+    viewers = json.loads((binder / "overrides.json").read_text())[
+        "@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
+    root_req = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^jupyterlab>=4", root_req, re.M) and re.search(r"^jupytext>=1.16", root_req, re.M)
+    # one repository URL: _config.yml's, read by make_notebooks
+    url, branch = make_notebooks.repository()
+    assert url == config["repository"]["url"].rstrip("/") and branch == config["repository"]["branch"]
+    setup = make_notebooks.setup_source(url, branch)
+    assert f'"bgcn[widgets] @ git+{url}@{branch}" myst-nb' in setup
+    assert "github.com" not in (ROOT / "scripts" / "make_notebooks.py").read_text()
