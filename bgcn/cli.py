@@ -16,13 +16,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from .utils import json_safe as _json_safe
+from .utils import versions
 
 __all__ = ["main", "build_parser", "run_train", "versions"]
 
@@ -228,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
-    r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    amp = r.add_mutually_exclusive_group()
+    amp.add_argument("--amp", action="store_true",
+                     help="bf16 autocast for the backbone on CUDA (off by default: bf16-rounded features "
+                          "change the kNN graph; worth it only for a large backbone)")
+    amp.add_argument("--no-amp", action="store_true", help="no bf16 autocast (the default; kept for old scripts)")
     r.add_argument("--out", default=None, help="output folder (default runs/<mode>-<estimator>-seed<seed>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     r.add_argument("--graph-every", type=_nonneg_int, default=1,
@@ -274,28 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------------
-def versions() -> dict:
-    """Versions of Python, torch, bgcn and friends, plus the platform and CPU threads.
-
-    Shapes: none (command line).
-
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
-    """
-    import torch
-
-    from . import __version__
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "bgcn": __version__,
-           "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-    for mod in ("torch_geometric", "timm", "sklearn", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            pass
-    return out
-
-
 def _check_out(out: Path) -> None:
     """``--out`` must be a folder or creatable as one: not a file, not under a file, writable."""
     if out.exists():
@@ -438,7 +420,7 @@ def run_train(args: argparse.Namespace) -> dict:
     res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
                 warmup_epochs=warmup,
                 lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
-                device=args.device, amp=not args.no_amp, graph_every=args.graph_every,
+                device=args.device, amp=bool(args.amp), graph_every=args.graph_every,
                 checkpoint=ckpt, resume=resume, progress=args.progress,
                 max_grad_norm=args.max_grad_norm, extra_config=extra)
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,

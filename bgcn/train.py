@@ -600,7 +600,7 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
     seed_everything(seed)
     model.to(dev)
     generator = torch.Generator(device=dev)
-    generator.manual_seed(seed + 1)
+    generator.manual_seed((seed + 1) % 2**64)  # seed may be 2**64 - 1
     warm = 0 if mode == "frozen" else warmup_epochs
 
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
