@@ -249,6 +249,7 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
         raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
     dev = get_device(device)
     cfg.update({"rows": names, "quick": bool(quick), "device": str(dev), "threads": torch.get_num_threads(),
+                "pretrained": None if pretrained is None else str(pretrained),
                 "selection": "test accuracy at the epoch of best validation accuracy",
                 "val_per_class": "= labels_per_class"})
     out = Path(out)
@@ -408,8 +409,10 @@ def format_tables(summary: list[dict], cfg: dict, tau_data: float) -> str:
         return "–" if v is None else format(scale * v, fmt)
 
     head = (f"Digits ({cfg['num_images']} images), {cfg['labels_per_class']} labels per class, k = {cfg['k']}, "
-            f"{cfg['seeds']} seed(s); backbone `{cfg['backbone']}` pre-trained without labels "
-            f"({cfg['pretrain_epochs']} epochs SimCLR-lite); {cfg['epochs']} epochs per run, of which the first "
+            f"{cfg['seeds']} seed(s); backbone `{cfg['backbone']}` "
+            + (f"loaded from `{Path(cfg['pretrained']).name}`" if cfg.get("pretrained") else
+               f"pre-trained without labels ({cfg['pretrain_epochs']} epochs SimCLR-lite)")
+            + f"; {cfg['epochs']} epochs per run, of which the first "
             f"{cfg['warmup_epochs']} train only the GCN on the pre-trained features (warm-up), then backbone and GCN "
             f"together; the warm-up trains on the hard kNN graph of the pre-trained features under no_grad, "
             f"the same for every row. Test accuracy at the epoch of best validation accuracy among the joint "
