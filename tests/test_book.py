@@ -288,3 +288,19 @@ def test_chapter_code_lines_fit_the_column():
             report.append(f"{path.relative_to(ROOT)}:{n}: {length} characters")
     assert not report, (f"{len(report)} code lines longer than {MAX_CODE_LINE} characters "
                         "(they overflow the page column):\n" + "\n".join(report))
+
+
+def test_toc_nests_a_chapters_second_page_as_a_section(tmp_path):
+    """Two files with one NN are one chapter (9 and 9.1), so the next chapter keeps its number."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_toc
+
+    (tmp_path / "chapters").mkdir()
+    for name in ["08_a", "09_b", "09_b_more", "10_c"]:
+        (tmp_path / "chapters" / f"{name}.md").write_text("# x\n")
+    toc = yaml.safe_load(make_toc.render(tmp_path))
+    part = next(p for p in toc["parts"] if p["caption"].startswith("Part II"))
+    assert [e["file"] for e in part["chapters"]] == ["chapters/08_a", "chapters/09_b", "chapters/10_c"]
+    assert part["chapters"][1]["sections"] == [{"file": "chapters/09_b_more"}]
