@@ -33,6 +33,7 @@ def _small(epochs: int = 3) -> list[str]:
 SMALL = _small()
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(SMALL + ["--mode", "end2end", "--tau", "auto", "--out", str(out)]) == 0
@@ -109,6 +110,7 @@ def test_cli_subprocess_bad_flag_no_traceback():
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_quick_experiment_runs_the_quick_settings(tmp_path):
     from bgcn.experiment import QUICK
 
