@@ -95,3 +95,49 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# -- one headless Chromium for the whole session (tests/test_browser.py, tests/test_live_notebook.py) --
+# Playwright's sync API runs an event loop in this thread while it is open, so a second
+# sync_playwright() in the same session fails ("Sync API inside the asyncio loop"): both browser
+# test files share this one.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-default-apps", "--disable-extensions"]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(msg: str, what: str = "the browser test"):
+    """Skip, or fail under CI=true where the browser tests must run."""
+    if IN_CI:
+        pytest.fail(f"{msg} (CI=true: {what} must run)")
+    pytest.skip(msg)
+
+
+def find_chromium() -> str | None:
+    """The system Chromium (Debian's, as .ci/run installs it), else None: Playwright's own."""
+    for name in (os.environ.get("BGCN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
+                 "google-chrome-stable", "/usr/bin/chromium"):
+        if name:
+            path = shutil.which(name) or (name if Path(name).is_file() else None)
+            if path:
+                return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (Playwright), started once per session."""
+    exe = find_chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        try:  # the system Chromium, else the one `playwright install chromium` put in its cache
+            b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001
+            unavailable(f"no Chromium could be started ({exe or 'none found'}: {str(exc)[:300]}); "
+                        "apt-get install -y chromium, or set BGCN_CHROMIUM")
+        yield b
+        b.close()

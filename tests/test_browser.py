@@ -25,7 +25,6 @@ import http.server
 import mimetypes
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -42,9 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 JS_CACHE = Path(os.environ.get("BGCN_JS_CACHE", Path.home() / ".cache" / "bgcn-js"))
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-default-apps", "--disable-extensions"]
 SHOT_SLICE = 8_000  # px per screenshot file; the API page is ~110 000 px tall, in slices
 NPM_PACKAGES = {"requirejs": "2.3.4", "@jupyter-widgets/html-manager": "1.0.6", "mathjax": "3.2.2"}
 
@@ -53,16 +49,6 @@ def _unavailable(msg: str):
     if IN_CI:
         pytest.fail(msg + " (CI=true: the browser test must run)")
     pytest.skip(msg)
-
-
-def find_chromium() -> str | None:
-    for name in (os.environ.get("BGCN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
-                 "google-chrome-stable", "/usr/bin/chromium"):
-        if name:
-            path = shutil.which(name) or (name if Path(name).is_file() else None)
-            if path:
-                return path
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,23 +121,6 @@ def site(built_book):
     yield f"http://127.0.0.1:{server.server_address[1]}", html
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    exe = find_chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install playwright)")
-    with sync_playwright() as p:
-        try:  # the system Chromium, else the one `playwright install chromium` put in its cache
-            b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        except Exception as exc:  # noqa: BLE001
-            _unavailable(f"no Chromium could be started ({exe or 'none found'}: {str(exc)[:300]}); "
-                         "apt-get install -y chromium, or set BGCN_CHROMIUM")
-        yield b
-        b.close()
 
 
 class PageRun:

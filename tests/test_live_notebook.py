@@ -44,9 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "chapters" / "05_temperature.md"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-default-apps", "--disable-extensions"]
 RUN_TIMEOUT_S = 240      # Run All of chapter 05 takes ~20 s alone, longer on a loaded machine
 
 
@@ -54,17 +51,6 @@ def _unavailable(msg: str):
     if IN_CI:
         pytest.fail(msg + " (CI=true: the live-notebook test must run)")
     pytest.skip(msg)
-
-
-def _chromium() -> str | None:
-    """The system Chromium (Debian's, as .ci/run installs it), else None: Playwright's own."""
-    for name in (os.environ.get("BGCN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
-                 "/usr/bin/chromium"):
-        if name:
-            path = shutil.which(name) or (name if Path(name).is_file() else None)
-            if path:
-                return path
-    return None
 
 
 def _free_port() -> int:
@@ -138,21 +124,6 @@ def lab(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-
-
-@pytest.fixture(scope="module")
-def browser(lab):
-    exe = _chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        except Exception as exc:  # noqa: BLE001
-            _unavailable(f"no Chromium could be started ({exe or 'none found'}: {str(exc)[:300]}); "
-                         "apt-get install -y chromium, or set BGCN_CHROMIUM")
-        yield b
-        b.close()
 
 
 @pytest.fixture(params=["ipynb", "md"])
