@@ -48,6 +48,8 @@ def test_chapter08_claims(exp):
     assert all(d["mean"] > 0 for d in feat) and any(d["beyond_noise"] for d in feat), "small consistent gain"
     ctrl = [paired_difference(exp["runs"], "end2end_features_random", "frozen_random", l) for l in lpcs]
     assert all(d["mean"] > 0 for d in ctrl), "the positive control gains over its frozen twin"
+    soft = [paired_difference(exp["runs"], "end2end_softmax_taudata", "frozen", l) for l in lpcs]
+    assert all(d["mean"] < 0 for d in soft), "the softmax at tau from the data behind frozen on average"
     # the softmax at tau from the data loses against its own warm-up on average (the switch of graphs)
     wg = [r["gain_over_warmup"] for r in exp["runs"] if r["method"] == "end2end_softmax_taudata"]
     assert sum(wg) / len(wg) < 0
