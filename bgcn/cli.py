@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--estimator", type=_estimator, default="softmax",
                    help="top-k estimator for --mode end2end (see bgcn.ESTIMATORS); ignored by the other modes")
     m.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
+    m.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="build the kNN graph in blocks of this many rows, never an N x N matrix (hard graph, "
+                        "or --estimator values / masked_softmax; chapter 10); default: dense")
     m.add_argument("--tau", type=_tau, default="auto",
                    help="temperature > 0, or 'auto': the tau at which the k nearest neighbours hold half of the "
                         "softmax mass on the initial features (bgcn.temperature.suggest_tau); seed 000's tau=1 "
@@ -409,7 +412,7 @@ def run_train(args: argparse.Namespace) -> dict:
         tau = suggest_tau(cosine_similarity(feats), args.k, method="mass", exclude_self=not args.include_self)
     model = build_model(backbone, num_classes, k=args.k, estimator=estimator, tau=float(tau), hidden=args.hidden,
                         dropout=args.dropout, mode=args.mode, exclude_self=not args.include_self,
-                        symmetric=args.symmetric)
+                        symmetric=args.symmetric, chunk_size=args.chunk_size)
     # everything that defines the run: train() refuses to resume a checkpoint where one differs
     extra = {"dataset": args.dataset, "synthetic_n": args.synthetic_n if args.dataset == "synthetic" else None,
              "image_shape": [int(v) for v in images.shape[1:]], "num_classes": int(num_classes),

@@ -33,6 +33,9 @@ from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["EndToEnd", "MODES", "build_model", "score_function_surrogate"]
 
+#: estimators whose graph needs no full similarity row (the chunked path of knn_graph)
+_CHUNKABLE = frozenset({"hard", "values", "masked_softmax"})
+
 #: Training modes understood by :class:`EndToEnd` and :func:`bgcn.train.train`.
 MODES = ("frozen", "end2end-features", "end2end")
 
@@ -86,6 +89,12 @@ class EndToEnd(nn.Module):
             ``vit_digits``: with ``amp=True`` a GPU builds another graph than the CPU. Turn it on
             for a large backbone where the speed matters more. Ignored on the CPU.
         estimator_kw: extra keyword arguments for the estimator.
+        chunk_size: build the graph without an N×N matrix (:func:`bgcn.knn_graph` with
+            ``chunk_size``: neighbours found chunk by chunk under ``no_grad``, the k similarities a
+            row recomputed with autograd, O(N·chunk + N·k·D) memory; chapter 10). Works for the
+            graphs that need no full row: ``"hard"`` (frozen, end2end-features) and the
+            ``"values"`` / ``"masked_softmax"`` estimators; other estimators in ``"end2end"`` are
+            refused when the mode is set. ``None`` (default): the dense path.
 
     Shapes:
         - images: (N, C_in, H, W) (or whatever the backbone takes, N first)
@@ -98,7 +107,8 @@ class EndToEnd(nn.Module):
 
     def __init__(self, backbone: nn.Module, gcn: nn.Module, k: int, estimator: Any = "softmax", tau: float = 1.0,
                  use_graph_weights: bool = True, exclude_self: bool = True, symmetric: bool = False,
-                 train_backbone: bool = True, amp: bool = False, estimator_kw: dict | None = None):
+                 train_backbone: bool = True, amp: bool = False, estimator_kw: dict | None = None,
+                 chunk_size: int | None = None):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be a torch.nn.Module (images -> (N, D) features), "
@@ -121,6 +131,10 @@ class EndToEnd(nn.Module):
         if estimator_kw is not None and not isinstance(estimator_kw, dict):
             raise TypeError(f"estimator_kw must be a dict or None, got {type(estimator_kw).__name__}")
         self.estimator_kw = dict(estimator_kw or {})
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int (rows per block) or None")
+        self.chunk_size = chunk_size
         #: training mode (:meth:`configure`); ``None`` = as the flags above say (custom use)
         self.mode: str | None = None
         self.last_graph: KNNGraph | None = None
@@ -147,6 +161,12 @@ class EndToEnd(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
+        if mode == "end2end" and self.chunk_size is not None:
+            name = self.configured_estimator_name
+            if name not in _CHUNKABLE:
+                raise ValueError(f"chunk_size={self.chunk_size} needs an estimator without full rows "
+                                 f"({sorted(_CHUNKABLE)}), not {name!r} in mode 'end2end'; use one of "
+                                 f"those, or chunk_size=None (dense N×N path)")
         self.mode = mode
         self.use_graph_weights = mode == "end2end"
         self.train_backbone = mode != "frozen"
@@ -227,8 +247,14 @@ class EndToEnd(nn.Module):
         for attr in ("estimator_name", "needs_dense", "stochastic"):
             if hasattr(fn, attr):
                 setattr(estimator, attr, getattr(fn, attr))
-        graph = knn_graph(features, self.k, estimator, self.tau, exclude_self=self.exclude_self,
-                          symmetric=self.symmetric, generator=generator, **est_kw)
+        name = getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+        chunk = self.chunk_size if name in _CHUNKABLE else None
+        if self.chunk_size is not None and chunk is None:
+            raise ValueError(f"chunk_size={self.chunk_size} does not work with estimator {name!r} (it needs full "
+                             f"rows); use one of {sorted(_CHUNKABLE)} or chunk_size=None")
+        graph = knn_graph(features, self.k, estimator if chunk is None else name, self.tau,
+                          exclude_self=self.exclude_self, symmetric=self.symmetric, chunk_size=chunk,
+                          generator=generator, **est_kw)
         # extension point: what a stochastic estimator says about its sample (Selection.info or a
         # Selection.log_prob attribute) rides on graph.info, where train() looks for "log_prob"
         sel = captured.get("sel")

@@ -1,0 +1,75 @@
+"""EndToEnd(chunk_size=...): the training graph without an N×N matrix equals the dense one (float64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bgcn.similarity as similarity
+from bgcn.backbone import create_backbone
+from bgcn.data import label_masks, load_dataset
+from bgcn.model import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+N, C, K = 90, 3, 4
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("synthetic", n=N, num_classes=C, seed=1)
+    tr, va, te = label_masks(ds.labels, 5, seed=0)
+    return ds.images.double(), ds.labels, tr
+
+
+def _pair(mode, estimator, chunk):
+    out = []
+    for cs in (None, chunk):
+        torch.manual_seed(0)
+        m = build_model(create_backbone("mlp_digits"), C, k=K, estimator=estimator, tau=0.1, hidden=8,
+                        mode=mode, chunk_size=cs).double().eval()
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("mode,estimator", [("end2end-features", "softmax"), ("frozen", "ste"),
+                                            ("end2end", "masked_softmax"), ("end2end", "values")])
+def test_chunked_equals_dense(data, mode, estimator, monkeypatch):
+    images, labels, tr = data
+    dense, chunked = _pair(mode, estimator, 16)
+    lp_d = dense(images)
+    loss_d = torch.nn.functional.nll_loss(lp_d[tr], labels[tr])
+    real = similarity.cosine_similarity
+
+    def no_square(x, y=None):  # the chunked path must never form the N x N similarity
+        if y is None and x.shape[0] == N:
+            raise AssertionError("N x N similarity on the chunked path")
+        return real(x, y)
+
+    monkeypatch.setattr("bgcn.graph.cosine_similarity", no_square)
+    lp_c = chunked(images)
+    loss_c = torch.nn.functional.nll_loss(lp_c[tr], labels[tr])
+    torch.testing.assert_close(lp_c, lp_d, rtol=0, atol=1e-10)
+    if mode != "frozen":
+        gd = torch.autograd.grad(loss_d, list(dense.backbone.parameters()))
+        gc = torch.autograd.grad(loss_c, list(chunked.backbone.parameters()))
+        for a, b in zip(gc, gd):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_chunked_refuses_full_row_estimators():
+    with pytest.raises(ValueError, match="chunk_size"):
+        build_model(create_backbone("mlp_digits"), C, k=K, estimator="softmax", mode="end2end", chunk_size=16)
+    with pytest.raises(ValueError, match="chunk_size"):
+        build_model(create_backbone("mlp_digits"), C, k=K, chunk_size=0)
+    # frozen / end2end-features use the hard graph, so any estimator is fine there
+    m = build_model(create_backbone("mlp_digits"), C, k=K, estimator="softmax", mode="frozen", chunk_size=16)
+    assert m.chunk_size == 16
+
+
+def test_cli_chunk_size_flag(tmp_path, capsys):
+    from bgcn.cli import main
+
+    code = main(["train", "--dataset", "digits", "--mode", "end2end", "--estimator", "softmax",
+                 "--chunk-size", "256", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "chunk_size" in err and "Traceback" not in err
+    assert not (tmp_path / "a" / "metrics.json").exists()
