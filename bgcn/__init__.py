@@ -56,7 +56,7 @@ del _inspect, _types, _train_module
 
 # submodules imported on first attribute access: viz needs plotly/matplotlib, cli and the
 # experiments are entry points (``python -m bgcn``), not library code
-_LAZY = {"viz", "viz_estimators", "cli", "experiment", "estimator_experiment"}
+_LAZY = {"viz", "viz_estimators", "cli", "experiment", "estimator_experiment", "distributed", "bank", "minibatch"}
 
 
 def __getattr__(name):
