@@ -224,14 +224,16 @@ class FeatureBank:
 
     @torch.no_grad()
     def search(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-               chunk_size: int = 4096) -> torch.Tensor:
+               chunk_size: int = 4096, bank_chunk: int | None = None) -> torch.Tensor:
         r"""Exact cosine top-k of each query row against the bank, chunk by chunk, without gradient.
 
         .. math::
             \mathcal N_k(q) = \operatorname{top-k}_{j \ne e_q}\ \hat q \cdot \hat B_j
 
         ``exclude[r]`` is the bank id of query r (a query that is itself in the bank must not find
-        itself); ``None`` for new images. One ``chunk_size`` × N block exists at a time.
+        itself); ``None`` for new images. One ``chunk_size`` × N block exists at a time, or, with
+        ``bank_chunk``, one ``chunk_size`` × ``bank_chunk`` block whose top-k is merged into a running
+        top-k (then the peak memory does not grow with N at all).
 
         Shapes:
             - query: (M, D); exclude: (M,) long or None
@@ -247,16 +249,28 @@ class FeatureBank:
             exclude = self._check_ids(exclude, "exclude")
             if exclude.shape[0] != m:
                 raise ValueError(f"exclude has {exclude.shape[0]} ids but query has {m} rows; give one per row")
-        bn = normalize_rows(self.features)
+        n = self.num_nodes
+        bc = n if bank_chunk is None else int(check_positive(bank_chunk, "bank_chunk"))
         qn = normalize_rows(query.detach())
         out = torch.empty(m, k, dtype=torch.long, device=self.device)
         for start in range(0, m, chunk_size):
             stop = min(start + chunk_size, m)
-            s = qn[start:stop] @ bn.T
-            if exclude is not None:
-                rows = torch.arange(stop - start, device=s.device)
-                s[rows, exclude[start:stop]] = float("-inf")
-            out[start:stop] = torch.topk(s, k, dim=1).indices
+            rows = torch.arange(stop - start, device=self.device)
+            best_v = best_i = None
+            for c0 in range(0, n, bc):
+                c1 = min(c0 + bc, n)
+                s = qn[start:stop] @ normalize_rows(self.features[c0:c1]).T
+                if exclude is not None:
+                    e = exclude[start:stop]
+                    inside = (e >= c0) & (e < c1)
+                    s[rows[inside], e[inside] - c0] = float("-inf")
+                v, i = torch.topk(s, min(k, c1 - c0), dim=1)
+                i = i + c0
+                if best_v is not None:
+                    v, j = torch.topk(torch.cat([best_v, v], 1), k, dim=1)
+                    i = torch.cat([best_i, i], 1).gather(1, j)
+                best_v, best_i = v, i
+            out[start:stop] = best_i
         return out
 
 
@@ -349,7 +363,8 @@ def _estimator_weights(vals: torch.Tensor, estimator: str, tau: float, use_weigh
 
 def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *,
                          query_ids: torch.Tensor | None = None, estimator: str = "hard", tau: float = 1.0,
-                         use_weights: bool = True, chunk_size: int = 4096) -> Subgraph:
+                         use_weights: bool = True, chunk_size: int = 4096,
+                         bank_chunk: int | None = None) -> Subgraph:
     r"""The exact 2-hop computation graph of the query nodes over the bank's kNN graph.
 
     The full graph has edges :math:`j \to i` for :math:`j \in \mathcal N_k(i)` with weight
@@ -405,12 +420,14 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
             return out
         return torch.where(inq.unsqueeze(-1), query_feats[p], out)
 
-    idx0 = bank.search(query_feats, k, exclude=query_ids, chunk_size=chunk_size)
+    idx0 = bank.search(query_feats, k, exclude=query_ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
     hop1 = torch.unique(idx0)
     if query_ids is not None:
         hop1 = hop1[~torch.isin(hop1, query_ids)]
-    idx1 = bank.search(bank.features[hop1], k, exclude=hop1, chunk_size=chunk_size) if hop1.numel() else \
-        torch.empty(0, k, dtype=torch.long, device=dev)
+    if hop1.numel():
+        idx1 = bank.search(bank.features[hop1], k, exclude=hop1, chunk_size=chunk_size, bank_chunk=bank_chunk)
+    else:
+        idx1 = torch.empty(0, k, dtype=torch.long, device=dev)
     hop2 = torch.unique(idx1)
     known = hop1 if query_ids is None else torch.cat([query_ids, hop1])
     hop2 = hop2[~torch.isin(hop2, known)]
@@ -430,7 +447,8 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     ew = w.reshape(-1)
     if hop2.numel():
         if use_weights and estimator == "values":
-            idx2 = bank.search(bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size)
+            idx2 = bank.search(bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size,
+                               bank_chunk=bank_chunk)
             f2 = normalize_rows(bank.features[hop2])
             v2 = (f2.unsqueeze(1) * normalize_rows(lookup(idx2.reshape(-1))).reshape(*idx2.shape, -1)).sum(-1)
             deg = 1.0 + _estimator_weights(v2, estimator, tau, use_weights).sum(-1)
@@ -469,7 +487,7 @@ def _bank_estimator(model) -> str:
 
 @torch.no_grad()
 def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, batch_size: int = 256,
-            chunk_size: int = 4096) -> torch.Tensor:
+            chunk_size: int = 4096, bank_chunk: int | None = None) -> torch.Tensor:
     r"""Inductive prediction: log-probabilities of images the model never saw, without retraining.
 
     .. math::
@@ -487,6 +505,7 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
             ``symmetric=False``).
         new_images: (M, C_in, H, W).
         bank: a filled :class:`FeatureBank` of the training images (same backbone).
+        batch_size: new images per subgraph; chunk_size, bank_chunk: see :meth:`FeatureBank.search`.
 
     Shapes:
         - new_images: (M, C_in, H, W)
@@ -512,7 +531,8 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
             if f.dtype != bank.dtype:
                 f = f.to(bank.dtype)
             sub = computation_subgraph(bank, f, model.k, estimator=est, tau=model.tau,
-                                       use_weights=model.use_graph_weights, chunk_size=chunk_size)
+                                       use_weights=model.use_graph_weights, chunk_size=chunk_size,
+                                       bank_chunk=bank_chunk)
             outs.append(subgraph_log_probs(model, sub))
     finally:
         model.train(was)

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import (FeatureBank, _bank_estimator, _embed, computation_subgraph, ema_backbone,
-                   momentum_update, subgraph_log_probs)
-from .graph import edge_change_fraction, knn_graph
+from .bank import (FeatureBank, _bank_estimator, _embed, _estimator_weights, computation_subgraph,
+                   ema_backbone, momentum_update, subgraph_log_probs)
+from .graph import KNNGraph, edge_change_fraction, rankings_to_edges
+from .similarity import normalize_rows
 from .model import MODES, EndToEnd
 from .train import History, TrainResult, TrainingDiverged, _check_mask, _pbar, _snapshot, accuracy, \
     progress_enabled
@@ -86,7 +87,8 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
 
 def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, bank: FeatureBank,
                    labels: torch.Tensor, train_mask: torch.Tensor, *, chunk_size: int = 4096,
-                   fixed: bool = False, write_bank: bool = True) -> tuple[torch.Tensor, dict]:
+                   bank_chunk: int | None = None, fixed: bool = False,
+                   write_bank: bool = True) -> tuple[torch.Tensor, dict]:
     r"""The loss of one mini-batch step (module docstring, steps 1–4), ready for ``backward()``.
 
     ``fixed=True`` (frozen mode, warm-up): no backbone pass; the batch's features are its bank
@@ -117,7 +119,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
         est, use_w = _bank_estimator(model), model.use_graph_weights
     t0 = time.perf_counter()
     sub = computation_subgraph(bank, feats, model.k, query_ids=b_dev, estimator=est, tau=model.tau,
-                               use_weights=use_w, chunk_size=chunk_size)
+                               use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk)
     t_search = time.perf_counter() - t0
     logp = subgraph_log_probs(model, sub)
     lab = train_mask[b_dev]
@@ -128,12 +130,15 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
 
 @torch.no_grad()
 def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False, chunk_size: int = 4096,
-                  batch_size: int = 512, device: torch.device | None = None):
+                  bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None):
     r"""Log-probabilities of every node under the current model, without an N×N matrix.
 
-    One chunked no-grad pass of the backbone (eval mode), the chunked kNN graph
-    (:func:`bgcn.knn_graph` with ``chunk_size``; ``"hard"`` when ``fixed``), the GCN over all N
-    nodes. Returns ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill.
+    One chunked no-grad pass of the backbone (eval mode) gives fresh features :math:`F`; their kNN
+    graph comes from :meth:`bgcn.bank.FeatureBank.search` (exact, ``chunk_size`` × ``bank_chunk``
+    blocks) with the k similarities :math:`\hat f_i\cdot\hat f_j` and the estimator's weights
+    (``"hard"`` when ``fixed``), as :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the
+    GCN over all N nodes. Returns ``(logp (N, C), graph, features (N, D))``; the features are a
+    fresh bank fill.
 
     Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
 
@@ -145,7 +150,17 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         dev = device if device is not None else next(model.parameters()).device
         feats = _embed(model.backbone, images, batch_size, dev)
         est = "hard" if fixed else _bank_estimator(model)
-        graph = knn_graph(feats, model.k, est, model.tau, exclude_self=True, chunk_size=chunk_size)
+        n = feats.shape[0]
+        tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
+        tmp.features = feats
+        ids = torch.arange(n, device=feats.device)
+        idx = tmp.search(feats, model.k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
+        fn = normalize_rows(feats)
+        vals = torch.cat([(fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
+                          for a in range(0, n, chunk_size)])  # (N, k), chunk·k·D at a time
+        w = _estimator_weights(vals, est, model.tau, True)
+        edge_index, edge_weight = rankings_to_edges(idx, w)
+        graph = KNNGraph(edge_index, edge_weight, idx, w, n, None, est)
         if fixed or not model.use_graph_weights:
             logp = model.gcn(feats, graph.edge_index)
         else:
@@ -167,6 +182,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                     lr_backbone: float = 1e-4, lr_gcn: float = 1e-2, weight_decay: float = 5e-4,
                     seed: int = 0, device: str | torch.device = "auto", bank_refresh: int = 1,
                     bank_momentum: float | None = None, eval_every: int = 1, chunk_size: int = 4096,
+                    bank_chunk: int | None = None,
                     embed_batch_size: int = 512, deterministic: bool | None = None,
                     max_grad_norm: float | None = None, progress: bool | None = False) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
@@ -193,7 +209,9 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     ``max_grad_norm`` mean what they mean in :func:`bgcn.train.train`; the warm-up and the frozen
     mode train the GCN on the bank's initial features and hard graph. Evaluation
     (:func:`evaluate_full`, every ``eval_every`` epochs and at the last) records accuracies on the
-    full graph. The learning rates may be 0 (a probe of the bank).
+    full graph. The learning rates may be 0 (a probe of the bank). ``chunk_size`` × ``bank_chunk``
+    (``None``: N) is the largest similarity block of a search (:meth:`FeatureBank.search`);
+    ``embed_batch_size`` the images per no-grad backbone pass.
 
     Returns:
         :class:`bgcn.train.TrainResult`; its ``history.loss`` is the epoch's mean NLL over the
@@ -221,6 +239,8 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
             raise ValueError(f"{nm}={v!r} must be an int >= {lo}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int (>= N for one full batch)")
+    if bank_chunk is not None and (isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1):
+        raise ValueError(f"bank_chunk={bank_chunk!r} must be None (the whole bank) or a positive int")
     if mode != "frozen" and warmup_epochs >= epochs:
         raise ValueError(f"warmup_epochs={warmup_epochs} >= epochs={epochs}: the backbone would never train")
     lr_backbone, lr_gcn = _check_lr(lr_backbone, "lr_backbone"), _check_lr(lr_gcn, "lr_gcn")
@@ -257,14 +277,15 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                      warm=0 if mode == "frozen" else warmup_epochs, lr_backbone=lr_backbone, lr_gcn=lr_gcn,
                      weight_decay=weight_decay, seed=seed, dev=dev, bank_refresh=bank_refresh,
                      bank_momentum=bank_momentum, eval_every=eval_every, chunk_size=chunk_size,
-                     embed_batch_size=embed_batch_size, max_grad_norm=max_grad_norm,
+                     bank_chunk=bank_chunk, embed_batch_size=embed_batch_size, max_grad_norm=max_grad_norm,
                      progress=progress_enabled(progress))
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
 def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epochs, warm, lr_backbone, lr_gcn,
-          weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, embed_batch_size,
+          weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, bank_chunk,
+          embed_batch_size,
           max_grad_norm, progress) -> TrainResult:
     seed_everything(seed)
     model.to(dev)
@@ -281,7 +302,7 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
               "tau": model.tau, "batch_size": int(batch_size), "epochs": epochs, "warmup_epochs": warm,
               "lr_backbone": lr_backbone, "lr_gcn": lr_gcn, "weight_decay": weight_decay, "seed": int(seed),
               "device": str(dev), "bank_refresh": bank_refresh, "bank_momentum": bank_momentum,
-              "eval_every": eval_every, "chunk_size": chunk_size, "num_nodes": int(n),
+              "eval_every": eval_every, "chunk_size": chunk_size, "bank_chunk": bank_chunk, "num_nodes": int(n),
               "num_train": int(train_cpu.sum())}
 
     t_start = time.perf_counter()
@@ -300,7 +321,7 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         return mode == "frozen" or epoch <= warm
 
     logp, graph, _ = evaluate_full(model, images, fixed=mode == "frozen" or warm > 0, chunk_size=chunk_size,
-                                   batch_size=embed_batch_size, device=dev)
+                                   bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev)
     history.initial = {"train_acc": accuracy(logp, labels, train_mask), "val_acc": accuracy(logp, labels, val_mask),
                        "test_acc": accuracy(logp, labels, test_mask), "homophily": float("nan")}
     history.graphs.append(_snapshot(graph, 0))
@@ -317,7 +338,7 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         for batch in stratified_batches(train_cpu, batch_size, gen):
             optimizer.zero_grad(set_to_none=True)
             loss, info = minibatch_loss(model, images, batch, bank, labels, train_mask, chunk_size=chunk_size,
-                                        fixed=fixed, write_bank=ema is None)
+                                        bank_chunk=bank_chunk, fixed=fixed, write_bank=ema is None)
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise TrainingDiverged(f"training diverged at epoch {epoch}: the batch loss is {lv}; lower the "
@@ -346,7 +367,7 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         tr = va = te = change = float("nan")
         if evaluate:
             logp, graph, feats = evaluate_full(model, images, fixed=fixed, chunk_size=chunk_size,
-                                               batch_size=embed_batch_size, device=dev)
+                                               bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev)
             tr, va, te = (accuracy(logp, labels, train_mask), accuracy(logp, labels, val_mask),
                           accuracy(logp, labels, test_mask))
             new_indices = graph.indices.detach().cpu()

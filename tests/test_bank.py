@@ -48,11 +48,11 @@ def test_fill_update_and_memory(ds):
     assert torch.equal(bank2.features[4], bank.features[4])
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_search_is_the_exact_top_k(ds, chunk):
+@pytest.mark.parametrize("chunk,bank_chunk", [(1, None), (7, 3), (7, 64), (1000, None), (1000, 149)])
+def test_search_is_the_exact_top_k(ds, chunk, bank_chunk):
     bank = FeatureBank.from_backbone(_model(), ds.images.double())
     q = torch.arange(0, N, 3)
-    got = bank.search(bank.features[q], K, exclude=q, chunk_size=chunk)
+    got = bank.search(bank.features[q], K, exclude=q, chunk_size=chunk, bank_chunk=bank_chunk)
     s = cosine_similarity(bank.features[q], bank.features)
     s[torch.arange(q.numel()), q] = float("-inf")
     ref = torch.topk(s, K, dim=1)
@@ -60,7 +60,7 @@ def test_search_is_the_exact_top_k(ds, chunk):
     assert float((s.gather(1, got) - ref.values).abs().max()) < 1e-12  # same similarities (ties robust)
     # new images (no exclude): may find any bank node
     new = torch.randn(4, 64, dtype=torch.float64)
-    got2 = bank.search(new, K, chunk_size=chunk)
+    got2 = bank.search(new, K, chunk_size=chunk, bank_chunk=bank_chunk)
     s2 = cosine_similarity(new, bank.features)
     assert float((s2.gather(1, got2) - torch.topk(s2, K, 1).values).abs().max()) < 1e-12
 
@@ -114,7 +114,8 @@ def test_subgraph_outputs_equal_the_full_graph(ds, estimator):
     g = knn_graph(bank.features, K, estimator, m.tau)
     full = m.gcn(bank.features, g.edge_index, g.edge_weight)
     q = torch.tensor([0, 5, 9, 40, 41, 100])
-    sub = computation_subgraph(bank, bank.features[q], K, query_ids=q, estimator=estimator, tau=m.tau)
+    sub = computation_subgraph(bank, bank.features[q], K, query_ids=q, estimator=estimator, tau=m.tau,
+                               chunk_size=4, bank_chunk=50)
     assert sub.num_hop2 > 0 and sub.num_nodes < N
     assert float((subgraph_log_probs(m, sub) - full[q]).detach().abs().max()) < TOL
     with pytest.raises(ValueError, match="sorted"):

@@ -106,7 +106,7 @@ def test_sub_batch_step_is_the_full_graph_with_the_rest_detached(data, estimator
     lf = F.nll_loss(logp[lab], labels[lab])
     lf.backward()
     bank = FeatureBank.from_backbone(mini, images)
-    lm, info = minibatch_loss(mini, images, batch, bank, labels, tr, chunk_size=16)
+    lm, info = minibatch_loss(mini, images, batch, bank, labels, tr, chunk_size=16, bank_chunk=7)
     lm.backward()
     assert info["hop1"] > 0 and info["hop2"] > 0 and info["nodes"] < N  # a real subgraph
     assert abs(float(lf.detach() - lm.detach())) < TOL
@@ -184,9 +184,14 @@ def test_no_n_by_n_tensor_on_the_training_path():
     model = build_model(create_backbone("mlp_digits"), C, k=K, estimator="masked_softmax", hidden=16)
     with _Largest() as rec:
         train_minibatch(model, ds.images, ds.labels, tr, va, te, batch_size=32, epochs=2, device="cpu",
-                        chunk_size=16, embed_batch_size=64)
-    # the largest: the evaluation's (N, k, D) neighbour features (knn_graph's O(N k D) path)
-    assert rec.largest <= max(n * K * d, 16 * n) < n * n // 3, rec.largest
+                        chunk_size=16, bank_chunk=64, embed_batch_size=64)
+    # nothing larger than the (N, D) bank or, in the evaluation, the GCN's messages over all N nodes
+    # (E = N (k + 1) edges with self-loops, x hidden 16): O(N), never O(N^2)
+    assert rec.largest <= max(n * d, n * (K + 1) * 16), rec.largest
+    with _Largest() as rec_n:  # without bank_chunk a search block is chunk_size x N
+        train_minibatch(model, ds.images, ds.labels, tr, va, te, batch_size=32, epochs=1, device="cpu",
+                        chunk_size=128, embed_batch_size=64)
+    assert n * d < rec_n.largest <= 128 * n < n * n // 4
     with _Largest() as rec_full:  # the recorder sees the full-batch engine's N x N similarity
         train(model, ds.images, ds.labels, tr, va, te, epochs=1, device="cpu", progress=False)
     assert rec_full.largest >= n * n
@@ -198,7 +203,7 @@ def test_evaluate_full_matches_the_dense_forward(data):
     m.eval()
     with torch.no_grad():
         dense = m(images)
-    logp, graph, feats = evaluate_full(m, images, chunk_size=16, batch_size=50)
+    logp, graph, feats = evaluate_full(m, images, chunk_size=16, bank_chunk=33, batch_size=50)
     assert float((logp - dense).abs().max()) < TOL
     assert torch.equal(torch.sort(graph.indices, 1).values, torch.sort(m.last_graph.indices, 1).values)
 
@@ -214,6 +219,8 @@ def test_bad_input(data):
         train_minibatch(_model(symmetric=True), images, labels, tr, batch_size=16, **kw)
     with pytest.raises(ValueError, match="lr_backbone"):
         train_minibatch(_model(), images, labels, tr, batch_size=16, lr_backbone=-1.0, **kw)
+    with pytest.raises(ValueError, match="bank_chunk"):
+        train_minibatch(_model(), images, labels, tr, batch_size=16, bank_chunk=0, **kw)
     with pytest.raises(ValueError, match="bank_momentum"):
         train_minibatch(_model(), images, labels, tr, batch_size=16, bank_momentum=1.5, **kw)
     with pytest.raises(TypeError, match="floating"):
