@@ -136,7 +136,8 @@ def run(sizes, *, k=10, batch_size=256, chunk_size=1024, bank_chunk=4096, max_fu
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "device": str(dev), "k": k, "batch_size": batch_size, "chunk_size": chunk_size, "bank_chunk": bank_chunk, "backbone": "mlp_digits",
+            "device": str(dev), "k": k, "batch_size": batch_size, "chunk_size": chunk_size,
+            "bank_chunk": bank_chunk, "backbone": "mlp_digits",
             "estimator": "masked_softmax", "dtype": "float32"}
     return {"meta": meta, "results": out}
 

@@ -177,3 +177,24 @@ def test_predict_bad_input(ds):
         predict(_model(symmetric=True), ds.images.double(), bank)
     with pytest.raises(TypeError, match="floating"):
         predict(m, ds.images.to(torch.uint8), bank)
+
+
+def test_device_mismatch_is_one_clear_error():
+    bank = FeatureBank(10, 4, torch.float32, device="meta")  # no data: only the checks run
+    with pytest.raises(ValueError, match="meta"):
+        bank.search(torch.zeros(2, 4), 3)
+    with pytest.raises(ValueError, match="meta"):
+        bank.update(torch.tensor([0]), torch.zeros(1, 4))
+
+
+def test_public_functions_are_documented():
+    import bgcn.bank
+    import bgcn.minibatch
+
+    for mod in (bgcn.bank, bgcn.minibatch):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not callable(obj):
+                continue
+            doc = obj.__doc__ or ""
+            assert "Shapes:" in doc and "Taught in: chapter 11 (chapters/11_minibatch.md)" in doc, name
