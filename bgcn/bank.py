@@ -28,8 +28,9 @@ from .utils import check_k, check_positive, check_tensor
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
            "ema_backbone", "momentum_update", "BANK_ESTIMATORS"]
 
-#: Estimators whose weights need only the k kept similarities of a row (no full row of N).
-BANK_ESTIMATORS = ("hard", "masked_softmax", "values")
+#: Estimators the bank engine supports: the first three need only the k kept similarities of a
+#: row; ``"softmax"`` (seed 000) also a row's log-sum-exp over all N, computed against the bank.
+BANK_ESTIMATORS = ("hard", "masked_softmax", "values", "softmax")
 
 
 def _check_int(value, name: str, minimum: int = 1) -> int:
@@ -353,12 +354,76 @@ class Subgraph:
         return int(self.x.shape[0])
 
 
-def _estimator_weights(vals: torch.Tensor, estimator: str, tau: float, use_weights: bool) -> torch.Tensor:
+def _estimator_weights(vals: torch.Tensor, estimator: str, tau: float, use_weights: bool,
+                       lse: torch.Tensor | None = None) -> torch.Tensor:
     if not use_weights or estimator == "hard":
         return torch.ones_like(vals).detach()
     if estimator == "values":
         return vals.clamp_min(0.0)
+    if estimator == "softmax":
+        return torch.exp(vals / tau - lse.unsqueeze(-1))
     return torch.softmax(vals / tau, dim=-1)
+
+
+def _lse_block(qn: torch.Tensor, block: torch.Tensor, tau: float, excl: torch.Tensor) -> torch.Tensor:
+    s = (qn @ normalize_rows(block).T) / tau
+    hit = excl >= 0
+    if bool(hit.any()):
+        mask = torch.zeros_like(s, dtype=torch.bool)
+        mask[torch.nonzero(hit).flatten(), excl[hit]] = True
+        s = s.masked_fill(mask, float("-inf"))
+    return torch.logsumexp(s, dim=1)
+
+
+def _bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: torch.Tensor | None,
+                    chunk_size: int, bank_chunk: int | None) -> torch.Tensor:
+    r""":math:`A_r = \log\sum_{l \ne e_r} \exp(\hat q_r\cdot\hat B_l/\tau)` over every bank row, in
+    ``chunk_size`` x ``bank_chunk`` blocks; with gradient to ``q`` (blocks recomputed in backward by
+    ``torch.utils.checkpoint``, so only (rows,) values per block are kept)."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = bank.num_nodes
+    bc = n if bank_chunk is None else int(bank_chunk)
+    grad = q.requires_grad and torch.is_grad_enabled()
+    qn = normalize_rows(q)
+    out = []
+    for start in range(0, q.shape[0], chunk_size):
+        stop = min(start + chunk_size, q.shape[0])
+        parts = []
+        for c0 in range(0, n, bc):
+            c1 = min(c0 + bc, n)
+            if exclude is None:
+                excl = torch.full((stop - start,), -1, dtype=torch.long, device=q.device)
+            else:
+                e = exclude[start:stop]
+                excl = torch.where((e >= c0) & (e < c1), e - c0, torch.full_like(e, -1))
+            blk = bank.features[c0:c1]
+            if grad:
+                parts.append(checkpoint(_lse_block, qn[start:stop], blk, tau, excl, use_reentrant=False))
+            else:
+                with torch.no_grad():
+                    parts.append(_lse_block(qn[start:stop], blk, tau, excl))
+        out.append(torch.logsumexp(torch.stack(parts, 1), dim=1))
+    return torch.cat(out) if out else q.new_zeros(0)
+
+
+def _softmax_lse(bank, row_feats, row_ids, query_feats, query_ids, tau, chunk_size, bank_chunk):
+    r"""Row log-sum-exps :math:`L_r` over all N with the batch's columns *fresh*:
+    :math:`L_r = A_r + \sum_{l\in Q, l\ne r} \operatorname{sg}(p_{rl})\,(t_{rl} - \operatorname{sg}(t_{rl}))`,
+    :math:`t_{rl} = \operatorname{sg}(\hat q_r)\cdot\hat F_l/\tau`, :math:`p_{rl} = e^{t_{rl} - A_r}`.
+    The bank already holds the batch's fresh values, so :math:`A_r` has the right value and the
+    gradient to :math:`q_r`; the second term (value 0) adds the gradient to the batch columns."""
+    a = _bank_logsumexp(bank, row_feats, tau, row_ids, chunk_size, bank_chunk)
+    if query_ids is None or query_feats.shape[0] == 0 or not query_feats.requires_grad:
+        return a
+    qn_rows = normalize_rows(row_feats.detach())
+    fq = normalize_rows(query_feats)
+    t = (qn_rows @ fq.T) / tau  # (rows, b): gradient to the batch's fresh features only
+    if row_ids is not None:
+        t = t.masked_fill(row_ids.unsqueeze(1) == query_ids.unsqueeze(0), float("-inf"))
+    p = torch.exp(t.detach() - a.detach().unsqueeze(1))
+    corr = torch.nan_to_num(p * (t - t.detach()), nan=0.0)  # -inf - (-inf) at excluded entries
+    return a + corr.sum(1)
 
 
 def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *,
@@ -377,8 +442,16 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     So the subgraph holds the rows of :math:`Q \cup H_1` (k edges each) and, for a node
     :math:`l \in H_2`, one self-loop of weight :math:`d_l`: PyG's ``gcn_norm`` keeps an existing
     self-loop's weight, so :math:`d_l` comes out right (its own output is wrong, and unused).
-    ``"hard"`` has :math:`d_l = 1 + k`, ``"masked_softmax"`` :math:`d_l = 2`; ``"values"`` searches
-    the rows of :math:`H_2` too (under no_grad; their weights keep gradient to query features).
+    ``"hard"`` has :math:`d_l = 1 + k`, ``"masked_softmax"`` :math:`d_l = 2`; ``"values"`` and
+    ``"softmax"`` search the rows of :math:`H_2` too (indices under no_grad; their weights keep
+    the gradient to the query features).
+
+    ``"softmax"`` (seed 000: :math:`\tilde w_{ij} = e^{s_{ij}/\tau} / \sum_{l\ne i} e^{s_{il}/\tau}`
+    over all N): every row's normaliser is a log-sum-exp against the whole bank, in
+    ``chunk_size`` × ``bank_chunk`` blocks (checkpointed for the query rows, so autograd keeps
+    O(rows) values per block, not the blocks), plus a zero-valued term that carries the gradient
+    to the batch's own columns (rows × b). It costs one more pass over the bank per row of
+    :math:`Q\cup H_1\cup H_2`; the weights are exactly the full graph's.
 
     Features: query node i gets ``query_feats[i]`` (fresh, with gradient); every other node its
     bank row (a constant). With ``query_ids`` (the query nodes are bank nodes, e.g. a training
@@ -395,7 +468,7 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     """
     if estimator not in BANK_ESTIMATORS:
         raise ValueError(f"estimator {estimator!r} is not supported over a bank; choose one of "
-                         f"{list(BANK_ESTIMATORS)} (weights from the k kept similarities of a row)")
+                         f"{list(BANK_ESTIMATORS)}")
     bank._check_rows(query_feats, "query_feats")
     m = query_feats.shape[0]
     dev = bank.device
@@ -442,16 +515,25 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     rows = torch.cat([torch.arange(m, device=dev), local(hop1)])
     nbrs = torch.cat([local(idx0), local(idx1)])
     vals = (xn[rows].unsqueeze(1) * xn[nbrs]).sum(-1)  # (m + |H1|, k), O(rows·k·D)
-    w = _estimator_weights(vals, estimator, tau, use_weights)
+    soft = use_weights and estimator == "softmax"
+    lse = None
+    if soft:
+        lse_q = _softmax_lse(bank, query_feats, query_ids, query_feats, query_ids, tau, chunk_size, bank_chunk)
+        lse_1 = _softmax_lse(bank, bank.features[hop1], hop1, query_feats, query_ids, tau, chunk_size,
+                             bank_chunk) if hop1.numel() else lse_q[:0]
+        lse = torch.cat([lse_q, lse_1])
+    w = _estimator_weights(vals, estimator, tau, use_weights, lse)
     src, dst = nbrs.reshape(-1), rows.repeat_interleave(k)
     ew = w.reshape(-1)
     if hop2.numel():
-        if use_weights and estimator == "values":
+        if use_weights and estimator in ("values", "softmax"):
             idx2 = bank.search(bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size,
                                bank_chunk=bank_chunk)
             f2 = normalize_rows(bank.features[hop2])
             v2 = (f2.unsqueeze(1) * normalize_rows(lookup(idx2.reshape(-1))).reshape(*idx2.shape, -1)).sum(-1)
-            deg = 1.0 + _estimator_weights(v2, estimator, tau, use_weights).sum(-1)
+            lse2 = _softmax_lse(bank, bank.features[hop2], hop2, query_feats, query_ids, tau, chunk_size,
+                                bank_chunk) if soft else None
+            deg = 1.0 + _estimator_weights(v2, estimator, tau, use_weights, lse2).sum(-1)
         else:
             deg = torch.full((hop2.numel(),), 1.0 + (1.0 if (use_weights and estimator == "masked_softmax")
                                                     else float(k)), dtype=ew.dtype, device=dev)
@@ -480,8 +562,8 @@ def _bank_estimator(model) -> str:
         raise ValueError("the bank engine needs exclude_self=True (a node is not its own neighbour)")
     name = model.estimator_name
     if name not in BANK_ESTIMATORS:
-        raise ValueError(f"estimator {name!r} needs full similarity rows; over a bank use one of "
-                         f"{list(BANK_ESTIMATORS)} (e.g. 'masked_softmax' instead of 'softmax')")
+        raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
+                         f"N x N selection); use one of {list(BANK_ESTIMATORS)}")
     return name
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import (FeatureBank, _bank_estimator, _embed, _estimator_weights, computation_subgraph,
-                   ema_backbone, momentum_update, subgraph_log_probs)
+from .bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _embed, _estimator_weights,
+                   computation_subgraph, ema_backbone, momentum_update, subgraph_log_probs)
 from .graph import KNNGraph, edge_change_fraction, rankings_to_edges
 from .similarity import normalize_rows
 from .model import MODES, EndToEnd
@@ -158,7 +158,8 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         fn = normalize_rows(feats)
         vals = torch.cat([(fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
                           for a in range(0, n, chunk_size)])  # (N, k), chunk·k·D at a time
-        w = _estimator_weights(vals, est, model.tau, True)
+        lse = _bank_logsumexp(tmp, feats, model.tau, ids, chunk_size, bank_chunk) if est == "softmax" else None
+        w = _estimator_weights(vals, est, model.tau, True, lse)
         edge_index, edge_weight = rankings_to_edges(idx, w)
         graph = KNNGraph(edge_index, edge_weight, idx, w, n, None, est)
         if fixed or not model.use_graph_weights:
@@ -196,14 +197,18 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     ``bank_momentum=m`` keeps the bank from an EMA copy of the backbone instead
     (:func:`bgcn.bank.ema_backbone`, MoCo-style: after each step
     :math:`\theta_\text{ema} \leftarrow m\theta_\text{ema} + (1-m)\theta` and the batch's rows are
-    rewritten from it); the step's graph weights still use the fresh features.
+    rewritten from it); the step's graph weights still use the fresh features, and the step is
+    then no longer the exact full-graph step (the bank's batch rows are EMA features).
 
     With ``batch_size >= N`` one batch holds every node and the run equals
     :func:`bgcn.train.train` with the same settings (losses, gradients, accuracies; float64).
 
     Estimators: ``"hard"``, ``"masked_softmax"``, ``"values"`` (weights from the k kept
-    similarities). Seed 000's ``"softmax"`` normalises over the whole row of N similarities; it is
-    refused here (use ``"masked_softmax"``, the same weights renormalised over the k kept ones).
+    similarities) and seed 000's ``"softmax"``, whose normaliser runs over the whole row of N:
+    each row's log-sum-exp is computed against the bank (the batch's columns fresh, with
+    gradient; :func:`bgcn.bank.computation_subgraph`), exact but one more pass over the bank per
+    subgraph row; ``"masked_softmax"`` (the same weights renormalised over the k kept ones) is the
+    cheap choice. The dense selection estimators of chapter 09 are refused.
 
     ``epochs``, ``warmup_epochs``, ``mode``, ``seed``, ``device``, ``deterministic`` and
     ``max_grad_norm`` mean what they mean in :func:`bgcn.train.train`; the warm-up and the frozen

@@ -106,7 +106,7 @@ def test_ema_backbone_and_momentum_update():
         momentum_update(ema, create_backbone("cnn_digits"), 0.5)
 
 
-@pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values"])
+@pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
 def test_subgraph_outputs_equal_the_full_graph(ds, estimator):
     """The query nodes' log-probs on their 2-hop subgraph equal the full kNN graph's (eval, float64)."""
     m = _model(estimator).eval()
@@ -122,7 +122,7 @@ def test_subgraph_outputs_equal_the_full_graph(ds, estimator):
         computation_subgraph(bank, bank.features[q.flip(0)], K, query_ids=q.flip(0), estimator=estimator)
 
 
-@pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values"])
+@pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
 def test_predict_equals_the_graph_with_new_nodes_appended(ds, estimator):
     """predict = GCN on the bank's graph plus one row per new image (neighbours among the bank)."""
     m = _model(estimator)
@@ -136,7 +136,8 @@ def test_predict_equals_the_graph_with_new_nodes_appended(ds, estimator):
         s = cosine_similarity(fn, fb)
         vals, idx = torch.topk(s, K, dim=1)
         w = {"hard": torch.ones_like(vals), "values": vals.clamp_min(0),
-             "masked_softmax": torch.softmax(vals / m.tau, dim=1)}[estimator]
+             "masked_softmax": torch.softmax(vals / m.tau, dim=1),
+             "softmax": torch.softmax(s / m.tau, dim=1).gather(1, idx)}[estimator]
         src = torch.cat([gb.edge_index[0], idx.reshape(-1)])
         dst = torch.cat([gb.edge_index[1], (120 + torch.arange(fn.shape[0])).repeat_interleave(K)])
         ref = m.gcn(torch.cat([fb, fn]), torch.stack([src, dst]), torch.cat([gb.edge_weight, w.reshape(-1)]))[120:]
@@ -171,8 +172,8 @@ def test_predict_bad_input(ds):
         predict(m, ds.images.double(), FeatureBank(N, 64, torch.float64))
     with pytest.raises(TypeError, match="FeatureBank"):
         predict(m, ds.images.double(), bank.features)
-    with pytest.raises(ValueError, match="masked_softmax"):
-        predict(_model("softmax"), ds.images.double(), bank)
+    with pytest.raises(ValueError, match="bank engine"):
+        predict(_model("gumbel_reinforce"), ds.images.double(), bank)
     with pytest.raises(ValueError, match="symmetric"):
         predict(_model(symmetric=True), ds.images.double(), bank)
     with pytest.raises(TypeError, match="floating"):
