@@ -18,7 +18,8 @@ Peak memory is ``bgcn.scaling.peak_memory``: the rise of the process's peak resi
 Usage (from the repository root)::
 
     python benchmarks/bench_minibatch.py       # N = 2 000 .. 20 000 (full batch to 10 000), < 1 min
-    python benchmarks/bench_minibatch.py --sizes 2000 50000 100000 --max-full-n 10000 --out x.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_minibatch.py --sizes 50000 100000 --max-full-n 0 \
+        --out benchmarks/results/minibatch_large.json   # about 4 min on one core (committed)
 
 Writes ``benchmarks/results/minibatch.json`` by default. No unit test checks these timings.
 """
