@@ -114,6 +114,9 @@ class FeatureBank:
             raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
         self.features = torch.zeros(n, d, dtype=dtype, device=device)
         self.filled = False
+        #: optional (N, k) neighbour lists (:meth:`fill_neighbours`): each row as found at that
+        #: node's last batch or the last fill; ``None`` = always search
+        self.neighbours: torch.Tensor | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -156,6 +159,21 @@ class FeatureBank:
 
     refresh = fill
 
+    @torch.no_grad()
+    def fill_neighbours(self, k: int, chunk_size: int = 4096, bank_chunk: int | None = None) -> torch.Tensor:
+        r"""Search every bank row's k neighbours once and keep them: :math:`\mathcal N_k(i)` for all i.
+
+        With the lists kept, :func:`computation_subgraph` reads the rows of the out-of-batch
+        neighbours from them instead of searching (about k times fewer queries a step) and writes
+        each batch's freshly searched rows back: *historical neighbour lists*, as stale as the
+        bank's rows. Memory N·k longs.
+
+        Shapes: -> neighbours (N, k) long
+        """
+        ids = torch.arange(self.num_nodes, device=self.device)
+        self.neighbours = self.search(self.features, k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
+        return self.neighbours
+
     # -- properties ---------------------------------------------------------------------------
     @property
     def num_nodes(self) -> int:
@@ -176,7 +194,8 @@ class FeatureBank:
     @property
     def nbytes(self) -> int:
         """Bytes of the table: N·D·(bytes per float)."""
-        return self.features.numel() * self.features.element_size()
+        extra = 0 if self.neighbours is None else self.neighbours.numel() * self.neighbours.element_size()
+        return self.features.numel() * self.features.element_size() + extra
 
     def __len__(self) -> int:
         return self.num_nodes
@@ -429,7 +448,7 @@ def _softmax_lse(bank, row_feats, row_ids, query_feats, query_ids, tau, chunk_si
 def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *,
                          query_ids: torch.Tensor | None = None, estimator: str = "hard", tau: float = 1.0,
                          use_weights: bool = True, chunk_size: int = 4096,
-                         bank_chunk: int | None = None) -> Subgraph:
+                         bank_chunk: int | None = None, use_neighbours: bool = False) -> Subgraph:
     r"""The exact 2-hop computation graph of the query nodes over the bank's kNN graph.
 
     The full graph has edges :math:`j \to i` for :math:`j \in \mathcal N_k(i)` with weight
@@ -452,6 +471,11 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     O(rows) values per block, not the blocks), plus a zero-valued term that carries the gradient
     to the batch's own columns (rows × b). It costs one more pass over the bank per row of
     :math:`Q\cup H_1\cup H_2`; the weights are exactly the full graph's.
+
+    ``use_neighbours=True`` reads the rows of :math:`H_1` (and :math:`H_2`) from
+    ``bank.neighbours`` (:meth:`FeatureBank.fill_neighbours`) instead of searching them, and
+    writes the query rows into it: k times fewer queries, at the price of rows as stale as the
+    bank's (exact again after a refresh, or when nothing has moved).
 
     Features: query node i gets ``query_feats[i]`` (fresh, with gradient); every other node its
     bank row (a constant). With ``query_ids`` (the query nodes are bank nodes, e.g. a training
@@ -497,7 +521,14 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     hop1 = torch.unique(idx0)
     if query_ids is not None:
         hop1 = hop1[~torch.isin(hop1, query_ids)]
-    if hop1.numel():
+    cache = bank.neighbours if use_neighbours else None
+    if use_neighbours and (cache is None or cache.shape[1] != k):
+        raise ValueError(f"use_neighbours=True needs bank.fill_neighbours({k}) first")
+    if cache is not None and query_ids is not None:
+        cache[query_ids] = idx0  # the batch's rows, fresh
+    if hop1.numel() and cache is not None:
+        idx1 = cache[hop1]
+    elif hop1.numel():
         idx1 = bank.search(bank.features[hop1], k, exclude=hop1, chunk_size=chunk_size, bank_chunk=bank_chunk)
     else:
         idx1 = torch.empty(0, k, dtype=torch.long, device=dev)
@@ -527,8 +558,8 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     ew = w.reshape(-1)
     if hop2.numel():
         if use_weights and estimator in ("values", "softmax"):
-            idx2 = bank.search(bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size,
-                               bank_chunk=bank_chunk)
+            idx2 = cache[hop2] if cache is not None else bank.search(
+                bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size, bank_chunk=bank_chunk)
             f2 = normalize_rows(bank.features[hop2])
             v2 = (f2.unsqueeze(1) * normalize_rows(lookup(idx2.reshape(-1))).reshape(*idx2.shape, -1)).sum(-1)
             lse2 = _softmax_lse(bank, bank.features[hop2], hop2, query_feats, query_ids, tau, chunk_size,

@@ -87,13 +87,15 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
 
 def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, bank: FeatureBank,
                    labels: torch.Tensor, train_mask: torch.Tensor, *, chunk_size: int = 4096,
-                   bank_chunk: int | None = None, fixed: bool = False,
-                   write_bank: bool = True) -> tuple[torch.Tensor, dict]:
+                   bank_chunk: int | None = None, fixed: bool = False, write_bank: bool = True,
+                   use_neighbours: bool = False) -> tuple[torch.Tensor, dict]:
     r"""The loss of one mini-batch step (module docstring, steps 1–4), ready for ``backward()``.
 
     ``fixed=True`` (frozen mode, warm-up): no backbone pass; the batch's features are its bank
     rows and the graph is hard with unit weights (what :func:`bgcn.train.train` trains on then).
     ``write_bank=False`` leaves the bank alone (a momentum bank is written by its EMA backbone).
+    ``use_neighbours=True``: out-of-batch rows from ``bank.neighbours`` (see
+    :func:`bgcn.bank.computation_subgraph`).
 
     Returns ``(loss, info)`` with ``info`` = ``{"labelled", "nodes", "hop1", "hop2", "search_s",
     "features"}`` (``features``: the fresh (b, D) tensor, or None).
@@ -119,7 +121,8 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
         est, use_w = _bank_estimator(model), model.use_graph_weights
     t0 = time.perf_counter()
     sub = computation_subgraph(bank, feats, model.k, query_ids=b_dev, estimator=est, tau=model.tau,
-                               use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk)
+                               use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk,
+                               use_neighbours=use_neighbours)
     t_search = time.perf_counter() - t0
     logp = subgraph_log_probs(model, sub)
     lab = train_mask[b_dev]
@@ -183,7 +186,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                     lr_backbone: float = 1e-4, lr_gcn: float = 1e-2, weight_decay: float = 5e-4,
                     seed: int = 0, device: str | torch.device = "auto", bank_refresh: int = 1,
                     bank_momentum: float | None = None, eval_every: int = 1, chunk_size: int = 4096,
-                    bank_chunk: int | None = None,
+                    bank_chunk: int | None = None, cache_neighbours: bool = False,
                     embed_batch_size: int = 512, deterministic: bool | None = None,
                     max_grad_norm: float | None = None, progress: bool | None = False) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
@@ -216,7 +219,10 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     (:func:`evaluate_full`, every ``eval_every`` epochs and at the last) records accuracies on the
     full graph. The learning rates may be 0 (a probe of the bank). ``chunk_size`` × ``bank_chunk``
     (``None``: N) is the largest similarity block of a search (:meth:`FeatureBank.search`);
-    ``embed_batch_size`` the images per no-grad backbone pass.
+    ``embed_batch_size`` the images per no-grad backbone pass. ``cache_neighbours=True`` keeps
+    every node's neighbour list in the bank (N·k longs, refreshed with it; a batch rewrites its
+    own rows) and reads the out-of-batch rows from it instead of searching them: about k times
+    fewer queries a step, the lists as stale as the bank (:meth:`FeatureBank.fill_neighbours`).
 
     Returns:
         :class:`bgcn.train.TrainResult`; its ``history.loss`` is the epoch's mean NLL over the
@@ -244,6 +250,8 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
             raise ValueError(f"{nm}={v!r} must be an int >= {lo}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int (>= N for one full batch)")
+    if not isinstance(cache_neighbours, bool):
+        raise TypeError(f"cache_neighbours must be a bool, got {type(cache_neighbours).__name__}")
     if bank_chunk is not None and (isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1):
         raise ValueError(f"bank_chunk={bank_chunk!r} must be None (the whole bank) or a positive int")
     if mode != "frozen" and warmup_epochs >= epochs:
@@ -282,7 +290,8 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                      warm=0 if mode == "frozen" else warmup_epochs, lr_backbone=lr_backbone, lr_gcn=lr_gcn,
                      weight_decay=weight_decay, seed=seed, dev=dev, bank_refresh=bank_refresh,
                      bank_momentum=bank_momentum, eval_every=eval_every, chunk_size=chunk_size,
-                     bank_chunk=bank_chunk, embed_batch_size=embed_batch_size, max_grad_norm=max_grad_norm,
+                     bank_chunk=bank_chunk, cache_neighbours=cache_neighbours, embed_batch_size=embed_batch_size,
+                     max_grad_norm=max_grad_norm,
                      progress=progress_enabled(progress))
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
@@ -290,7 +299,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
 
 def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epochs, warm, lr_backbone, lr_gcn,
           weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, bank_chunk,
-          embed_batch_size,
+          cache_neighbours, embed_batch_size,
           max_grad_norm, progress) -> TrainResult:
     seed_everything(seed)
     model.to(dev)
@@ -307,12 +316,15 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
               "tau": model.tau, "batch_size": int(batch_size), "epochs": epochs, "warmup_epochs": warm,
               "lr_backbone": lr_backbone, "lr_gcn": lr_gcn, "weight_decay": weight_decay, "seed": int(seed),
               "device": str(dev), "bank_refresh": bank_refresh, "bank_momentum": bank_momentum,
-              "eval_every": eval_every, "chunk_size": chunk_size, "bank_chunk": bank_chunk, "num_nodes": int(n),
+              "eval_every": eval_every, "chunk_size": chunk_size, "bank_chunk": bank_chunk,
+              "cache_neighbours": cache_neighbours, "num_nodes": int(n),
               "num_train": int(train_cpu.sum())}
 
     t_start = time.perf_counter()
     ema = ema_backbone(model.backbone) if bank_momentum is not None else None
     bank = FeatureBank.from_backbone(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
+    if cache_neighbours:
+        bank.fill_neighbours(model.k, chunk_size, bank_chunk)
     t_feat = time.perf_counter() - t_start
 
     history = History()
@@ -343,7 +355,8 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         for batch in stratified_batches(train_cpu, batch_size, gen):
             optimizer.zero_grad(set_to_none=True)
             loss, info = minibatch_loss(model, images, batch, bank, labels, train_mask, chunk_size=chunk_size,
-                                        bank_chunk=bank_chunk, fixed=fixed, write_bank=ema is None)
+                                        bank_chunk=bank_chunk, fixed=fixed, write_bank=ema is None,
+                                        use_neighbours=cache_neighbours)
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise TrainingDiverged(f"training diverged at epoch {epoch}: the batch loss is {lv}; lower the "
@@ -380,9 +393,13 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
             prev_indices = new_indices
             if refresh and ema is None:
                 bank.features.copy_(feats.to(bank.dtype))
+                if cache_neighbours:
+                    bank.neighbours = graph.indices.clone()
             del feats
         if refresh and (ema is not None or not evaluate):
             bank.fill(ema if ema is not None else model.backbone, images, embed_batch_size)
+            if cache_neighbours:
+                bank.fill_neighbours(model.k, chunk_size, bank_chunk)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0

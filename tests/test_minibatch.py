@@ -234,3 +234,45 @@ def test_bad_input(data):
         train_minibatch(_model(), images[:5], labels[:5], tr[:5], batch_size=16, **kw)
     with pytest.raises(ValueError, match="no node"):
         stratified_batches(torch.zeros(N, dtype=torch.bool), 10)
+
+
+@pytest.mark.parametrize("estimator", ["masked_softmax", "softmax"])
+def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, estimator, monkeypatch):
+    """cache_neighbours=True with a fixed backbone (lr_backbone=0): the cached rows are the exact
+    ones, so the run equals the searching run; with b >= N it equals train()."""
+    images, labels, tr, va, te = data
+    kw = dict(batch_size=24, epochs=2, device="cpu", lr_backbone=0.0, seed=2)
+    a = train_minibatch(_model(estimator), images, labels, tr, va, te, **kw)
+    b = train_minibatch(_model(estimator), images, labels, tr, va, te, cache_neighbours=True, **kw)
+    assert max(abs(x - y) for x, y in zip(a.history.loss, b.history.loss)) < TOL
+    assert a.history.val_acc == b.history.val_acc
+    assert b.bank.neighbours.shape == (N, K)
+    fn = b.bank.features  # the lists hold the exact top-k (the bank rows never changed)
+    fn = fn / b.bank.features.norm(dim=1, keepdim=True)
+    s = (fn @ fn.T).fill_diagonal_(float("-inf"))
+    assert float((s.gather(1, b.bank.neighbours) - torch.topk(s, K, 1).values).abs().max()) < 1e-12
+    full = train(_model(estimator), images, labels, tr, va, te, epochs=2, lr_backbone=1e-3, device="cpu",
+                 progress=False, seed=2)
+    c = train_minibatch(_model(estimator), images, labels, tr, va, te, batch_size=N, epochs=2, lr_backbone=1e-3,
+                        device="cpu", seed=2, cache_neighbours=True)
+    assert max(abs(x - y) for x, y in zip(full.history.loss, c.history.loss)) < TOL
+    # the cache is used: a step searches only its own b rows (plus the evaluation's N)
+    rows = []
+    orig = FeatureBank.search
+
+    def counting(self, query, k, *args, **kw):
+        rows.append(query.shape[0])
+        return orig(self, query, k, *args, **kw)
+
+    monkeypatch.setattr(FeatureBank, "search", counting)
+    bank = FeatureBank.from_backbone(_model(estimator), images)
+    for use in (False, True):
+        rows.clear()
+        if use:
+            bank.fill_neighbours(K)
+            rows.clear()
+        minibatch_loss(_model(estimator), images, torch.arange(0, N, 5), bank, labels, tr, use_neighbours=use)
+        if use:
+            assert rows == [N // 5]
+        else:
+            assert sum(rows) > 2 * (N // 5)
