@@ -9,6 +9,8 @@ Both engines train the same ``EndToEnd`` (backbone ``mlp_digits``, GCN hidden 64
   bytes are reported apart; searches in ``chunk_size`` x ``bank_chunk`` blocks. Memory should be
   flat in N apart from the bank and the images; time
   grows as N² per epoch (each step's exact search scans the bank), the search's share reported.
+* ``minibatch_cached``: the same with the bank's neighbour lists kept (``cache_neighbours``):
+  out-of-batch rows read, not searched; the one full search that fills them is timed apart.
 * ``full``: one full-batch step of ``bgcn.train`` (``model(images)``, dense N×N similarity with
   autograd, backward, AdamW step), up to ``--max-full-n``.
 
@@ -64,10 +66,14 @@ def _optimizer(model):
                               {"params": list(model.backbone.parameters()), "lr": 1e-3}], weight_decay=5e-4)
 
 
-def minibatch_epoch(images, labels, tr, k, batch_size, chunk_size, bank_chunk, dev):
+def minibatch_epoch(images, labels, tr, k, batch_size, chunk_size, bank_chunk, dev, cache=False):
     model = _model(k).to(dev)
     opt = _optimizer(model)
     bank = FeatureBank.from_backbone(model, images, 1024, dev)
+    t0 = time.perf_counter()
+    if cache:
+        bank.fill_neighbours(k, chunk_size, bank_chunk)
+    t_fill_neighbours = time.perf_counter() - t0
     labels, tr_dev = labels.to(dev), tr.to(dev)
     gen = torch.Generator().manual_seed(0)
     stats = {"search_s": 0.0, "steps": 0, "max_subgraph_nodes": 0}
@@ -77,7 +83,7 @@ def minibatch_epoch(images, labels, tr, k, batch_size, chunk_size, bank_chunk, d
         for batch in stratified_batches(tr, batch_size, gen):
             opt.zero_grad(set_to_none=True)
             loss, info = minibatch_loss(model, images, batch, bank, labels, tr_dev, chunk_size=chunk_size,
-                                        bank_chunk=bank_chunk)
+                                        bank_chunk=bank_chunk, use_neighbours=cache)
             loss.backward()
             opt.step()
             stats["search_s"] += info["search_s"]
@@ -90,7 +96,7 @@ def minibatch_epoch(images, labels, tr, k, batch_size, chunk_size, bank_chunk, d
     _, peak = peak_memory(epoch, device=dev)
     dt = time.perf_counter() - t0
     return {"time_s": dt, "peak_bytes": peak, "bank_bytes": bank.nbytes, **stats,
-            "search_share": stats["search_s"] / dt}
+            "search_share": stats["search_s"] / dt, "fill_neighbours_s": t_fill_neighbours}
 
 
 def full_epoch(images, labels, tr, k, dev):
@@ -113,7 +119,7 @@ def full_epoch(images, labels, tr, k, dev):
 
 
 def run(sizes, *, k=10, batch_size=256, chunk_size=1024, bank_chunk=4096, max_full_n=10000, device="cpu",
-        verbose=True) -> dict:
+        cached=True, verbose=True) -> dict:
     dev = torch.device(device)
     out = []
     for n in sizes:
@@ -123,6 +129,10 @@ def run(sizes, *, k=10, batch_size=256, chunk_size=1024, bank_chunk=4096, max_fu
                "minibatch": minibatch_epoch(ds.images, ds.labels, tr, k, batch_size, chunk_size, bank_chunk,
                                                     dev)}
         gc.collect()
+        if cached:
+            rec["minibatch_cached"] = minibatch_epoch(ds.images, ds.labels, tr, k, batch_size, chunk_size,
+                                                      bank_chunk, dev, cache=True)
+            gc.collect()
         if n <= max_full_n:
             rec["full"] = full_epoch(ds.images, ds.labels, tr, k, dev)
             gc.collect()
@@ -132,6 +142,9 @@ def run(sizes, *, k=10, batch_size=256, chunk_size=1024, bank_chunk=4096, max_fu
             fb = rec.get("full")
             print(f"N={n:>7}: minibatch {mb['time_s']:.2f} s/epoch, peak {(mb['peak_bytes'] or 0) / 2**20:.1f} MiB "
                   f"(bank {mb['bank_bytes'] / 2**20:.1f} MiB), search {100 * mb['search_share']:.0f}%"
+                  + ("" if "minibatch_cached" not in rec else
+                     f" | cached lists {rec['minibatch_cached']['time_s']:.2f} s "
+                     f"(+{rec['minibatch_cached']['fill_neighbours_s']:.2f} s to fill them)")
                   + ("" if fb is None else f" | full {fb['time_s']:.2f} s, peak {(fb['peak_bytes'] or 0) / 2**20:.1f}"
                                            f" MiB"), flush=True)
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
@@ -152,11 +165,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bank-chunk", type=int, default=4096)
     ap.add_argument("--max-full-n", type=int, default=10000)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-cached", action="store_true", help="skip the run with cached neighbour lists")
     ap.add_argument("--out", default=str(RESULTS / "minibatch.json"))
     a = ap.parse_args(argv)
     data = run(a.sizes, k=a.k, batch_size=a.batch_size, chunk_size=a.chunk_size, bank_chunk=a.bank_chunk,
                max_full_n=a.max_full_n,
-               device=a.device)
+               device=a.device, cached=not a.no_cached)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
