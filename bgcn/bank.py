@@ -9,8 +9,10 @@ searched in it exactly (:meth:`FeatureBank.search`, chunked, like
 out-of-batch nodes' inputs taken from the bank (the historical-embedding idea of GNNAutoScale,
 Fey et al. 2021, applied to the GCN's input features).
 
-Memory: the bank is N·D floats; nothing else here grows with N (the search holds one
-``chunk_size`` × N block at a time, under ``no_grad``).
+Memory: the bank is N·D floats (plus N·k longs with the optional neighbour lists,
+:meth:`FeatureBank.fill_neighbours`); nothing else here grows with N: a search holds one
+``chunk_size`` × ``bank_chunk`` block at a time (``chunk_size`` × N without ``bank_chunk``),
+under ``no_grad``.
 
 Taught in: chapter 11 (chapters/11_minibatch.md).
 """
@@ -193,7 +195,7 @@ class FeatureBank:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the table: N·D·(bytes per float)."""
+        """Bytes held: N·D·(bytes per float), plus N·k·8 with the neighbour lists."""
         extra = 0 if self.neighbours is None else self.neighbours.numel() * self.neighbours.element_size()
         return self.features.numel() * self.features.element_size() + extra
 
