@@ -24,7 +24,7 @@ import datetime
 import functools
 import os
 import warnings
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -47,7 +47,6 @@ __all__ = [
     "unwrap",
 ]
 
-T = TypeVar("T")
 
 #: torchrun's variables; RANK and WORLD_SIZE are required together, LOCAL_RANK defaults to RANK
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -481,7 +480,7 @@ def _status_from_main(ok: bool) -> bool:
     return bool(int(flag.item()))
 
 
-def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
+def main_only(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: run ``fn`` on rank 0 only; every other rank waits for it, then gets ``None``.
 
     The wait is a broadcast of rank 0's success flag (a barrier that carries one bit), so when
