@@ -59,11 +59,16 @@ del _inspect, _types, _train_module
 _LAZY = {"viz", "viz_estimators", "cli", "experiment", "estimator_experiment", "distributed", "bank", "minibatch"}
 
 
+#: public names that live in a lazily imported submodule (chapter 11's engine)
+_LAZY_NAMES = {"FeatureBank": "bank", "train_minibatch": "minibatch"}
+
+
 def __getattr__(name):
-    if name in _LAZY:
+    if name in _LAZY or name in _LAZY_NAMES:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
+        mod = importlib.import_module(f"{__name__}.{_LAZY_NAMES.get(name, name)}")
+        return getattr(mod, name) if name in _LAZY_NAMES else mod
     raise AttributeError(f"module 'bgcn' has no attribute {name!r}")
 
 

@@ -214,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--symmetric", action="store_true", help="symmetrise the kNN graph")
     m.add_argument("--include-self", action="store_true", help="keep each node in its own ranking")
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_positive_int, default=100, help="full-batch epochs (one step each)")
+    o.add_argument("--epochs", type=_positive_int, default=100,
+                   help="epochs (full batch: one step each; with --batch-size: one pass over the images)")
+    o.add_argument("--batch-size", type=_nonneg_int, default=0,
+                   help="images per step, over a feature bank (bgcn.minibatch.train_minibatch, chapter 11); "
+                        "0: full batch (the chapters' exact path). No checkpoint/--resume/--amp yet")
+    o.add_argument("--bank-refresh", type=_nonneg_int, default=1,
+                   help="with --batch-size: refill the feature bank every R epochs (0: never)")
+    o.add_argument("--cache-neighbours", action="store_true",
+                   help="with --batch-size: keep every node's neighbour list in the bank (faster, staler)")
     o.add_argument("--warmup-epochs", type=_auto_or(_nonneg_int), default="auto",
                    help="end-to-end modes: first train only the GCN on the initial features for this many epochs, "
                         "then the backbone too; must be < --epochs. 'auto': a quarter of --epochs (on --resume: "
@@ -368,6 +376,13 @@ def run_train(args: argparse.Namespace) -> dict:
     _check_out(out)
     ckpt = out / "checkpoint.pt"
     resume = bool(args.resume)
+    if args.batch_size:
+        bad = [flag for flag, on in (("--resume", args.resume), ("--amp", args.amp)) if on]
+        if bad:
+            raise ValueError(f"{' and '.join(bad)} {'does' if len(bad) == 1 else 'do'} not work with --batch-size "
+                             f"yet (the mini-batch engine writes no checkpoint); drop it, or train full batch "
+                             f"(--batch-size 0)")
+        ckpt = None
     if resume and not ckpt.is_file():
         print(f"python -m bgcn train: --resume: no checkpoint at {ckpt}, so this run starts afresh",
               file=sys.stderr)
@@ -420,12 +435,23 @@ def run_train(args: argparse.Namespace) -> dict:
              "pretrained_file": args.pretrained_file, "labels_per_class": args.labels_per_class,
              "val_per_class": args.val_per_class, "hidden": args.hidden, "dropout": args.dropout}
     t0 = time.perf_counter()
-    res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
-                warmup_epochs=warmup,
-                lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
-                device=args.device, amp=bool(args.amp), graph_every=args.graph_every,
-                checkpoint=ckpt, resume=resume, progress=args.progress,
-                max_grad_norm=args.max_grad_norm, extra_config=extra)
+    if args.batch_size:
+        from .minibatch import train_minibatch
+
+        res = train_minibatch(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode,
+                              epochs=args.epochs, warmup_epochs=warmup, batch_size=args.batch_size,
+                              lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay,
+                              seed=args.seed, device=args.device, bank_refresh=args.bank_refresh,
+                              cache_neighbours=args.cache_neighbours, max_grad_norm=args.max_grad_norm,
+                              progress=args.progress)
+        res.config.update(extra)
+    else:
+        res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
+                    warmup_epochs=warmup,
+                    lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
+                    device=args.device, amp=bool(args.amp), graph_every=args.graph_every,
+                    checkpoint=ckpt, resume=resume, progress=args.progress,
+                    max_grad_norm=args.max_grad_norm, extra_config=extra)
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
                "config": res.config, "tau_arg": str(args.tau), "warmup_arg": str(args.warmup_epochs),
                "lr_backbone_arg": str(args.lr_backbone), "versions": versions(), "seed": args.seed,
@@ -477,7 +503,8 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
             m = run_train(args)
             print(f"{prog}: test accuracy at best validation {m['test_acc_at_best_val']:.4f} "
                   f"(epoch {m['best_epoch']}), final {m['final'].get('test_acc', float('nan')):.4f}; "
-                  f"{m['timings']['per_epoch']:.3f} s/epoch; wrote {m['out']}/metrics.json and {m['checkpoint']}")
+                  f"{m['timings']['per_epoch']:.3f} s/epoch; wrote {m['out']}/metrics.json"
+                  + (f" and {m['checkpoint']}" if m.get("checkpoint") else ""))
         else:
             from .experiment import run_experiment
 
