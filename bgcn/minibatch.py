@@ -35,8 +35,9 @@ from .bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _embed, _estim
                    computation_subgraph, ema_backbone, momentum_update, subgraph_log_probs)
 from .graph import KNNGraph, edge_change_fraction, rankings_to_edges
 from .similarity import normalize_rows
-from .model import MODES, EndToEnd
-from .train import History, TrainResult, TrainingDiverged, _check_mask, _pbar, _snapshot, accuracy, \
+from .model import EndToEnd
+from .train import History, TrainResult, TrainingDiverged, _check_mask, _check_training_labels, _pbar, \
+    _resolve_mode, _snapshot, accuracy, \
     progress_enabled
 from .utils import check_k, get_device, seed_everything
 
@@ -239,10 +240,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     # ---- validate ------------------------------------------------------------------------------
     if not isinstance(model, EndToEnd):
         raise TypeError(f"model must be a bgcn.EndToEnd (see bgcn.model.build_model), got {type(model).__name__}")
-    if mode is None:
-        mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
+    mode = _resolve_mode(model, mode)
     for nm, v, lo in (("epochs", epochs, 1), ("warmup_epochs", warmup_epochs, 0), ("bank_refresh", bank_refresh, 0),
                       ("eval_every", eval_every, 1), ("chunk_size", chunk_size, 1),
                       ("embed_batch_size", embed_batch_size, 1)):
@@ -280,6 +278,8 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     masks = {nm: _check_mask(m, n, nm, dev) for nm, m in (("train_mask", train_mask), ("val_mask", val_mask),
                                                           ("test_mask", test_mask))}
     labels = labels.to(dev).long()
+    _check_training_labels(labels, masks["train_mask"], masks["val_mask"], masks["test_mask"],
+                           getattr(model.gcn, "out_channels", None))
     if deterministic is None:
         deterministic = dev.type == "cpu"
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())

@@ -30,7 +30,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +372,49 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _RESUME_FREE = frozenset({"epochs", "device", "graph_every", "checkpoint_every", "amp"})
 
 
+def _resolve_mode(model: EndToEnd, mode: str | None) -> str:
+    """``mode`` checked, or the model's own when None (shared by :func:`train` and ``train_minibatch``)."""
+    if mode is None:
+        mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
+    return mode
+
+
+def _check_training_labels(labels: torch.Tensor, train_mask: torch.Tensor, val_mask: torch.Tensor | None,
+                           test_mask: torch.Tensor | None, num_classes: int | None) -> None:
+    """The label checks of a training run (shared by :func:`train` and ``train_minibatch``).
+
+    Labels in the masks lie in 0..C-1; every class seen in val/test has a labelled node; a warning
+    when the validation set is too small to select an epoch on (< 5 nodes a class).
+    """
+    for mname, m in (("train_mask", train_mask), ("val_mask", val_mask), ("test_mask", test_mask)):
+        if m is None or not bool(m.any()):
+            continue
+        lo, hi = int(labels[m].min()), int(labels[m].max())
+        if lo < 0:
+            raise ValueError(f"labels of the {mname} nodes must be >= 0, got {lo}; leave unlabelled nodes out of the mask")
+        if num_classes is not None and hi >= int(num_classes):
+            raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = {num_classes}; "
+                             f"labels must lie in 0..{int(num_classes) - 1} (build the model with num_classes={hi + 1})")
+    trained = set(labels[train_mask].unique().tolist())
+    for mname, m in (("val_mask", val_mask), ("test_mask", test_mask)):
+        if m is None or not bool(m.any()):
+            continue
+        missing = sorted(set(labels[m].unique().tolist()) - trained)
+        if missing:
+            raise ValueError(f"class(es) {missing} appear in {mname} but have no labelled node in train_mask: the GCN "
+                             f"cannot learn them; label at least one image of each class (e.g. raise labels_per_class)")
+    if val_mask is not None and bool(val_mask.any()):
+        n_val = int(val_mask.sum())
+        n_cls = len(set(labels[val_mask].unique().tolist()))
+        if n_val < 5 * max(n_cls, 1):
+            warnings.warn(f"the validation set has only {n_val} node(s) for {n_cls} class(es) (< 5 a class): one "
+                          f"node is {100 / n_val:.0f} accuracy points, so selecting the best epoch on it is mostly "
+                          f"noise; label more validation images, or judge by the last epoch (TrainResult.final)",
+                          UserWarning, stacklevel=3)
+
+
 # --------------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------------
@@ -471,10 +514,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     # ---- validate -------------------------------------------------------------------------------
     if not isinstance(model, EndToEnd):
         raise TypeError(f"model must be a bgcn.EndToEnd (see bgcn.model.build_model), got {type(model).__name__}")
-    if mode is None:
-        mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
+    mode = _resolve_mode(model, mode)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be a positive int")
     lr_backbone = check_positive(lr_backbone, "lr_backbone")
@@ -513,32 +553,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     train_mask = _check_mask(train_mask, n, "train_mask", dev, required=True)
     val_mask = _check_mask(val_mask, n, "val_mask", dev)
     test_mask = _check_mask(test_mask, n, "test_mask", dev)
-    num_classes = getattr(model.gcn, "out_channels", None)
-    for mname, m in (("train_mask", train_mask), ("val_mask", val_mask), ("test_mask", test_mask)):
-        if m is None or not bool(m.any()):
-            continue
-        lo, hi = int(labels[m].min()), int(labels[m].max())
-        if lo < 0:
-            raise ValueError(f"labels of the {mname} nodes must be >= 0, got {lo}; leave unlabelled nodes out of the mask")
-        if num_classes is not None and hi >= int(num_classes):
-            raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = {num_classes}; "
-                             f"labels must lie in 0..{int(num_classes) - 1} (build the model with num_classes={hi + 1})")
-    trained = set(labels[train_mask].unique().tolist())
-    for mname, m in (("val_mask", val_mask), ("test_mask", test_mask)):
-        if m is None or not bool(m.any()):
-            continue
-        missing = sorted(set(labels[m].unique().tolist()) - trained)
-        if missing:
-            raise ValueError(f"class(es) {missing} appear in {mname} but have no labelled node in train_mask: the GCN "
-                             f"cannot learn them; label at least one image of each class (e.g. raise labels_per_class)")
-    if val_mask is not None and bool(val_mask.any()):
-        n_val = int(val_mask.sum())
-        n_cls = len(set(labels[val_mask].unique().tolist()))
-        if n_val < 5 * max(n_cls, 1):
-            warnings.warn(f"the validation set has only {n_val} node(s) for {n_cls} class(es) (< 5 a class): one "
-                          f"node is {100 / n_val:.0f} accuracy points, so selecting the best epoch on it is mostly "
-                          f"noise; label more validation images, or judge by the last epoch (TrainResult.final)",
-                          UserWarning, stacklevel=2)
+    _check_training_labels(labels, train_mask, val_mask, test_mask, getattr(model.gcn, "out_channels", None))
     if analysis_labels is not None:
         if (not isinstance(analysis_labels, torch.Tensor) or analysis_labels.shape != (n,)
                 or analysis_labels.is_floating_point()):

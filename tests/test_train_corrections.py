@@ -237,3 +237,21 @@ def test_float64_images_train_and_uint8_are_refused(data):
     np.testing.assert_allclose(a.history.loss, b.history.loss, rtol=1e-6)
     with pytest.raises(TypeError, match="images"):
         train(_model(), (images * 255).to(torch.uint8), labels, tr, va, te, epochs=1, device="cpu", progress=False)
+
+
+def test_minibatch_shares_the_label_checks(data):
+    """train_minibatch runs the same label checks as train (one copy, bgcn.train._check_training_labels)."""
+    from bgcn.minibatch import train_minibatch
+
+    images, labels, tr, va, te = data
+    tr2 = tr & (labels != 2)
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        train_minibatch(_model("end2end", "masked_softmax"), images, labels, tr2, va, te, batch_size=32,
+                        epochs=1, device="cpu")
+    tiny = torch.zeros_like(va)
+    tiny[torch.nonzero(va)[:3, 0]] = True
+    with pytest.warns(UserWarning, match="validation set has only 3"):
+        train_minibatch(_model("end2end", "masked_softmax"), images, labels, tr, tiny, None, batch_size=64,
+                        epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="mode="):
+        train_minibatch(_model(), images, labels, tr, va, te, batch_size=32, epochs=1, mode="joint")
