@@ -393,26 +393,35 @@ def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_c
     sharper than the two rows' ± side by side. "Beyond noise" is a rough two-standard-error rule,
     not a test with a stated level (with 5 seeds, a t-test at 5 % would ask for about 2.8 se).
 
-    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise"}`` (differences in accuracy units;
-    ``wins`` = seeds with :math:`d_s > 0`); ``n = 0`` and NaNs when no seed is shared.
+    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise", "diffs"}`` (differences in accuracy
+    units, ``diffs`` per shared seed in seed order; ``wins`` = seeds with :math:`d_s > 0`); ``n = 0``
+    and NaNs when no seed is shared. Runs name their row by ``"method"`` (experiment.json) or
+    ``"row"`` (estimators.json); runs without ``labels_per_class`` match any setting; missing or NaN
+    values are skipped.
 
     Shapes: none.
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    a = {r["seed"]: r[key] for r in runs if r.get("method", r.get("row")) == method
-         and r.get("labels_per_class", labels_per_class) == labels_per_class and r.get(key) is not None}
-    b = {r["seed"]: r[key] for r in runs if r.get("method", r.get("row")) == baseline
-         and r.get("labels_per_class", labels_per_class) == labels_per_class and r.get(key) is not None}
+    def values(name):
+        out = {}
+        for r in runs:
+            v = r.get(key)
+            if (r.get("method", r.get("row")) == name and r.get("labels_per_class", labels_per_class) == labels_per_class
+                    and v is not None and not (isinstance(v, float) and v != v)):
+                out[int(r["seed"])] = float(v)
+        return out
+
+    a, b = values(method), values(baseline)
     seeds = sorted(set(a) & set(b))
     if not seeds:
         nan = float("nan")
-        return {"mean": nan, "std": nan, "se": nan, "n": 0, "wins": 0, "beyond_noise": False}
+        return {"mean": nan, "std": nan, "se": nan, "n": 0, "wins": 0, "beyond_noise": False, "diffs": []}
     d = np.array([a[s] - b[s] for s in seeds], dtype=float)
     sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
     se = sd / np.sqrt(len(d))
     return {"mean": float(d.mean()), "std": sd, "se": float(se), "n": len(d), "wins": int((d > 0).sum()),
-            "beyond_noise": bool(len(d) > 1 and abs(d.mean()) > 2 * se)}
+            "beyond_noise": bool(len(d) > 1 and abs(d.mean()) > 2 * se), "diffs": d.tolist()}
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:

@@ -239,30 +239,31 @@ def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_ac
     ``{row: {"mean", "std", "n", "se", "diffs"}}`` with the sample standard deviation (ddof 1;
     NaN for one seed) and the standard error :math:`\text{std}/\sqrt n`. ``runs`` is the
     ``"runs"`` list of ``estimators.json`` (dicts with ``row``, ``seed`` and ``key``); runs whose
-    ``key`` is missing or ``None`` are skipped.
+    ``key`` is missing or ``None`` are skipped. Each row is one call of
+    :func:`bgcn.experiment.paired_difference` (the same computation as chapter 08's tables), scaled.
 
     Shapes: runs: list of dicts -> dict of dicts.
 
     Taught in: chapter 09 (chapters/09_estimators_digits.md).
     """
-    by = {}
+    from .experiment import paired_difference
+
+    rows = []
     for r in runs:
         v = r.get(key)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        by.setdefault(r["row"], {})[int(r["seed"])] = float(v)
-    if reference not in by:
-        raise ValueError(f"reference={reference!r} has no runs with {key!r}; rows present: {sorted(by)}")
-    ref = by[reference]
+        if v is not None and not (isinstance(v, float) and math.isnan(v)) and r["row"] not in rows:
+            rows.append(r["row"])
+    if reference not in rows:
+        raise ValueError(f"reference={reference!r} has no runs with {key!r}; rows present: {sorted(rows)}")
     out = {}
-    for row, vals in by.items():
-        seeds = sorted(set(vals) & set(ref))
-        d = np.array([scale * (vals[s] - ref[s]) for s in seeds], dtype=float)
-        if not len(d):
+    for row in rows:  # the one paired-difference computation, bgcn.experiment.paired_difference
+        p = paired_difference(runs, row, reference, None, key=key)
+        if not p["n"]:
             continue
-        sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-        out[row] = {"mean": float(d.mean()), "std": sd, "n": len(d),
-                    "se": sd / math.sqrt(len(d)) if len(d) > 1 else float("nan"), "diffs": d.tolist()}
+        n = p["n"]
+        sd = scale * p["std"] if n > 1 else float("nan")
+        out[row] = {"mean": scale * p["mean"], "std": sd, "n": n,
+                    "se": sd / math.sqrt(n) if n > 1 else float("nan"), "diffs": [scale * x for x in p["diffs"]]}
     return out
 
 
