@@ -414,6 +414,9 @@ def score_function_surrogate(log_prob: torch.Tensor, node_loss: torch.Tensor, ma
         raise ValueError(f"mask must be a bool tensor of shape {tuple(log_prob.shape)} (the labelled nodes)")
     if not bool(mask.any()):
         raise ValueError("mask selects no node: the score-function surrogate needs at least one labelled node")
+    if not isinstance(node_loss, torch.Tensor) or node_loss.shape != log_prob.shape:
+        raise ValueError(f"node_loss must be a tensor of shape {tuple(log_prob.shape)} (one loss per node, like "
+                         f"log_prob), got {tuple(node_loss.shape) if isinstance(node_loss, torch.Tensor) else type(node_loss).__name__}")
     ell = node_loss.detach().to(log_prob.dtype)
     if reward == "node":
         r = ell[mask]

@@ -162,6 +162,8 @@ def test_score_function_surrogate_gradient():
         score_function_surrogate(log_prob.detach(), node_loss, mask, reward="global", baseline="loo")
     with pytest.raises(ValueError, match="mask"):
         score_function_surrogate(log_prob.detach(), node_loss, torch.zeros(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="node_loss"):
+        score_function_surrogate(log_prob.detach(), node_loss[:4], mask)
 
 
 def _exact_expectations(reward: str, baseline):
