@@ -42,6 +42,7 @@ __all__ = [
     "plot_estimator_row",
     "paired_differences",
     "classify_differences",
+    "paired_reading",
     "plot_paired_differences",
 ]
 
@@ -293,6 +294,37 @@ def classify_differences(diffs: dict, exclude: Sequence[str] = ()) -> dict:
         else:
             out["behind"].append(row)
     return out
+
+
+
+def paired_reading(runs: Sequence[dict], references: dict) -> list[str]:
+    r"""One markdown bullet per reference row: every other row ahead / within / behind it by one std.
+
+    For each ``reference -> description`` of ``references``, :func:`paired_differences` against the
+    reference, sorted by :func:`classify_differences`, written as
+    ``- against <description> (`ref`, n seeds): ahead by > 1 std: `row` +d ± s; ...``.
+
+    Shapes: runs: list of dicts -> list of str.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    if not isinstance(references, dict) or not references:
+        raise ValueError("references must be a non-empty dict {reference row: description}")
+    lines = []
+    for ref, what in references.items():
+        d = paired_differences(runs, ref)
+        cls = classify_differences(d, exclude=[ref])
+        parts = []
+        for kind in ("ahead", "within", "behind"):
+            if cls[kind]:
+                rows = ", ".join(f"`{r}` {d[r]['mean']:+.1f} ± {d[r]['std']:.1f}" for r in cls[kind])
+                how = "within one std" if kind == "within" else f"{kind} by > 1 std"
+                parts.append(f"{how}: {rows}")
+        if cls["one_seed"]:
+            parts.append("one seed only: " + ", ".join(f"`{r}`" for r in cls["one_seed"]))
+        n = max(v["n"] for v in d.values())
+        lines.append(f"- against {what} (`{ref}`, {n} seeds): " + "; ".join(parts))
+    return lines
 
 
 def plot_paired_differences(panels: Sequence[tuple[str, dict]], *, unit: str = "points"):

@@ -162,3 +162,16 @@ def test_paired_differences_pairs_by_seed():
     fig = plot_paired_differences([("vs a", d)])
     assert len(fig.axes) == 1
     plt.close(fig)
+
+
+def test_paired_reading_lines():
+    from bgcn.viz_estimators import paired_reading
+
+    runs = [{"row": "ref", "seed": s, "test_acc": 0.90} for s in range(3)]
+    runs += [{"row": "up", "seed": s, "test_acc": 0.92 + 0.001 * s} for s in range(3)]     # +2.1 ± 0.1
+    runs += [{"row": "same", "seed": s, "test_acc": 0.90 + 0.01 * (s - 1)} for s in range(3)]  # +0.0 ± 1.0
+    (line,) = paired_reading(runs, {"ref": "the reference"})
+    assert line.startswith("- against the reference (`ref`, 3 seeds): ahead by > 1 std: `up` +2.1 ± 0.1")
+    assert "within one std: `same` +0.0 ± 1.0" in line and "`ref`" not in line.split(":", 1)[1]
+    with pytest.raises(ValueError, match="references"):
+        paired_reading(runs, {})
