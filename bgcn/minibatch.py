@@ -189,7 +189,8 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                     bank_momentum: float | None = None, eval_every: int = 1, chunk_size: int = 4096,
                     bank_chunk: int | None = None, cache_neighbours: bool = False,
                     embed_batch_size: int = 512, deterministic: bool | None = None,
-                    max_grad_norm: float | None = None, progress: bool | None = False) -> TrainResult:
+                    max_grad_norm: float | None = None, progress: bool | None = False,
+                    callback=None) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
 
     Each epoch draws :func:`stratified_batches` (every batch holds labelled nodes; a CPU
@@ -213,6 +214,10 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     gradient; :func:`bgcn.bank.computation_subgraph`), exact but one more pass over the bank per
     subgraph row; ``"masked_softmax"`` (the same weights renormalised over the k kept ones) is the
     cheap choice. The dense selection estimators of chapter 09 are refused.
+
+    ``callback(epoch, model, bank)``, if given, is called after each epoch's steps and before its
+    evaluation and bank refresh (the bank then holds what the steps left in it: for measuring
+    staleness). It must not change the model or the bank.
 
     ``epochs``, ``warmup_epochs``, ``mode``, ``seed``, ``device``, ``deterministic`` and
     ``max_grad_norm`` mean what they mean in :func:`bgcn.train.train`; the warm-up and the frozen
@@ -248,6 +253,9 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
             raise ValueError(f"{nm}={v!r} must be an int >= {lo}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int (>= N for one full batch)")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(epoch, model, bank) or None, got "
+                        f"{type(callback).__name__}")
     if not isinstance(cache_neighbours, bool):
         raise TypeError(f"cache_neighbours must be a bool, got {type(cache_neighbours).__name__}")
     if bank_chunk is not None and (isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1):
@@ -291,7 +299,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                      weight_decay=weight_decay, seed=seed, dev=dev, bank_refresh=bank_refresh,
                      bank_momentum=bank_momentum, eval_every=eval_every, chunk_size=chunk_size,
                      bank_chunk=bank_chunk, cache_neighbours=cache_neighbours, embed_batch_size=embed_batch_size,
-                     max_grad_norm=max_grad_norm,
+                     max_grad_norm=max_grad_norm, callback=callback,
                      progress=progress_enabled(progress))
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
@@ -300,7 +308,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
 def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epochs, warm, lr_backbone, lr_gcn,
           weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, bank_chunk,
           cache_neighbours, embed_batch_size,
-          max_grad_norm, progress) -> TrainResult:
+          max_grad_norm, progress, callback=None) -> TrainResult:
     seed_everything(seed)
     model.to(dev)
     gen = torch.Generator().manual_seed(int(seed) % 2**63)
@@ -379,6 +387,10 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
                           "nodes": info["nodes"], "hop1": info["hop1"], "hop2": info["hop2"]})
         loss_value = float(np.average(losses, weights=counts))
         t_step = time.perf_counter() - t0
+        if callback is not None:
+            model.eval()
+            with torch.no_grad():
+                callback(epoch, model, bank)
 
         evaluate = epoch % eval_every == 0 or epoch == epochs
         refresh = bank_refresh > 0 and epoch % bank_refresh == 0
