@@ -1,16 +1,24 @@
 """Datasets and label masks: the images that enter the pipeline and which of them carry labels.
 
-Three sources, one return type:
+Four sources, one return type:
 
 * ``"digits"`` — scikit-learn's bundled handwritten digits (N = 1797, 8×8, one channel, 10 classes),
   shipped with scikit-learn, so nothing is downloaded;
 * ``"synthetic"`` — generated images of any size N with a known class structure (for scaling);
+* ``"fashion-mnist"`` — Zalando's Fashion-MNIST (60 000 + 10 000, 28×28, one channel, 10 classes)
+  from local IDX files, e.g. Debian's ``apt-get install dataset-fashion-mnist``; ``subset=n`` for a
+  stratified sample;
 * a folder ``path/<class_name>/**/<image>`` of the reader's own images (png, jpg, bmp, tif,
   webp; at any depth under the class folder; 8- or 16-bit).
 
 :func:`load_dataset` returns a :class:`Dataset`, a 2-tuple ``(images, labels)`` that also carries
 ``class_names`` and ``name`` as attributes, so both ``images, labels = load_dataset("digits")`` and
 ``ds = load_dataset("digits"); ds.class_names`` work.
+
+Images that need not fit in memory: an :class:`ImageSource` hands out images by index, one
+(``source[i]``) or a batch (``source.take(indices)``, ``source.loader(batch_size)``) at a time;
+:class:`TensorImages` wraps a tensor (uint8 converted per batch), :class:`ImageFolderSource` reads
+a folder lazily, and :func:`as_image_source` turns either a tensor or a source into a source.
 
 The setting is transductive (see the book): the kNN graph spans every image, labelled or not, and
 :func:`label_masks` only decides whose labels the loss may see.
@@ -24,6 +32,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
+import torch.utils.data as tud
 
 from .utils import NotFoundError, check_seed, check_tensor
 
@@ -37,13 +46,24 @@ __all__ = [
     "load_image_folder",
     "label_masks",
     "check_labels",
+    "read_idx",
+    "load_fashion_mnist",
+    "fashion_mnist_dir",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DEBIAN_DIR",
+    "FASHION_MNIST_ENV",
+    "stratified_subset",
+    "ImageSource",
+    "TensorImages",
+    "ImageFolderSource",
+    "as_image_source",
     "check_every_class_labelled",
     "image_mean_std",
     "normalize_images",
 ]
 
 #: Names accepted by :func:`load_dataset` besides a folder path.
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "fashion-mnist")
 #: File extensions (lower case) read by the folder loader.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -60,7 +80,9 @@ class Dataset(_ImagesLabels):
     same tensors, and ``ds.class_names[c]`` names class ``c``.
 
     Shapes:
-        images: (N, C_in, H, W) float32 in [0, 1]   (C_in image channels, not the class count C)
+        images: (N, C_in, H, W) float32 in [0, 1]   (C_in image channels, not the class count C);
+                or uint8 in {0, …, 255} where asked for (``load_fashion_mnist(dtype=torch.uint8)``):
+                :class:`TensorImages` turns those into x = pixel / 255 one batch at a time
         labels: (N,) long in {0, …, C-1}
         class_names: list of C strings
 
@@ -70,7 +92,10 @@ class Dataset(_ImagesLabels):
     # No __slots__: instances get a __dict__ for the two extra attributes.
     def __new__(cls, images: torch.Tensor, labels: torch.Tensor,
                 class_names: Sequence[str] | None = None, name: str = ""):
-        check_tensor(images, "images", ndim=4, finite=False)
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:  # raw pixels 0..255
+            check_tensor(images, "images", ndim=4, finite=False, floating=False)
+        else:
+            check_tensor(images, "images", ndim=4, finite=False)
         check_labels(labels, images.shape[0])
         self = super().__new__(cls, images, labels)
         if class_names is None:
@@ -207,12 +232,30 @@ def load_image_folder(path: str | os.PathLike, image_size: int | tuple[int, int]
 
     Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a folder without class
     sub-folders, a folder with only one class (a classifier needs at least two), a class folder
-    without images, or an unreadable image (the file is named).
+    without images, or an unreadable image (the file is named). :class:`ImageFolderSource` reads
+    the same folder lazily, one image at a time, in the same order and with the same labels.
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
-    from PIL import Image
+    root, class_dirs, files, labels = _scan_image_folder(path)
+    size = _check_image_size(image_size)
+    arrays: list[np.ndarray] = []
+    for f in files:
+        a = _decode_image(f, grayscale)
+        if size is None:
+            size = a.shape[1:]
+        arrays.append(_resize_clip(a, size))
+    images = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False)).contiguous()
+    return Dataset(images, torch.tensor(labels, dtype=torch.long), [d.name for d in class_dirs],
+                   root.name or str(root))
 
+
+def _scan_image_folder(path: str | os.PathLike) -> tuple[Path, list[Path], list[Path], list[int]]:
+    """Check the layout of ``path/<class_name>/**/<image>``; return (root, class_dirs, files, labels).
+
+    ``files`` are in class order, then in sorted order of their path relative to the class folder;
+    ``labels[j]`` is the class index of ``files[j]``. Only paths are gathered; nothing is decoded.
+    """
     root = Path(path).expanduser()
     layout = "path/<class_name>/<image>.png (one sub-folder per class)"
     if not root.exists():
@@ -230,45 +273,54 @@ def load_image_folder(path: str | os.PathLike, image_size: int | tuple[int, int]
         raise ValueError(f"image folder {str(root)!r} has only one class sub-folder "
                          f"({class_dirs[0].name!r}); a classifier needs at least 2 classes: put the "
                          f"images of each class in their own folder {root}/<class_name>/")
-    size: tuple[int, int] | None
-    if image_size is None:
-        size = None
-    elif isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        size = (_check_int(image_size, "image_size", 1),) * 2
-    else:
-        try:
-            h, w = image_size  # type: ignore[misc]
-        except (TypeError, ValueError):
-            raise TypeError(f"image_size must be an int, a (H, W) pair or None, got {image_size!r}") from None
-        size = (_check_int(h, "image_size[0]", 1), _check_int(w, "image_size[1]", 1))
-
-    arrays: list[np.ndarray] = []
+    files: list[Path] = []
     labels: list[int] = []
     for c, d in enumerate(class_dirs):
-        files = _image_files(d)
-        if not files:
+        found = _image_files(d)
+        if not found:
             raise ValueError(f"class folder {str(d)!r} has no images with extension "
                              f"{'/'.join(IMAGE_EXTENSIONS)} (searched its sub-folders too); add images "
                              f"or remove the folder")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    a = _image_array(im, grayscale)
-            except ValueError as e:
-                raise ValueError(f"could not read image {str(f)!r}: {e}; fix or remove the file") from e
-            except Exception as e:  # noqa: BLE001 - PIL raises many kinds of errors on bad files
-                raise ValueError(f"could not read image {str(f)!r}: {type(e).__name__}: {e}; fix or "
-                                 f"remove the file") from e
-            if size is None:
-                size = a.shape[1:]
-            if a.shape[1:] != size:
-                a = np.stack([np.asarray(Image.fromarray(ch).resize((size[1], size[0]), Image.BILINEAR))
-                              for ch in a])
-            arrays.append(np.clip(a, 0.0, 1.0, out=a))
-            labels.append(c)
-    images = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False)).contiguous()
-    return Dataset(images, torch.tensor(labels, dtype=torch.long), [d.name for d in class_dirs],
-                   root.name or str(root))
+        files.extend(found)
+        labels.extend([c] * len(found))
+    return root, class_dirs, files, labels
+
+
+def _check_image_size(image_size: Any) -> tuple[int, int] | None:
+    """``image_size`` as ``(H, W)`` (an int means a square), or ``None``."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        return (_check_int(image_size, "image_size", 1),) * 2
+    try:
+        h, w = image_size
+    except (TypeError, ValueError):
+        raise TypeError(f"image_size must be an int, a (H, W) pair or None, got {image_size!r}") from None
+    return (_check_int(h, "image_size[0]", 1), _check_int(w, "image_size[1]", 1))
+
+
+def _decode_image(f: Path, grayscale: bool) -> np.ndarray:
+    """Decode one image file to float32 (1 or 3, H, W) in [0, 1]; a ValueError names a bad file."""
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            return _image_array(im, grayscale)
+    except ValueError as e:
+        raise ValueError(f"could not read image {str(f)!r}: {e}; fix or remove the file") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds of errors on bad files
+        raise ValueError(f"could not read image {str(f)!r}: {type(e).__name__}: {e}; fix or "
+                         f"remove the file") from e
+
+
+def _resize_clip(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (C, H, W) float32 array to ``size`` = (H', W'), channel by channel; clip to [0, 1]."""
+    from PIL import Image
+
+    if a.shape[1:] != tuple(size):
+        a = np.stack([np.asarray(Image.fromarray(ch).resize((size[1], size[0]), Image.BILINEAR))
+                      for ch in a])
+    return np.clip(a, 0.0, 1.0, out=a)
 
 
 def _image_files(class_dir: Path) -> list[Path]:
@@ -319,6 +371,475 @@ def _image_array(im: Any, grayscale: bool) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# IDX files and Fashion-MNIST
+# --------------------------------------------------------------------------------------------------
+#: IDX type codes (third byte of the magic number) and the big-endian dtypes they stand for.
+_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or plain, into a NumPy array.
+
+    Layout: a 4-byte magic number ``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian uint32
+    sizes d_1 … d_ndim, then d_1·…·d_ndim values of the type (0x08 uint8, 0x09 int8, 0x0B int16,
+    0x0C int32, 0x0D float32, 0x0E float64; multi-byte values big-endian). Compression is
+    recognised by the gzip signature ``1f 8b``, not by the file name. The values keep their type
+    (uint8 images stay uint8, 1 byte a pixel), in native byte order.
+
+    Shapes:
+        returns (d_1, …, d_ndim), e.g. (N, 28, 28) uint8 for an image file, (N,) uint8 for labels
+
+    Raises :class:`~bgcn.utils.NotFoundError` for a missing file and ``ValueError`` naming the
+    file for a bad magic number, an unknown type code, a truncated file or trailing bytes.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    """
+    import gzip
+    import zlib
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise NotFoundError(f"IDX file {str(p)!r} does not exist")
+    with open(p, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:2] != b"\x00\x00":
+                raise ValueError(f"IDX file {str(p)!r} has magic number {magic.hex() or '(empty)'}, not "
+                                 f"00 00 <type> <ndim>; it is not an IDX file (or it is corrupt)")
+            code, ndim = magic[2], magic[3]
+            if code not in _IDX_DTYPES:
+                raise ValueError(f"IDX file {str(p)!r} has unknown type code 0x{code:02x}; known: "
+                                 f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}")
+            if ndim == 0:
+                raise ValueError(f"IDX file {str(p)!r} declares 0 dimensions; it is corrupt")
+            head = f.read(4 * ndim)
+            if len(head) < 4 * ndim:
+                raise ValueError(f"IDX file {str(p)!r} is truncated inside its header ({ndim} sizes "
+                                 f"expected); download or reinstall it")
+            dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4"))
+            dtype = _IDX_DTYPES[code]
+            out = np.empty(dims, dtype=dtype.newbyteorder("="))
+            want = out.nbytes
+            buf = memoryview(out.reshape(-1).view(np.uint8))
+            got = 0
+            while got < want:
+                n = f.readinto(buf[got:])
+                if not n:
+                    break
+                got += n
+            if got < want:
+                raise ValueError(f"IDX file {str(p)!r} is truncated: its header declares shape {dims} "
+                                 f"({want} bytes of data) but only {got} bytes follow; download or "
+                                 f"reinstall it")
+            if f.read(1):
+                raise ValueError(f"IDX file {str(p)!r} has bytes after the {want} bytes of data its "
+                                 f"header (shape {dims}) declares; it is corrupt")
+    except (EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"IDX file {str(p)!r} could not be read ({type(e).__name__}: {e}); it is "
+                         f"truncated or corrupt; download or reinstall it") from e
+    if dtype.byteorder == ">" and np.little_endian:  # the bytes were read as stored: swap them
+        out = out.byteswap()
+    return out
+
+
+#: The ten Fashion-MNIST classes, label c = position in this list.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+#: Where Debian's package ``dataset-fashion-mnist`` puts the IDX files.
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+#: Environment variable naming a folder with the four Fashion-MNIST IDX files.
+FASHION_MNIST_ENV = "BGCN_FASHION_MNIST_DIR"
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_FASHION_SPLITS = ("train", "test", "all")
+
+
+def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding the Fashion-MNIST IDX files: ``data_dir``, else ``$BGCN_FASHION_MNIST_DIR``,
+    else Debian's ``/usr/share/datasets/fashion-mnist``. The folder is not checked here.
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    """
+    if data_dir is not None:
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a folder path (str or Path) or None, got {type(data_dir).__name__}")
+        return Path(data_dir).expanduser()
+    env = os.environ.get(FASHION_MNIST_ENV, "").strip()
+    return Path(env).expanduser() if env else Path(FASHION_MNIST_DEBIAN_DIR)
+
+
+def _fashion_file(folder: Path, stem: str, source: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise NotFoundError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {str(folder)!r} ({source}). Install the Debian "
+        f"package with `sudo apt-get install dataset-fashion-mnist` (files in {FASHION_MNIST_DEBIAN_DIR}), "
+        f"or put the four IDX files (train-/t10k-images-idx3-ubyte, train-/t10k-labels-idx1-ubyte, "
+        f"gzip'd or not) in a folder and name it with data_dir=... (CLI: --data-dir) or the "
+        f"environment variable {FASHION_MNIST_ENV}")
+
+
+def load_fashion_mnist(split: str = "train", subset: int | None = None, seed: int = 0,
+                       data_dir: str | os.PathLike | None = None,
+                       dtype: torch.dtype = torch.float32) -> Dataset:
+    """Fashion-MNIST (Zalando): 28×28 grey images of 10 kinds of clothing, from local IDX files.
+
+    ``split`` is ``"train"`` (60 000 images), ``"test"`` (10 000) or ``"all"`` (70 000, train then
+    test). ``subset=n`` keeps a stratified sample of n of them (:func:`stratified_subset`: n / 10
+    per class as far as possible, seeded by ``seed``, in the files' order). The files are looked up
+    in ``data_dir``, else ``$BGCN_FASHION_MNIST_DIR``, else Debian's location
+    (``apt-get install dataset-fashion-mnist``); nothing is downloaded.
+
+    ``dtype=torch.float32`` (the default, like every other dataset) gives x = pixel / 255 in
+    [0, 1]; any floating dtype works the same. ``dtype=torch.uint8`` keeps the raw pixels 0…255
+    (N·784 bytes: 47 MB for the training split instead of 188 MB in float32); wrap them with
+    :class:`TensorImages` (or :func:`as_image_source`), which divides by 255 one batch at a time.
+
+    Shapes:
+        images: (N, 1, 28, 28) float in [0, 1], or uint8 in {0, …, 255} with dtype=torch.uint8
+        labels: (N,) long in {0, …, 9};  class_names: :data:`FASHION_MNIST_CLASSES`
+
+    Raises :class:`~bgcn.utils.NotFoundError` (a FileNotFoundError) naming the apt package,
+    ``data_dir`` and the environment variable when the files are missing.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    """
+    if not isinstance(split, str) or split.strip().lower() not in _FASHION_SPLITS:
+        raise ValueError(f"split={split!r} is not one of {', '.join(map(repr, _FASHION_SPLITS))}")
+    split = split.strip().lower()
+    if not isinstance(dtype, torch.dtype) or not (dtype == torch.uint8 or dtype.is_floating_point):
+        raise TypeError(f"dtype must be torch.uint8 (raw pixels) or a floating torch dtype such as "
+                        f"torch.float32 (pixels / 255), got {dtype!r}")
+    seed = check_seed(seed)
+    folder = fashion_mnist_dir(data_dir)
+    source = ("data_dir" if data_dir is not None
+              else f"${FASHION_MNIST_ENV}" if os.environ.get(FASHION_MNIST_ENV, "").strip()
+              else "the Debian default")
+    if not folder.is_dir():
+        _fashion_file(folder, _FASHION_FILES["train" if split == "all" else split][0], source)  # raises
+    parts = ("train", "test") if split == "all" else (split,)
+    images_l, labels_l = [], []
+    for part in parts:
+        fi, fl = (_fashion_file(folder, stem, source) for stem in _FASHION_FILES[part])
+        im, lab = read_idx(fi), read_idx(fl)
+        if im.dtype != np.uint8 or im.ndim != 3 or lab.dtype != np.uint8 or lab.ndim != 1:
+            raise ValueError(f"{str(fi)!r} / {str(fl)!r} hold {im.dtype} {im.shape} / {lab.dtype} {lab.shape}; "
+                             f"expected uint8 images (N, H, W) and uint8 labels (N,)")
+        if im.shape[0] != lab.shape[0]:
+            raise ValueError(f"{str(fi)!r} holds {im.shape[0]} images but {str(fl)!r} {lab.shape[0]} labels")
+        if lab.size and int(lab.max()) >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"{str(fl)!r} holds label {int(lab.max())}; Fashion-MNIST labels are 0..9")
+        images_l.append(im)
+        labels_l.append(lab)
+    images_np = images_l[0] if len(images_l) == 1 else np.concatenate(images_l)
+    labels = torch.from_numpy(np.concatenate(labels_l).astype(np.int64))
+    images = torch.from_numpy(images_np).unsqueeze(1)  # (N, 1, H, W) uint8
+    if subset is not None:
+        idx = stratified_subset(labels, subset, seed=seed, num_classes=len(FASHION_MNIST_CLASSES))
+        images, labels = images[idx], labels[idx]
+    images = images.contiguous() if dtype == torch.uint8 else images.to(dtype).div_(255)
+    name = "fashion-mnist" if split == "train" else f"fashion-mnist-{split}"
+    return Dataset(images, labels, list(FASHION_MNIST_CLASSES), name)
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0, num_classes: int | None = None) -> torch.Tensor:
+    """Indices of a seeded, class-balanced sample of ``n`` of the N labelled items, in increasing order.
+
+    Every class gets ⌊n / C⌋ items, and the n mod C left over go one each to classes drawn in a
+    seeded random order (a class with too few items gives all it has; the rest is shared among the
+    others the same way). Within class c the items are the first ones of a seeded permutation of
+    its members, so for one seed a larger n gives a superset. A private ``torch.Generator`` is
+    used: the result depends on ``seed`` only, not on (and does not touch) torch's global RNG.
+
+    Shapes:
+        labels: (N,) integer;  returns (n,) long, sorted, without repeats
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    """
+    check_labels(labels)
+    labels_cpu = labels.detach().cpu().long()
+    total = labels_cpu.numel()
+    n = _check_int(n, "subset", 1)
+    if n > total:
+        raise ValueError(f"subset={n} is larger than the {total} images available; choose 1 <= subset <= {total}")
+    seed = check_seed(seed)
+    c_all = int(labels_cpu.max()) + 1
+    if num_classes is not None:
+        c_all = max(c_all, _check_int(num_classes, "num_classes", 1))
+    counts = torch.bincount(labels_cpu, minlength=c_all).tolist()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(c_all, generator=g).tolist()  # who gets the left-over items first
+    members = [(labels_cpu == c).nonzero(as_tuple=True)[0] for c in range(c_all)]
+    members = [m[torch.randperm(m.numel(), generator=g)] for m in members]
+    quota = [0] * c_all
+    remaining = n
+    while remaining > 0:  # each round fills every class or exhausts at least one
+        open_ = [c for c in order if quota[c] < counts[c]]
+        share, extra = divmod(remaining, len(open_))
+        for j, c in enumerate(open_):
+            give = min(counts[c] - quota[c], share + (1 if j < extra else 0))
+            quota[c] += give
+            remaining -= give
+    idx = torch.cat([members[c][:quota[c]] for c in range(c_all)])
+    return idx.sort().values
+
+
+# --------------------------------------------------------------------------------------------------
+# image sources: images by index, in memory or read lazily, batch by batch
+# --------------------------------------------------------------------------------------------------
+class ImageSource(tud.Dataset):
+    """N images that can be fetched by index, one or a batch at a time, without holding all of them.
+
+    The mini-batch engine and the feature bank read images only through this interface, so an
+    in-memory tensor (:class:`TensorImages`) and a folder read lazily (:class:`ImageFolderSource`)
+    are interchangeable. Subclasses implement ``__len__``, ``image_shape`` and ``_read(i)`` (one
+    image) and may override :meth:`take` with a faster batch read.
+
+    * ``source[i]`` → ``(image (C_in, H, W) float in [0, 1], i)`` (a ``torch.utils.data.Dataset``);
+    * ``source.take(indices)`` → images (b, C_in, H, W) in the order of ``indices``;
+    * ``source.loader(batch_size)`` → batches ``(indices (b,), images (b, C_in, H, W))`` in index
+      order over all N (the last batch may be smaller), from a ``torch.utils.data.DataLoader``.
+
+    Images are float32 (uint8 storage is divided by 255 per batch), except that a floating tensor
+    wrapped by :class:`TensorImages` keeps its own dtype.
+
+    Shapes:
+        image_shape: (C_in, H, W);  take(indices (b,)) -> (b, C_in, H, W)
+
+    Taught in: chapter 11 (chapters/11_minibatch.md)
+    """
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:  # pragma: no cover - abstract
+        """(C_in, H, W) of one image."""
+        raise NotImplementedError
+
+    def _read(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _index(self, i: Any) -> int:
+        if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point() and i.dtype != torch.bool:
+            i = int(i)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"an image index must be an int, got {type(i).__name__}; use take(indices) for a batch")
+        n = len(self)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"image index {i} is out of range for {n} images")
+        return i % n
+
+    def __getitem__(self, i: Any) -> tuple[torch.Tensor, int]:
+        i = self._index(i)
+        return self._read(i), i
+
+    def _check_indices(self, indices: Any) -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor):
+            try:
+                indices = torch.as_tensor(indices)
+            except Exception:  # noqa: BLE001
+                raise TypeError(f"indices must be a 1-D LongTensor of image indices, got "
+                                f"{type(indices).__name__}") from None
+        if indices.dim() != 1:
+            raise ValueError(f"indices must be 1-D (b,), got shape {tuple(indices.shape)}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must hold integer image indices, got dtype {indices.dtype}; call .long()")
+        indices = indices.long()
+        n = len(self)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise IndexError(f"indices span [{int(indices.min())}, {int(indices.max())}] but there are {n} "
+                             f"images; every index must lie in 0..{n - 1}")
+        return indices
+
+    def take(self, indices: Any) -> torch.Tensor:
+        """The images at ``indices``, stacked in the order given (repeats allowed).
+
+        Shapes:
+            indices: (b,) long in 0..N-1;  returns (b, C_in, H, W) float
+        """
+        idx = self._check_indices(indices).cpu()
+        if idx.numel() == 0:
+            return torch.empty((0, *self.image_shape), dtype=torch.float32)
+        return torch.stack([self._read(int(i)) for i in idx])
+
+    def loader(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> tud.DataLoader:
+        """Batches ``(indices, images)`` over all N images in index order: 0..b-1, b..2b-1, ….
+
+        Each batch is one :meth:`take` call; with ``num_workers`` > 0 the batches are read in that
+        many worker processes (still yielded in order). ``pin_memory=True`` pins the batches in
+        page-locked memory for faster copies to a GPU; it is ignored when CUDA is not available.
+
+        Shapes:
+            yields indices (b,) long, images (b, C_in, H, W); b = batch_size except maybe the last
+
+        Taught in: chapter 11 (chapters/11_minibatch.md)
+        """
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        num_workers = _check_int(num_workers, "num_workers", 0)
+        if not isinstance(pin_memory, bool):
+            raise TypeError(f"pin_memory must be True or False, got {pin_memory!r}")
+        return tud.DataLoader(_Batches(self, batch_size), batch_size=None, shuffle=False,
+                              num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(N={len(self)}, image_shape={self.image_shape})"
+
+
+class _Batches(tud.Dataset):
+    """Batch j of a source: (indices j·b … min((j+1)·b, N) − 1, their images)."""
+
+    def __init__(self, source: ImageSource, batch_size: int):
+        self.source, self.batch_size = source, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.source) // self.batch_size)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        idx = torch.arange(j * self.batch_size, min((j + 1) * self.batch_size, len(self.source)))
+        return idx, self.source.take(idx)
+
+
+class TensorImages(ImageSource):
+    """An :class:`ImageSource` over an in-memory tensor (CPU or GPU), float or uint8.
+
+    A floating tensor is kept as it is (no copy) and batches come back in its dtype; a uint8
+    tensor is kept as uint8 (a quarter of float32's memory) and each batch is converted on the
+    fly, x = pixel / 255 in float32, exactly ``images.float() / 255`` of those rows.
+
+    Shapes:
+        images: (N, C_in, H, W) float or uint8;  take(indices (b,)) -> (b, C_in, H, W)
+
+    Taught in: chapter 11 (chapters/11_minibatch.md)
+    """
+
+    def __init__(self, images: torch.Tensor):
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor (N, C_in, H, W), got {type(images).__name__}")
+        if images.dim() != 4:
+            raise ValueError(f"images must have 4 dimensions (N, C_in, H, W), got shape {tuple(images.shape)}")
+        if not (images.is_floating_point() or images.dtype == torch.uint8):
+            raise TypeError(f"images must be floating (values in [0, 1]) or uint8 (0..255), got dtype "
+                            f"{images.dtype}; call .float() or .to(torch.uint8)")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the batches: the tensor's own if floating, float32 for uint8."""
+        return self.images.dtype if self.images.is_floating_point() else torch.float32
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.is_floating_point() else x.float().div_(255)
+
+    def _read(self, i: int) -> torch.Tensor:
+        return self._convert(self.images[i])
+
+    def take(self, indices: Any) -> torch.Tensor:
+        idx = self._check_indices(indices).to(self.images.device)
+        return self._convert(self.images[idx])
+
+
+class ImageFolderSource(ImageSource):
+    """A folder ``path/<class_name>/**/<image>`` read lazily: one decoded image per access.
+
+    Only the file paths and labels are held; each access opens the file with PIL and converts it
+    exactly as :func:`load_image_folder` does (same files, order, class names and labels, same
+    scaling to [0, 1] and bilinear resize to ``image_size``), so ``take(arange(N))`` equals
+    ``load_image_folder(path, image_size, grayscale).images``. Unlike the eager loader, with
+    ``image_size=None`` every image must have the size of the first one (a file of another size
+    raises a ValueError naming it and asking for ``image_size``), since the images are not all
+    seen up front.
+
+    Shapes:
+        image_shape: (1 or 3, H, W);  labels: (N,) long;  take(indices (b,)) -> (b, C_in, H, W) float32
+
+    Taught in: chapter 11 (chapters/11_minibatch.md)
+    """
+
+    def __init__(self, path: str | os.PathLike, image_size: int | tuple[int, int] | None = None,
+                 grayscale: bool = False):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
+        if not isinstance(grayscale, bool):
+            raise TypeError(f"grayscale must be True or False, got {grayscale!r}")
+        root, class_dirs, files, labels = _scan_image_folder(path)
+        self.root = root
+        self.files = files
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.class_names = [d.name for d in class_dirs]
+        self.name = root.name or str(root)
+        self.grayscale = grayscale
+        self.image_size = _check_image_size(image_size)
+        if self.image_size is None:  # the first image's size; PIL reads only the header here
+            from PIL import Image
+
+            try:
+                with Image.open(files[0]) as im:
+                    w, h = im.size
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"could not read image {str(files[0])!r}: {type(e).__name__}: {e}; fix or "
+                                 f"remove the file") from e
+            self._size = (int(h), int(w))
+        else:
+            self._size = self.image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (class folders)."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1 if self.grayscale else 3, *self._size)
+
+    def _read(self, i: int) -> torch.Tensor:
+        f = self.files[i]
+        a = _decode_image(f, self.grayscale)
+        if self.image_size is None and a.shape[1:] != self._size:
+            raise ValueError(f"image {str(f)!r} is {a.shape[1]}×{a.shape[2]} but the first image "
+                             f"({str(self.files[0])!r}) is {self._size[0]}×{self._size[1]}; pass "
+                             f"image_size=(H, W) to resize every image")
+        return torch.from_numpy(np.ascontiguousarray(_resize_clip(a, self._size), dtype=np.float32))
+
+
+def as_image_source(images: Any) -> ImageSource:
+    """An :class:`ImageSource` for ``images``: a source is returned as it is, a 4-D float or uint8
+    tensor is wrapped in :class:`TensorImages`; anything else raises TypeError.
+
+    Shapes:
+        images: ImageSource, or a tensor (N, C_in, H, W) float/uint8
+
+    Taught in: chapter 11 (chapters/11_minibatch.md)
+    """
+    if isinstance(images, ImageSource):
+        return images
+    if isinstance(images, torch.Tensor):
+        return TensorImages(images)
+    hint = "; pass dataset.images" if isinstance(images, tuple) and hasattr(images, "images") else ""
+    raise TypeError(f"images must be an ImageSource (TensorImages, ImageFolderSource) or a tensor "
+                    f"(N, C_in, H, W) float or uint8, got {type(images).__name__}{hint}")
+
+
+# --------------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------------
 def load_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Dataset:
@@ -327,12 +848,14 @@ def load_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Dataset:
     * ``"digits"`` — :func:`load_digits` (no keyword arguments);
     * ``"synthetic"`` — :func:`make_synthetic` (``n``, ``num_classes``, ``image_size``, ``channels``,
       ``noise``, ``max_shift``, ``seed``);
+    * ``"fashion-mnist"`` (or ``"fashion_mnist"``) — :func:`load_fashion_mnist` (``split``,
+      ``subset``, ``seed``, ``data_dir``, ``dtype``);
     * a folder path — :func:`load_image_folder` (``image_size``, ``grayscale``).
 
     ``images, labels = load_dataset("digits")`` unpacks; ``.class_names`` and ``.name`` ride along.
 
     Shapes:
-        images: (N, C_in, H, W) float32 in [0, 1]
+        images: (N, C_in, H, W) float32 in [0, 1] (uint8 for fashion-mnist with dtype=torch.uint8)
         labels: (N,) long in {0, …, C-1}
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
@@ -353,6 +876,14 @@ def load_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Dataset:
             if "unexpected keyword" in str(e):
                 raise TypeError(f"{e}; load_dataset('synthetic') accepts n, num_classes, image_size, "
                                 f"channels, noise, max_shift, seed") from None
+            raise
+    if key in ("fashion-mnist", "fashion_mnist"):
+        try:
+            return load_fashion_mnist(**kwargs)
+        except TypeError as e:
+            if "unexpected keyword" in str(e):
+                raise TypeError(f"{e}; load_dataset('fashion-mnist') accepts split, subset, seed, data_dir, "
+                                f"dtype") from None
             raise
     p = Path(name_or_path).expanduser()
     if p.exists() or os.sep in name_or_path or (os.altsep and os.altsep in name_or_path):
