@@ -25,13 +25,15 @@ Taught in: chapter 11 (chapters/11_minibatch.md).
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _embed, _estimator_weights,
+from .bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _estimator_weights, _param_dtype,
                    computation_subgraph, ema_backbone, momentum_update, subgraph_log_probs)
 from .graph import KNNGraph, edge_change_fraction, rankings_to_edges
 from .similarity import normalize_rows
@@ -41,7 +43,7 @@ from .train import History, TrainResult, TrainingDiverged, _check_mask, _check_t
     progress_enabled
 from .utils import check_k, get_device, seed_everything
 
-__all__ = ["stratified_batches", "minibatch_loss", "evaluate_full", "train_minibatch"]
+__all__ = ["stratified_batches", "minibatch_loss", "embed_images", "evaluate_full", "train_minibatch"]
 
 
 def stratified_batches(train_mask: torch.Tensor, batch_size: int,
@@ -86,10 +88,30 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
     return out
 
 
+def _rows(images, idx: torch.Tensor) -> torch.Tensor:
+    """The images ``idx`` (in that order) as a float tensor: a tensor is indexed, an image source
+    (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them."""
+    if not isinstance(images, torch.Tensor):
+        return images.take(idx)
+    x = images[idx]
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def _fresh_features(model: EndToEnd, x: torch.Tensor, backbone=None) -> torch.Tensor:
+    """F = f_θ(x) with gradient, through ``backbone`` (a DDP wrapper of ``model.backbone``) when given."""
+    if backbone is None or backbone is model.backbone:
+        return model.features(x)
+    p0 = next(iter(model.backbone.parameters()), None)
+    if p0 is not None and p0.is_floating_point() and x.dtype != p0.dtype:
+        x = x.to(p0.dtype)
+    f = backbone(x)
+    return f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+
+
 def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, bank: FeatureBank,
                    labels: torch.Tensor, train_mask: torch.Tensor, *, chunk_size: int = 4096,
                    bank_chunk: int | None = None, fixed: bool = False, write_bank: bool = True,
-                   use_neighbours: bool = False) -> tuple[torch.Tensor, dict]:
+                   use_neighbours: bool = False, backbone=None) -> tuple[torch.Tensor, dict]:
     r"""The loss of one mini-batch step (module docstring, steps 1–4), ready for ``backward()``.
 
     ``fixed=True`` (frozen mode, warm-up): no backbone pass; the batch's features are its bank
@@ -98,23 +120,44 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     ``use_neighbours=True``: out-of-batch rows from ``bank.neighbours`` (see
     :func:`bgcn.bank.computation_subgraph`).
 
+    **Several processes** (``torch.distributed`` initialised, W ranks; every rank calls this with
+    the same global batch Q): rank r embeds only its shard :math:`Q_r`
+    (:func:`bgcn.distributed.shard`) through ``backbone`` (its DDP wrapper), the shards are
+    gathered *with* gradient (:func:`bgcn.distributed.all_gather_with_grad`), every rank builds
+    the same subgraph and GCN output, and rank r's loss is its shard's share of the global one,
+
+    .. math:: L_r = W\,\frac{1}{|Q\cap M|}\sum_{i\in Q_r\cap M} -\log p_{i,y_i},
+
+    so that the average over ranks (DDP's for the backbone, an all-reduce for the GCN) is the
+    gradient of :math:`L_Q` exactly as one process computes it.
+
     Returns ``(loss, info)`` with ``info`` = ``{"labelled", "nodes", "hop1", "hop2", "search_s",
-    "features"}`` (``features``: the fresh (b, D) tensor, or None).
+    "features", "loss"}``: ``features`` the fresh (b, D) tensor (the whole global batch's) or
+    None; ``loss`` the detached :math:`L_Q` (a tensor on the device: no host sync here);
+    ``labelled`` = :math:`|Q\cap M|` when ``train_mask`` is on the CPU, else -1 (counting it
+    would wait for the device; the training loop counts on its CPU copy).
 
     Shapes:
-        - images: (N, C_in, H, W) (any device; the batch is moved to the bank's); batch: (b,) sorted long
+        - images: (N, C_in, H, W) tensor or image source (any device; batches are moved);
+          batch: (b,) sorted long on the CPU
         - labels, train_mask: (N,) on the bank's device
         - loss: ()
 
     Taught in: chapter 11 (chapters/11_minibatch.md).
     """
+    from . import distributed as bd
+
     dev = bank.device
     b_dev = batch.to(dev)
+    rank, world, _ = bd.dist_info()
     if fixed:
         feats = bank.features[b_dev]
         est, use_w = "hard", False
     else:
-        feats = model.features(images[batch].to(dev))
+        mine = bd.shard(batch) if world > 1 else batch
+        feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
+        if world > 1:
+            feats = bd.all_gather_with_grad(feats)
         if feats.dtype != bank.dtype:
             feats = feats.to(bank.dtype)
         if write_bank:
@@ -127,22 +170,87 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     t_search = time.perf_counter() - t0
     logp = subgraph_log_probs(model, sub)
     lab = train_mask[b_dev]
-    loss = F.nll_loss(logp[lab], labels[b_dev][lab].clamp_min(0))
-    return loss, {"labelled": int(lab.sum()), "nodes": sub.num_nodes, "hop1": sub.num_hop1,
-                  "hop2": sub.num_hop2, "search_s": t_search, "features": None if fixed else feats}
+    y = labels[b_dev].clamp_min(0)
+    if world == 1:
+        loss = F.nll_loss(logp[lab], y[lab])
+        reported = loss.detach()
+    else:
+        nll = F.nll_loss(logp, y, reduction="none")
+        labf = lab.to(nll.dtype)
+        total = labf.sum()
+        reported = ((nll * labf).sum() / total).detach()
+        lo = sum(t.numel() for t in torch.tensor_split(batch, world)[:rank])
+        hi = lo + torch.tensor_split(batch, world)[rank].numel()
+        own = torch.zeros_like(labf)
+        own[lo:hi] = 1.0
+        loss = world * (nll * labf * own).sum() / total
+    labelled = int(train_mask[b_dev].sum()) if train_mask.device.type == "cpu" else -1
+    return loss, {"labelled": labelled, "nodes": sub.num_nodes, "hop1": sub.num_hop1,
+                  "hop2": sub.num_hop2, "search_s": t_search, "features": None if fixed else feats,
+                  "loss": reported}
+
+
+@torch.no_grad()
+def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, device=None,
+                 indices: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Features :math:`F = f_\theta(X)` of every image (or of ``indices``), eval mode, no gradient.
+
+    ``batch_size`` images go through the backbone at a time (its train/eval mode is restored
+    after). In several processes each rank embeds its :func:`bgcn.distributed.shard` of the rows
+    and the parts are gathered (:func:`bgcn.distributed.all_gather_rows`), so a bank fill or an
+    evaluation costs N / W backbone passes a rank and every rank ends with the same (N, D) table.
+
+    Shapes: images (N, C_in, H, W) tensor or image source -> F (N, D) (or (len(indices), D))
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    from . import distributed as bd
+
+    n = len(images) if indices is None else int(indices.numel())
+    idx = torch.arange(n) if indices is None else indices.detach().cpu().long()
+    _, world, _ = bd.dist_info()
+    mine = bd.shard(idx) if world > 1 else idx
+    was = backbone.training
+    backbone.eval()
+    dt = _param_dtype(backbone)
+    contiguous = indices is None and isinstance(images, torch.Tensor) and images.dtype != torch.uint8
+    try:
+        outs = []
+        for a in range(0, mine.numel(), batch_size):
+            part = mine[a:a + batch_size]
+            if contiguous:  # a slice, not a copy
+                x = images[int(part[0]):int(part[-1]) + 1]
+            else:
+                x = _rows(images, part)
+            x = x.to(device) if device is not None else x
+            if dt is not None and x.dtype != dt:
+                x = x.to(dt)
+            f = backbone(x)
+            if not isinstance(f, torch.Tensor) or f.dim() != 2:
+                raise ValueError(f"the backbone must return (B, D) features, got "
+                                 f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
+            outs.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
+    finally:
+        backbone.train(was)
+    feats = torch.cat(outs)
+    if world > 1:
+        (feats,) = bd.all_gather_rows(feats)
+    return feats
 
 
 @torch.no_grad()
 def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False, chunk_size: int = 4096,
-                  bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None):
+                  bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None,
+                  features: torch.Tensor | None = None):
     r"""Log-probabilities of every node under the current model, without an N×N matrix.
 
-    One chunked no-grad pass of the backbone (eval mode) gives fresh features :math:`F`; their kNN
-    graph comes from :meth:`bgcn.bank.FeatureBank.search` (exact, ``chunk_size`` × ``bank_chunk``
-    blocks) with the k similarities :math:`\hat f_i\cdot\hat f_j` and the estimator's weights
-    (``"hard"`` when ``fixed``), as :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the
-    GCN over all N nodes. Returns ``(logp (N, C), graph, features (N, D))``; the features are a
-    fresh bank fill.
+    One chunked no-grad pass of the backbone (eval mode; :func:`embed_images`, sharded over the
+    ranks in several processes) gives fresh features :math:`F` (or ``features``, when given: e.g.
+    the frozen bank); their kNN graph comes from :meth:`bgcn.bank.FeatureBank.search` (exact,
+    ``chunk_size`` × ``bank_chunk`` blocks) with the k similarities
+    :math:`\hat f_i\cdot\hat f_j` and the estimator's weights (``"hard"`` when ``fixed``), as
+    :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the GCN over all N nodes. Returns
+    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill.
 
     Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
 
@@ -152,7 +260,7 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
     model.eval()
     try:
         dev = device if device is not None else next(model.parameters()).device
-        feats = _embed(model.backbone, images, batch_size, dev)
+        feats = features if features is not None else embed_images(model.backbone, images, batch_size, dev)
         est = "hard" if fixed else _bank_estimator(model)
         n = feats.shape[0]
         tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
@@ -181,7 +289,26 @@ def _check_lr(value, name: str) -> float:
     return float(value)
 
 
-def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor,
+def _check_images_arg(images):
+    """A float/uint8 (N, C, H, W) tensor, or an image source with ``take`` and ``__len__``."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() < 2 or images.shape[0] == 0:
+            raise ValueError(f"images must have shape (N, C_in, H, W) with N >= 1, got {tuple(images.shape)}")
+        if not (images.is_floating_point() or images.dtype == torch.uint8):
+            raise TypeError(f"images must be a floating-point tensor with values in [0, 1] (or uint8 in "
+                            f"0..255, divided by 255 batch by batch), got dtype {images.dtype}; convert with "
+                            f"images.float()")
+        return images
+    if isinstance(images, torch.utils.data.Dataset) and callable(getattr(images, "take", None)):
+        if len(images) == 0:
+            raise ValueError("images (an image source) holds no image")
+        return images
+    raise TypeError(f"images must be a torch.Tensor (N, C_in, H, W) or an image source "
+                    f"(bgcn.data.ImageSource, e.g. bgcn.data.ImageFolderSource for a folder read lazily), "
+                    f"got {type(images).__name__}")
+
+
+def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: torch.Tensor,
                     val_mask: torch.Tensor | None = None, test_mask: torch.Tensor | None = None, *,
                     batch_size: int, epochs: int = 100, mode: str | None = None, warmup_epochs: int = 0,
                     lr_backbone: float = 1e-4, lr_gcn: float = 1e-2, weight_decay: float = 5e-4,
@@ -190,7 +317,9 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                     bank_chunk: int | None = None, cache_neighbours: bool = False,
                     embed_batch_size: int = 512, deterministic: bool | None = None,
                     max_grad_norm: float | None = None, progress: bool | None = False,
-                    callback=None) -> TrainResult:
+                    callback=None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
+                    resume: bool = False, analysis_labels: torch.Tensor | None = None,
+                    extra_config: dict | None = None) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
 
     Each epoch draws :func:`stratified_batches` (every batch holds labelled nodes; a CPU
@@ -215,26 +344,54 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     subgraph row; ``"masked_softmax"`` (the same weights renormalised over the k kept ones) is the
     cheap choice. The dense selection estimators of chapter 09 are refused.
 
-    ``callback(epoch, model, bank)``, if given, is called after each epoch's steps and before its
-    evaluation and bank refresh (the bank then holds what the steps left in it: for measuring
-    staleness). It must not change the model or the bank.
-
     ``epochs``, ``warmup_epochs``, ``mode``, ``seed``, ``device``, ``deterministic`` and
     ``max_grad_norm`` mean what they mean in :func:`bgcn.train.train`; the warm-up and the frozen
     mode train the GCN on the bank's initial features and hard graph. Evaluation
     (:func:`evaluate_full`, every ``eval_every`` epochs and at the last) records accuracies on the
-    full graph. The learning rates may be 0 (a probe of the bank). ``chunk_size`` × ``bank_chunk``
-    (``None``: N) is the largest similarity block of a search (:meth:`FeatureBank.search`);
-    ``embed_batch_size`` the images per no-grad backbone pass. ``cache_neighbours=True`` keeps
-    every node's neighbour list in the bank (N·k longs, refreshed with it; a batch rewrites its
-    own rows) and reads the out-of-batch rows from it instead of searching them: about k times
-    fewer queries a step, the lists as stale as the bank (:meth:`FeatureBank.fill_neighbours`).
+    full graph (NaN in the epochs between); model selection (best validation, joint epochs only)
+    sees the evaluated epochs. The learning rates may be 0 (a probe of the bank). ``chunk_size``
+    × ``bank_chunk`` (``None``: N) is the largest similarity block of a search
+    (:meth:`FeatureBank.search`); ``embed_batch_size`` the images per no-grad backbone pass.
+    ``cache_neighbours=True`` keeps every node's neighbour list in the bank (N·k longs, refreshed
+    with it; a batch rewrites its own rows) and reads the out-of-batch rows from it instead of
+    searching them: about k times fewer queries a step, the lists as stale as the bank
+    (:meth:`FeatureBank.fill_neighbours`).
+
+    ``images`` may be a float tensor, a uint8 tensor (kept as uint8, each batch divided by 255:
+    a quarter of the memory) or an image source read lazily (:class:`bgcn.data.ImageSource`):
+    nothing needs all images as one float tensor.
+
+    **Checkpoints.** ``checkpoint=path`` writes the whole run state (model, optimizer, the bank,
+    the EMA copy, every random state, history, best model) atomically every
+    ``checkpoint_every`` epochs and at the end; ``resume=True`` continues from it and on the CPU
+    reaches exactly the uninterrupted run's result. Only ``epochs``, ``device``,
+    ``checkpoint_every`` and ``world_size`` may change between a run and its resume.
+
+    **Several processes.** Under ``torchrun`` (``bgcn.distributed.init_distributed`` called
+    first) every rank draws the same global batches, embeds its shard of each one through the
+    backbone wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, and the fresh
+    features are gathered with gradient (:func:`minibatch_loss`); the GCN's gradients are
+    all-reduced, the bank is written with the whole gathered batch on every rank (identical
+    everywhere), bank fills and evaluations are sharded, and only rank 0 writes the checkpoint.
+    The result equals one process with the same global batch (tested, gloo, CPU). A backbone with
+    BatchNorm in train mode would see per-shard statistics: use LayerNorm backbones or keep
+    BatchNorm in eval mode.
+
+    ``callback(epoch, model, bank)``, if given, is called after each epoch's steps and before its
+    evaluation and bank refresh (the bank then holds what the steps left in it: for measuring
+    staleness). It must not change the model or the bank. ``analysis_labels`` (N,) fills
+    ``history.homophily`` of the evaluated graphs (never used in training).
+
+    Per step there is no host synchronisation apart from what the subgraph's data-dependent
+    sizes need: the losses stay on the device and are read once an epoch (a NaN/Inf is then
+    reported as :class:`~bgcn.train.TrainingDiverged`, the last checkpoint intact).
 
     Returns:
         :class:`bgcn.train.TrainResult`; its ``history.loss`` is the epoch's mean NLL over the
         labelled nodes of its batches (weighted by their count). Also ``result.bank`` (the
         :class:`~bgcn.bank.FeatureBank`, for :func:`bgcn.bank.predict`) and ``result.steps``
-        (per step: epoch, batch size, labelled nodes, subgraph nodes, hop-1 and hop-2 counts).
+        (per step: epoch, batch size, labelled nodes, subgraph nodes, hop-1 and hop-2 counts);
+        ``result.timings`` holds ``images_per_s`` and ``peak_memory_bytes``.
 
     Shapes:
         - images: (N, C_in, H, W) (may stay on the CPU; batches are moved); labels, masks: (N,)
@@ -248,7 +405,7 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     mode = _resolve_mode(model, mode)
     for nm, v, lo in (("epochs", epochs, 1), ("warmup_epochs", warmup_epochs, 0), ("bank_refresh", bank_refresh, 0),
                       ("eval_every", eval_every, 1), ("chunk_size", chunk_size, 1),
-                      ("embed_batch_size", embed_batch_size, 1)):
+                      ("embed_batch_size", embed_batch_size, 1), ("checkpoint_every", checkpoint_every, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{nm}={v!r} must be an int >= {lo}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -258,6 +415,12 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                         f"{type(callback).__name__}")
     if not isinstance(cache_neighbours, bool):
         raise TypeError(f"cache_neighbours must be a bool, got {type(cache_neighbours).__name__}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=path (the file to continue from)")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or os.PathLike) or None, got {type(checkpoint).__name__}")
     if bank_chunk is not None and (isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1):
         raise ValueError(f"bank_chunk={bank_chunk!r} must be None (the whole bank) or a positive int")
     if mode != "frozen" and warmup_epochs >= epochs:
@@ -269,12 +432,10 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"bank_momentum={bank_momentum!r} must be None or a number in [0, 1)")
     if max_grad_norm is not None:
         max_grad_norm = float(_check_lr(max_grad_norm, "max_grad_norm"))
-    if not isinstance(images, torch.Tensor) or images.dim() < 2:
-        raise TypeError("images must be a torch.Tensor (N, C_in, H, W)")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}; "
-                        f"convert with images.float() / 255 (uint8) or images.float()")
-    n = images.shape[0]
+    if extra_config is not None and not isinstance(extra_config, dict):
+        raise TypeError(f"extra_config must be a dict or None, got {type(extra_config).__name__}")
+    images = _check_images_arg(images)
+    n = len(images)
     if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor of shape ({n},) (one class per image)")
     check_k(model.k, n, exclude_self=True)
@@ -288,6 +449,11 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
     labels = labels.to(dev).long()
     _check_training_labels(labels, masks["train_mask"], masks["val_mask"], masks["test_mask"],
                            getattr(model.gcn, "out_channels", None))
+    if analysis_labels is not None:
+        if not isinstance(analysis_labels, torch.Tensor) or analysis_labels.shape != (n,) \
+                or analysis_labels.is_floating_point():
+            raise ValueError(f"analysis_labels must be an integer tensor of shape ({n},) or None")
+        analysis_labels = analysis_labels.detach().cpu().long()
     if deterministic is None:
         deterministic = dev.type == "cpu"
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
@@ -299,93 +465,222 @@ def train_minibatch(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor,
                      weight_decay=weight_decay, seed=seed, dev=dev, bank_refresh=bank_refresh,
                      bank_momentum=bank_momentum, eval_every=eval_every, chunk_size=chunk_size,
                      bank_chunk=bank_chunk, cache_neighbours=cache_neighbours, embed_batch_size=embed_batch_size,
-                     max_grad_norm=max_grad_norm, callback=callback,
-                     progress=progress_enabled(progress))
+                     max_grad_norm=max_grad_norm, callback=callback, progress=progress_enabled(progress),
+                     checkpoint=None if checkpoint is None else Path(checkpoint),
+                     checkpoint_every=checkpoint_every, resume=resume, analysis_labels=analysis_labels,
+                     extra_config=dict(extra_config or {}))
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
+#: mini-batch checkpoints: what may change between a run and its resume
+_MB_RESUME_FREE = frozenset({"epochs", "device", "checkpoint_every", "world_size"})
+MINIBATCH_CHECKPOINT_FORMAT = "bgcn-minibatch-1"
+
+
+def _allreduce_mean_(params: list) -> None:
+    """Average the gradients of ``params`` over the ranks (one flat all-reduce; nothing in one process)."""
+    from . import distributed as bd
+
+    if not bd.is_initialized() or torch.distributed.get_world_size() == 1 or not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    off = 0
+    for p in params:
+        m = p.numel()
+        p.grad.copy_(flat[off:off + m].view_as(p.grad))
+        off += m
+
+
 def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epochs, warm, lr_backbone, lr_gcn,
           weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, bank_chunk,
-          cache_neighbours, embed_batch_size,
-          max_grad_norm, progress, callback=None) -> TrainResult:
+          cache_neighbours, embed_batch_size, max_grad_norm, progress, callback, checkpoint, checkpoint_every,
+          resume, analysis_labels, extra_config) -> TrainResult:
+    from . import distributed as bd
+    from .graph import edge_homophily
+    from .train import _rng_state, _set_rng_state, load_checkpoint, save_checkpoint
+    from .utils import peak_memory_bytes, reset_peak_memory
+
+    rank, world, _ = bd.dist_info()
     seed_everything(seed)
     model.to(dev)
+    if world > 1:  # every rank starts from rank 0's parameters
+        for t in model.state_dict().values():
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                bd.broadcast_(t)
     gen = torch.Generator().manual_seed(int(seed) % 2**63)
     train_mask, val_mask, test_mask = masks["train_mask"], masks["val_mask"], masks["test_mask"]
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     other = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
     groups = [{"params": other, "lr": lr_gcn, "name": "gcn"}]
-    if mode != "frozen" and backbone_params:
+    trains_backbone = mode != "frozen" and bool(backbone_params)
+    if trains_backbone:
         groups.append({"params": backbone_params, "lr": lr_backbone, "name": "backbone"})
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    ddp_backbone = bd.wrap_ddp(model.backbone, dev) if world > 1 and trains_backbone else model.backbone
     config = {"engine": "minibatch", "mode": mode, "k": model.k, "estimator": model.estimator_name,
               "tau": model.tau, "batch_size": int(batch_size), "epochs": epochs, "warmup_epochs": warm,
               "lr_backbone": lr_backbone, "lr_gcn": lr_gcn, "weight_decay": weight_decay, "seed": int(seed),
               "device": str(dev), "bank_refresh": bank_refresh, "bank_momentum": bank_momentum,
               "eval_every": eval_every, "chunk_size": chunk_size, "bank_chunk": bank_chunk,
-              "cache_neighbours": cache_neighbours, "num_nodes": int(n),
-              "num_train": int(train_cpu.sum())}
+              "cache_neighbours": cache_neighbours, "num_nodes": int(n), "num_train": int(train_cpu.sum()),
+              "max_grad_norm": max_grad_norm, "checkpoint_every": checkpoint_every, "world_size": int(world),
+              **extra_config}
 
+    reset_peak_memory(dev)
     t_start = time.perf_counter()
     ema = ema_backbone(model.backbone) if bank_momentum is not None else None
-    bank = FeatureBank.from_backbone(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
-    if cache_neighbours:
-        bank.fill_neighbours(model.k, chunk_size, bank_chunk)
-    t_feat = time.perf_counter() - t_start
-
     history = History()
-    steps: list[dict] = []
+    steps: list[list[int]] = []
     best = {"epoch": 0, "score": -math.inf, "val_acc": float("nan"), "test_acc": float("nan")}
     best_state: dict = {}
     warm_info = None
     snaps: dict = {}
+    t_search_total = 0.0
+    start_epoch = 1
+    state = None
+    if resume and checkpoint is not None and not checkpoint.is_file():
+        import warnings
+
+        warnings.warn(f"resume=True but there is no checkpoint at {str(checkpoint)!r}: starting afresh",
+                      UserWarning, stacklevel=3)
+    elif resume and checkpoint is not None:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        if state.get("format") != MINIBATCH_CHECKPOINT_FORMAT:
+            raise ValueError(f"cannot resume from {str(checkpoint)!r}: it is not a mini-batch checkpoint (format "
+                             f"{state.get('format')!r}); a full-batch run resumes with bgcn.train.train, or use "
+                             f"another checkpoint path")
+        old = state.get("config", {})
+        keys = sorted((set(old) | set(config)) - _MB_RESUME_FREE)
+        diff = [f"{key}: checkpoint {old.get(key)!r} vs now {config.get(key)!r}"
+                for key in keys if old.get(key) != config.get(key)]
+        if diff:
+            raise ValueError(f"cannot resume from {str(checkpoint)!r}: the settings differ ({'; '.join(diff)}); "
+                             f"use the same settings or another checkpoint path")
+
+    t_feat = 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        bank = FeatureBank(n, state["bank"].shape[1], state["bank"].dtype, dev)
+        bank.features.copy_(state["bank"].to(dev))
+        bank.filled = True
+        if state["neighbours"].numel():
+            bank.neighbours = state["neighbours"].to(dev)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        history = History.from_state_dict(state["history"])
+        best = dict(state["best"])
+        best_state = {k: v.clone() for k, v in state["best_model"].items()}
+        warm_info = state.get("warmup") or None
+        snaps = dict(state.get("snapshots") or {})
+        prev_indices = state["prev_indices"].long()
+        steps = [list(map(int, r)) for r in state["steps"].tolist()]
+        t_search_total = float(state.get("search_s", 0.0))
+        start_epoch = int(state["epoch"]) + 1
+        _set_rng_state(state["rng"], gen)
+    else:
+        t0 = time.perf_counter()
+        feats0 = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
+        bad = ~torch.isfinite(feats0).all(dim=1)
+        if bool(bad.any()):
+            first = int(torch.nonzero(bad)[0])
+            raise TrainingDiverged(f"the backbone produced NaN/Inf features for {int(bad.sum())} image(s) before "
+                                   f"training (the first: image {first}); check those images for NaN/Inf values",
+                                   0, None)
+        bank = FeatureBank(n, feats0.shape[1], feats0.dtype, dev)
+        bank.features.copy_(feats0)
+        bank.filled = True
+        if cache_neighbours:
+            bank.fill_neighbours(model.k, chunk_size, bank_chunk)
+        t_feat = time.perf_counter() - t0
+        fixed0 = mode == "frozen" or warm > 0
+        logp, graph, _ = evaluate_full(model, images, fixed=fixed0, chunk_size=chunk_size, bank_chunk=bank_chunk,
+                                       batch_size=embed_batch_size, device=dev,
+                                       features=bank.features if ema is None else None)
+        hom0 = float("nan") if analysis_labels is None else edge_homophily(graph.indices, analysis_labels)
+        history.initial = {"train_acc": accuracy(logp, labels, train_mask),
+                           "val_acc": accuracy(logp, labels, val_mask),
+                           "test_acc": accuracy(logp, labels, test_mask), "homophily": hom0}
+        history.graphs.append(_snapshot(graph, 0))
+        snaps["initial"] = _snapshot(graph, 0)
+        prev_indices = graph.indices.detach().cpu()
+        del feats0, logp, graph
+
+    def make_state(epoch: int) -> dict:
+        return {"format": MINIBATCH_CHECKPOINT_FORMAT, "epoch": int(epoch), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "bank": bank.features.detach().cpu(),
+                "neighbours": (bank.neighbours.detach().cpu() if bank.neighbours is not None
+                               else torch.empty(0, dtype=torch.long)),
+                "ema": ema.state_dict() if ema is not None else {}, "history": history.state_dict(),
+                "best": dict(best), "best_model": best_state, "warmup": warm_info, "snapshots": snaps,
+                "prev_indices": prev_indices, "rng": _rng_state(gen),
+                "steps": torch.tensor(steps, dtype=torch.long).reshape(-1, 6), "search_s": t_search_total,
+                "config": dict(config)}
+
+    def save(epoch: int) -> None:
+        if checkpoint is not None:
+            bd.write_if_main(checkpoint, lambda p: save_checkpoint(p, make_state(epoch)))
 
     def is_fixed(epoch: int) -> bool:
         return mode == "frozen" or epoch <= warm
 
-    logp, graph, _ = evaluate_full(model, images, fixed=mode == "frozen" or warm > 0, chunk_size=chunk_size,
-                                   bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev)
-    history.initial = {"train_acc": accuracy(logp, labels, train_mask), "val_acc": accuracy(logp, labels, val_mask),
-                       "test_acc": accuracy(logp, labels, test_mask), "homophily": float("nan")}
-    history.graphs.append(_snapshot(graph, 0))
-    snaps["initial"] = _snapshot(graph, 0)
-    prev_indices = graph.indices.detach().cpu()
-    t_search_total = 0.0
-    bar = _pbar(range(1, epochs + 1), progress, desc=f"train {mode} b={batch_size}", unit="epoch")
+    def diverged(epoch: int, what: str) -> TrainingDiverged:
+        where = (f"; the checkpoint {str(checkpoint)!r} holds epoch {last_saved} (resume=True continues from it)"
+                 if checkpoint is not None and last_saved > 0 else "")
+        return TrainingDiverged(f"training diverged at epoch {epoch}: {what}; lower the learning rates "
+                                f"(lr_backbone/lr_gcn) or set max_grad_norm{where}", epoch,
+                                None if checkpoint is None else str(checkpoint))
+
+    status = "completed" if start_epoch <= epochs else "resumed-complete"
+    bar = _pbar(range(start_epoch, epochs + 1), progress and rank == 0, desc=f"train {mode} b={batch_size}",
+                unit="epoch", initial=start_epoch - 1, total=epochs)
+    last_saved = start_epoch - 1
     for epoch in bar:
         t0 = time.perf_counter()
         fixed = is_fixed(epoch)
         model.train()
-        losses, counts = [], []
-        g_backbone = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        lab_total = 0
+        g_backbone = torch.zeros((), dtype=torch.float64, device=dev)
         for batch in stratified_batches(train_cpu, batch_size, gen):
             optimizer.zero_grad(set_to_none=True)
-            loss, info = minibatch_loss(model, images, batch, bank, labels, train_mask, chunk_size=chunk_size,
-                                        bank_chunk=bank_chunk, fixed=fixed, write_bank=ema is None,
-                                        use_neighbours=cache_neighbours)
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise TrainingDiverged(f"training diverged at epoch {epoch}: the batch loss is {lv}; lower the "
-                                       f"learning rates (lr_backbone/lr_gcn) or set max_grad_norm", epoch, None)
+            try:
+                loss, info = minibatch_loss(model, images, batch, bank, labels, train_mask, chunk_size=chunk_size,
+                                            bank_chunk=bank_chunk, fixed=fixed, write_bank=ema is None,
+                                            use_neighbours=cache_neighbours,
+                                            backbone=None if fixed else ddp_backbone)
+            except ValueError as e:  # the bank refuses NaN/Inf rows: an earlier step of this epoch diverged
+                if "NaN/Inf" not in str(e):
+                    raise
+                raise diverged(epoch, str(e)) from None
             loss.backward()
+            if world > 1:
+                _allreduce_mean_(other)
             if not fixed and backbone_params:
-                g_backbone = float(torch.stack([p.grad.detach().double().pow(2).sum()
-                                                for p in backbone_params if p.grad is not None]).sum().sqrt()) \
-                    if any(p.grad is not None for p in backbone_params) else 0.0
+                grads = [p.grad.detach().double().pow(2).sum() for p in backbone_params if p.grad is not None]
+                g_backbone = torch.stack(grads).sum().sqrt() if grads else torch.zeros_like(g_backbone)
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], max_grad_norm)
             optimizer.step()
             if ema is not None and not fixed:
                 momentum_update(ema, model.backbone, bank_momentum)
-                bank.update(batch.to(dev), _embed(ema, images[batch], embed_batch_size, dev).to(bank.dtype))
-            losses.append(lv)
-            counts.append(info["labelled"])
+                bank.update(batch.to(dev), embed_images(ema, images, embed_batch_size, dev,
+                                                        indices=batch).to(bank.dtype))
+            n_lab = int(train_cpu[batch].sum())
+            loss_sum = loss_sum + info["loss"].double() * n_lab
+            lab_total += n_lab
             t_search_total += info["search_s"]
-            steps.append({"epoch": epoch, "batch_size": int(batch.numel()), "labelled": info["labelled"],
-                          "nodes": info["nodes"], "hop1": info["hop1"], "hop2": info["hop2"]})
-        loss_value = float(np.average(losses, weights=counts))
+            steps.append([epoch, int(batch.numel()), n_lab, info["nodes"], info["hop1"], info["hop2"]])
+        loss_value = float(loss_sum) / max(lab_total, 1)  # the epoch's one read of the device
+        if not math.isfinite(loss_value):
+            raise diverged(epoch, f"the mean batch loss is {loss_value}")
         t_step = time.perf_counter() - t0
         if callback is not None:
             model.eval()
@@ -394,29 +689,34 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
 
         evaluate = epoch % eval_every == 0 or epoch == epochs
         refresh = bank_refresh > 0 and epoch % bank_refresh == 0
-        tr = va = te = change = float("nan")
+        tr = va = te = change = hom = float("nan")
+        graph = None
         if evaluate:
             logp, graph, feats = evaluate_full(model, images, fixed=fixed, chunk_size=chunk_size,
-                                               bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev)
+                                               bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev,
+                                               features=bank.features if fixed and ema is None else None)
             tr, va, te = (accuracy(logp, labels, train_mask), accuracy(logp, labels, val_mask),
                           accuracy(logp, labels, test_mask))
             new_indices = graph.indices.detach().cpu()
             change = edge_change_fraction(prev_indices, new_indices)
             prev_indices = new_indices
+            if analysis_labels is not None:
+                hom = edge_homophily(new_indices, analysis_labels)
             if refresh and ema is None:
                 bank.features.copy_(feats.to(bank.dtype))
                 if cache_neighbours:
                     bank.neighbours = graph.indices.clone()
-            del feats
+            del feats, logp
         if refresh and (ema is not None or not evaluate):
-            bank.fill(ema if ema is not None else model.backbone, images, embed_batch_size)
+            fresh = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
+            bank.features.copy_(fresh.to(bank.dtype))
             if cache_neighbours:
                 bank.fill_neighbours(model.k, chunk_size, bank_chunk)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
         history.append(epoch=epoch, loss=loss_value, surrogate=0.0, train_acc=tr, val_acc=va, test_acc=te,
-                       grad_backbone=g_backbone, edge_change=change, time=dt, time_step=t_step)
+                       grad_backbone=float(g_backbone), edge_change=change, homophily=hom, time=dt, time_step=t_step)
         if evaluate:
             if epoch == epochs:
                 history.graphs.append(_snapshot(graph, epoch))
@@ -435,18 +735,29 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
                     best = {"epoch": epoch, "score": float(score), "val_acc": va, "test_acc": te}
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     snaps["best"] = _snapshot(graph, epoch)
-        bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{va:.3f}", refresh=False)
+        del graph
+        ips = n / max(t_step, 1e-12)
+        bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{va:.3f}", img_s=f"{ips:.0f}", refresh=False)
+        if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+            save(epoch)
+            last_saved = epoch
     bar.close()
+    if checkpoint is not None and status == "completed" and last_saved != epochs:
+        save(epochs)
     total = time.perf_counter() - t_start
     final = {"train_acc": history.train_acc[-1], "val_acc": history.val_acc[-1], "test_acc": history.test_acc[-1],
-             "loss": history.loss[-1]}
-    timings = {"total": total, "per_epoch": float(np.mean(history.time)),
-               "per_epoch_step": float(np.mean(history.time_step)), "features": t_feat, "search": t_search_total,
-               "images_per_s": float(n * epochs / max(sum(history.time_step), 1e-12))}
+             "loss": history.loss[-1]} if len(history) else {}
+    run_steps = sum(history.time_step) if len(history) else float("nan")
+    timings = {"total": total, "per_epoch": float(np.mean(history.time)) if len(history) else float("nan"),
+               "per_epoch_step": float(np.mean(history.time_step)) if len(history) else float("nan"),
+               "features": t_feat, "search": t_search_total,
+               "images_per_s": float(n * len(history) / max(run_steps, 1e-12)) if len(history) else float("nan"),
+               "peak_memory_bytes": peak_memory_bytes(dev), "bank_bytes": int(bank.nbytes)}
     result = TrainResult(model=model, history=history, best_epoch=int(best["epoch"]),
                          best_val_acc=float(best["val_acc"]), test_acc_at_best_val=float(best["test_acc"]),
-                         final=final, best_state=best_state, status="completed", checkpoint=None, timings=timings,
+                         final=final, best_state=best_state, status=status,
+                         checkpoint=None if checkpoint is None else str(checkpoint), timings=timings,
                          config=config, warmup=warm_info, graphs=snaps)
     result.bank = bank
-    result.steps = steps
+    result.steps = [dict(zip(("epoch", "batch_size", "labelled", "nodes", "hop1", "hop2"), r)) for r in steps]
     return result

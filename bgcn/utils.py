@@ -26,6 +26,8 @@ __all__ = [
     "check_positive",
     "check_finite",
     "json_safe",
+    "peak_memory_bytes",
+    "reset_peak_memory",
 ]
 
 
@@ -246,3 +248,45 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001
             pass
     return out
+
+
+def reset_peak_memory(device: str | torch.device = "cpu") -> None:
+    """Start a new peak-memory window for :func:`peak_memory_bytes` (CUDA: the allocator's peak
+    statistics; CPU on Linux: the process's peak resident size, through ``/proc/self/clear_refs``).
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes(device: str | torch.device = "cpu") -> int | None:
+    """The peak memory since :func:`reset_peak_memory` (or the process start): CUDA
+    ``max_memory_allocated`` (tensors only), or on the CPU the process's peak resident set size
+    ``VmHWM`` (everything the process touched: Python, torch, data, tensors). ``None`` where the
+    kernel gives no such counter.
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(dev))
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

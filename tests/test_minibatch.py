@@ -227,7 +227,9 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match="bank_momentum"):
         train_minibatch(_model(), images, labels, tr, batch_size=16, bank_momentum=1.5, **kw)
     with pytest.raises(TypeError, match="floating"):
-        train_minibatch(_model(), (images * 255).to(torch.uint8), labels, tr, batch_size=16, **kw)
+        train_minibatch(_model(), (images * 255).to(torch.int64), labels, tr, batch_size=16, **kw)
+    with pytest.raises(TypeError, match="image source"):
+        train_minibatch(_model(), images.numpy(), labels, tr, batch_size=16, **kw)
     with pytest.raises(ValueError, match="train_mask"):
         train_minibatch(_model(), images, labels, tr[:-1], batch_size=16, **kw)
     with pytest.raises(ValueError, match="k=5"):
