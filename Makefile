@@ -4,16 +4,33 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test test-lib venv clean bench
+.PHONY: book test test-lib venv clean bench data
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml | data
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip -q
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Fashion-MNIST (chapter 12): Debian's dataset-fashion-mnist. Installed here when running as root
+# and missing; otherwise the command is printed. Never fails the build (the tests skip without it).
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+data:
+	@if [ -n "$$BGCN_FASHION_MNIST_DIR" ] && [ -d "$$BGCN_FASHION_MNIST_DIR" ]; then :; \
+	elif [ -e $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: apt-get install dataset-fashion-mnist"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "make: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	else \
+	  echo "make: Fashion-MNIST not found; install it with: sudo apt-get install dataset-fashion-mnist"; \
+	  echo "      (or put the IDX files in a folder and set BGCN_FASHION_MNIST_DIR)"; \
+	fi
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
