@@ -626,6 +626,11 @@ class ImageSource(tud.Dataset):
     def _read(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """Where the batches are made: the CPU, except for a :class:`TensorImages` over a GPU tensor."""
+        return torch.device("cpu")
+
     def _index(self, i: Any) -> int:
         if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point() and i.dtype != torch.bool:
             i = int(i)
@@ -675,7 +680,9 @@ class ImageSource(tud.Dataset):
 
         Each batch is one :meth:`take` call; with ``num_workers`` > 0 the batches are read in that
         many worker processes (still yielded in order). ``pin_memory=True`` pins the batches in
-        page-locked memory for faster copies to a GPU; it is ignored when CUDA is not available.
+        page-locked memory for faster copies to a GPU; it is ignored when CUDA is not available or
+        the source already lives on the GPU. A GPU-resident source needs ``num_workers=0`` (CUDA
+        tensors cannot be used in forked worker processes).
 
         Shapes:
             yields indices (b,) long, images (b, C_in, H, W); b = batch_size except maybe the last
@@ -686,8 +693,12 @@ class ImageSource(tud.Dataset):
         num_workers = _check_int(num_workers, "num_workers", 0)
         if not isinstance(pin_memory, bool):
             raise TypeError(f"pin_memory must be True or False, got {pin_memory!r}")
-        return tud.DataLoader(_Batches(self, batch_size), batch_size=None, shuffle=False,
-                              num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available())
+        on_cpu = self.device.type == "cpu"
+        if num_workers and not on_cpu:
+            raise ValueError(f"num_workers={num_workers} needs images on the CPU but this source is on "
+                             f"{self.device}; use num_workers=0 (a GPU tensor is already fast to index)")
+        return tud.DataLoader(_Batches(self, batch_size), batch_size=None, shuffle=False, num_workers=num_workers,
+                              pin_memory=pin_memory and on_cpu and torch.cuda.is_available())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(N={len(self)}, image_shape={self.image_shape})"
@@ -738,6 +749,11 @@ class TensorImages(ImageSource):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the wrapped tensor (batches are made there)."""
+        return self.images.device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -104,6 +104,11 @@ def test_loader_rejects_bad_arguments():
                     (dict(batch_size=2, pin_memory="yes"), TypeError)):
         with pytest.raises(exc):
             src.loader(**kw)
+    # a tensor that is not on the CPU (here the "meta" device, standing in for a GPU): no workers
+    off_cpu = TensorImages(torch.empty(4, 1, 2, 2, device="meta"))
+    assert off_cpu.device.type == "meta"
+    with pytest.raises(ValueError, match="num_workers=0"):
+        off_cpu.loader(batch_size=2, num_workers=2)
 
 
 # ---------------------------------------------------------------------------- ImageFolderSource
