@@ -218,11 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs (full batch: one step each; with --batch-size: one pass over the images)")
     o.add_argument("--batch-size", type=_nonneg_int, default=0,
                    help="images per step, over a feature bank (bgcn.minibatch.train_minibatch, chapter 11); "
-                        "0: full batch (the chapters' exact path). No checkpoint/--resume/--amp yet")
+                        "0: full batch (the chapters' exact path). Needed under torchrun")
     o.add_argument("--bank-refresh", type=_nonneg_int, default=1,
                    help="with --batch-size: refill the feature bank every R epochs (0: never)")
     o.add_argument("--cache-neighbours", action="store_true",
                    help="with --batch-size: keep every node's neighbour list in the bank (faster, staler)")
+    o.add_argument("--eval-every", type=_positive_int, default=1,
+                   help="evaluate on the whole graph every E epochs (and at the last); model selection sees "
+                        "only the evaluated epochs")
     o.add_argument("--warmup-epochs", type=_auto_or(_nonneg_int), default="auto",
                    help="end-to-end modes: first train only the GCN on the initial features for this many epochs, "
                         "then the backbone too; must be < --epochs. 'auto': a quarter of --epochs (on --resume: "
@@ -246,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     amp.add_argument("--no-amp", action="store_true", help="no bf16 autocast (the default; kept for old scripts)")
     r.add_argument("--out", default=None, help="output folder (default runs/<mode>-<estimator>-seed<seed>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    r.add_argument("--checkpoint-every", type=_positive_int, default=1,
+                   help="write OUT/checkpoint.pt every C epochs (and at the last)")
     r.add_argument("--graph-every", type=_nonneg_int, default=1,
                    help="keep the kNN graph every this many epochs in the checkpoint (0: first and last only)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -368,7 +373,9 @@ def run_train(args: argparse.Namespace) -> dict:
     from .model import build_model
     from .similarity import cosine_similarity
     from .train import train
-    from .utils import get_device, seed_everything
+    import torch
+
+    from .utils import get_device, peak_memory_bytes, seed_everything
 
     _load_estimators()
     estimator = args.estimator if args.mode == "end2end" else "hard"
@@ -376,13 +383,14 @@ def run_train(args: argparse.Namespace) -> dict:
     _check_out(out)
     ckpt = out / "checkpoint.pt"
     resume = bool(args.resume)
-    if args.batch_size:
-        bad = [flag for flag, on in (("--resume", args.resume), ("--amp", args.amp)) if on]
-        if bad:
-            raise ValueError(f"{' and '.join(bad)} {'does' if len(bad) == 1 else 'do'} not work with --batch-size "
-                             f"yet (the mini-batch engine writes no checkpoint); drop it, or train full batch "
-                             f"(--batch-size 0)")
-        ckpt = None
+    from . import distributed as bd
+
+    rank, world, local = bd.dist_info()
+    if world > 1 and not args.batch_size:
+        raise ValueError(f"{world} processes (torchrun) need the mini-batch engine: pass --batch-size B "
+                         f"(B >= the number of images gives the full-batch step, split over the processes)")
+    if args.batch_size and args.amp:
+        raise ValueError("--amp does not work with --batch-size yet; drop it, or train full batch (--batch-size 0)")
     if resume and not ckpt.is_file():
         print(f"python -m bgcn train: --resume: no checkpoint at {ckpt}, so this run starts afresh",
               file=sys.stderr)
@@ -434,6 +442,10 @@ def run_train(args: argparse.Namespace) -> dict:
              "class_names": list(ds.class_names), "backbone": args.backbone, "backbone_kwargs": backbone_kw,
              "pretrained_file": args.pretrained_file, "labels_per_class": args.labels_per_class,
              "val_per_class": args.val_per_class, "hidden": args.hidden, "dropout": args.dropout}
+    if world > 1:
+        bd.init_distributed(device=str(device))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
     t0 = time.perf_counter()
     if args.batch_size:
         from .minibatch import train_minibatch
@@ -441,27 +453,37 @@ def run_train(args: argparse.Namespace) -> dict:
         res = train_minibatch(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode,
                               epochs=args.epochs, warmup_epochs=warmup, batch_size=args.batch_size,
                               lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay,
-                              seed=args.seed, device=args.device, bank_refresh=args.bank_refresh,
+                              seed=args.seed, device=device, bank_refresh=args.bank_refresh,
                               cache_neighbours=args.cache_neighbours, max_grad_norm=args.max_grad_norm,
-                              progress=args.progress)
-        res.config.update(extra)
+                              eval_every=args.eval_every, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
+                              resume=resume, progress=args.progress, extra_config=extra,
+                              analysis_labels=labels)
     else:
         res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
                     warmup_epochs=warmup,
                     lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
-                    device=args.device, amp=bool(args.amp), graph_every=args.graph_every,
-                    checkpoint=ckpt, resume=resume, progress=args.progress,
-                    max_grad_norm=args.max_grad_norm, extra_config=extra)
+                    device=device, amp=bool(args.amp), graph_every=args.graph_every,
+                    checkpoint=ckpt, checkpoint_every=args.checkpoint_every, resume=resume, progress=args.progress,
+                    max_grad_norm=args.max_grad_norm, extra_config=extra, eval_every=args.eval_every,
+                    analysis_labels=labels)
+    timings = res.timings
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
                "config": res.config, "tau_arg": str(args.tau), "warmup_arg": str(args.warmup_epochs),
                "lr_backbone_arg": str(args.lr_backbone), "versions": versions(), "seed": args.seed,
-               "device": str(device), **res.summary(),
+               "device": str(device), "world_size": world, **res.summary(),
+               "images_per_s": timings.get("images_per_s", len(images) / max(timings.get("per_epoch_step", 0)
+                                                                              or float("nan"), 1e-12)),
+               "peak_memory_bytes": timings.get("peak_memory_bytes", peak_memory_bytes(device)),
                "wall_time_s": time.perf_counter() - t0, "out": str(out), "checkpoint": res.checkpoint,
                "history": res.history.series()}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(metrics), indent=2))
-    os.replace(tmp, out / "metrics.json")
+
+    def write(path):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(_json_safe(metrics), indent=2))
+        os.replace(tmp, path)
+
+    bd.write_if_main(out / "metrics.json", write)
     return metrics
 
 
@@ -500,7 +522,14 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
 
     try:
         if args.command == "train":
-            m = run_train(args)
+            from .distributed import cleanup, is_main
+
+            try:
+                m = run_train(args)
+            finally:
+                cleanup()
+            if not is_main():
+                return 0
             print(f"{prog}: test accuracy at best validation {m['test_acc_at_best_val']:.4f} "
                   f"(epoch {m['best_epoch']}), final {m['final'].get('test_acc', float('nan')):.4f}; "
                   f"{m['timings']['per_epoch']:.3f} s/epoch; wrote {m['out']}/metrics.json"

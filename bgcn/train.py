@@ -427,7 +427,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
           checkpoint_every: int = 1, resume: bool = False, progress: bool | None = None,
           reinforce_reward: str = "node", max_grad_norm: float | None = None,
           extra_config: dict | None = None, analysis_labels: torch.Tensor | None = None,
-          param_path_norms: bool = False) -> TrainResult:
+          param_path_norms: bool = False, eval_every: int = 1) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` model full-batch and transductively.
 
     Every epoch is one AdamW step on
@@ -491,7 +491,12 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
             ``no_grad`` (never a sampled or dense graph), so every end-to-end run of one seed starts
             from the same warm-up model. Must be < ``epochs``. Ignored by ``"frozen"``.
         graph_every: keep the eval graph every this many epochs in ``history.graphs`` (0: only
-            epoch 0 and the last).
+            epoch 0 and the last). With a checkpoint the graphs are stored apart, one file each in
+            ``<checkpoint>.graphs/`` written once, so a checkpoint every epoch writes O(N·k) bytes,
+            not the whole growing history.
+        eval_every: evaluate (the eval-mode forward: the whole kNN graph rebuilt, accuracies,
+            edge change, homophily, model selection) every this many epochs and at the last; the
+            other epochs record NaN there. 1: every epoch (the chapters' default).
         progress: tqdm bar; ``None`` = only on a terminal and without ``TQDM_DISABLE=1``.
         max_grad_norm: clip the global gradient norm (None: no clipping).
         extra_config: plain values stored with the run's config (e.g. the backbone name); they
@@ -528,6 +533,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
                          f"{mode!r}; use fewer warm-up epochs or more epochs (or mode='frozen')")
     if not isinstance(param_path_norms, bool):
         raise TypeError(f"param_path_norms must be a bool, got {type(param_path_norms).__name__}")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every={eval_every!r} must be an int >= 1 (1: evaluate every epoch)")
     if isinstance(graph_every, bool) or not isinstance(graph_every, int) or graph_every < 0:
         raise ValueError(f"graph_every={graph_every!r} must be an int >= 0 (0 keeps only the first and last graph)")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -572,6 +579,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
               "graph_every": graph_every,
               "max_grad_norm": max_grad_norm, "reinforce_reward": reinforce_reward,
               "param_path_norms": param_path_norms}
+    if eval_every != 1:  # absent = 1, so checkpoints from before the option still resume
+        config["eval_every"] = eval_every
     if extra_config is not None and not isinstance(extra_config, dict):
         raise TypeError(f"extra_config must be a dict of plain values or None, got {type(extra_config).__name__}")
     clash = sorted(set(extra_config or {}) & set(config))
@@ -601,7 +610,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
                       dev=dev, graph_every=graph_every, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       resume=resume, progress=progress_enabled(progress), reinforce_reward=reinforce_reward,
                       max_grad_norm=max_grad_norm, config=config, analysis_labels=analysis_labels,
-                      param_path_norms=param_path_norms)
+                      param_path_norms=param_path_norms, eval_every=eval_every)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
 
@@ -609,7 +618,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
 def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, mode, epochs, warmup_epochs,
            lr_backbone, lr_gcn,
            weight_decay, seed, dev, graph_every, checkpoint, checkpoint_every, resume, progress, reinforce_reward,
-           max_grad_norm, config, analysis_labels, param_path_norms) -> TrainResult:
+           max_grad_norm, config, analysis_labels, param_path_norms, eval_every=1) -> TrainResult:
     from .graph import edge_change_fraction, edge_homophily
 
     seed_everything(seed)
@@ -635,6 +644,7 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
     start_epoch = 1
     loss_ema: float | None = None
     ckpt_path = None if checkpoint is None else Path(checkpoint)
+    written: set = set()  # epochs whose graph file is on disk
 
     if resume and ckpt_path is not None and not ckpt_path.is_file():
         warnings.warn(f"resume=True but there is no checkpoint at {str(ckpt_path)!r}: starting afresh",
@@ -651,6 +661,8 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = History.from_state_dict(state["history"])
+        history.graphs = _load_graph_files(ckpt_path, state["history"]) or history.graphs
+        written = {int(g["epoch"]) for g in history.graphs}
         best = dict(state["best"])
         best_state = {k: v.clone() for k, v in state["best_model"].items()}
         warm_info = state.get("warmup") or None
@@ -674,7 +686,8 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
 
     def make_state(epoch: int) -> dict:
         return {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "history": history.state_dict(), "best": dict(best),
+                "optimizer": optimizer.state_dict(), "history": _history_apart(ckpt_path, history, written),
+                "best": dict(best),
                 "best_model": best_state, "rng": _rng_state(generator), "warmup": warm_info, "snapshots": snaps,
                 "prev_indices": torch.empty(0, dtype=torch.long) if prev_indices is None else prev_indices,
                 "loss_ema": loss_ema, "config": dict(config)}
@@ -769,6 +782,20 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         t_step = time.perf_counter() - t0
 
         # ---- evaluate ----------------------------------------------------------------------------
+        if not (epoch % eval_every == 0 or epoch == epochs):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            nan = float("nan")
+            history.append(epoch=epoch, loss=loss_value, surrogate=surrogate_value, train_acc=nan, val_acc=nan,
+                           test_acc=nan, grad_node=norms["node"], grad_graph=norms["graph"],
+                           grad_total=norms["total"], grad_backbone=g_backbone, grad_backbone_node=g_bb_node,
+                           grad_backbone_graph=g_bb_graph, edge_change=nan, homophily=nan,
+                           time=time.perf_counter() - t0, time_step=t_step)
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if ckpt_path is not None and epoch % checkpoint_every == 0:
+                save_checkpoint(ckpt_path, make_state(epoch))
+                last_saved = epoch
+            continue
         try:
             if cur is not None:
                 model.eval()
@@ -791,7 +818,7 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
                        grad_backbone=g_backbone, grad_backbone_node=g_bb_node, grad_backbone_graph=g_bb_graph,
                        edge_change=change, homophily=homophily(graph), time=dt, time_step=t_step)
         if (graph_every and epoch % graph_every == 0) or epoch == epochs:
-            history.graphs.append(_snapshot(graph, epoch))
+            history.graphs.append(_snapshot(graph, epoch))  # (epochs not evaluated keep no graph)
         # model selection: with a warm-up, only the joint epochs compete (the warm-up is recorded apart)
         in_warmup = warm > 0 and epoch <= warm
         if in_warmup:
@@ -829,6 +856,43 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
                        test_acc_at_best_val=float(best["test_acc"]), final=final, best_state=best_state,
                        status=status, checkpoint=None if ckpt_path is None else str(ckpt_path),
                        timings=timings, config=config, warmup=warm_info, graphs=snaps)
+
+
+def _graphs_dir(ckpt_path: Path) -> Path:
+    return ckpt_path.with_name(ckpt_path.name + ".graphs")
+
+
+def _history_apart(ckpt_path: Path | None, history: History, written: set) -> dict:
+    """The history for a checkpoint with its graphs stored apart: each snapshot is written once to
+    ``<checkpoint>.graphs/epoch_NNNNN.pt`` (atomically); the checkpoint keeps only their epochs."""
+    d = history.state_dict()
+    if ckpt_path is None:
+        return d
+    folder = _graphs_dir(ckpt_path)
+    for g in history.graphs:
+        e = int(g["epoch"])
+        if e not in written:
+            save_checkpoint(folder / f"epoch_{e:05d}.pt", dict(g))
+            written.add(e)
+    d["graphs"] = []
+    d["graph_epochs"] = [int(g["epoch"]) for g in history.graphs]
+    return d
+
+
+def _load_graph_files(ckpt_path: Path, hist: dict) -> list | None:
+    """The graphs a checkpoint's history names (``graph_epochs``), read back from its folder."""
+    epochs = hist.get("graph_epochs")
+    if epochs is None:
+        return None  # an older checkpoint: graphs inline
+    folder = _graphs_dir(ckpt_path)
+    out = []
+    for e in epochs:
+        f = folder / f"epoch_{int(e):05d}.pt"
+        if not f.is_file():
+            raise NotFoundError(f"the checkpoint {str(ckpt_path)!r} names the graph of epoch {e}, but {str(f)!r} is "
+                                f"missing; keep the folder {str(folder)!r} next to the checkpoint, or start afresh")
+        out.append(load_checkpoint(f))
+    return out
 
 
 def _param_path_norms(model: EndToEnd, loss: torch.Tensor, params: list) -> tuple[float, float]:

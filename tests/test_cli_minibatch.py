@@ -1,9 +1,14 @@
-"""python -m bgcn train --batch-size B: the mini-batch engine from the command line."""
+"""python -m bgcn train --batch-size B: the mini-batch engine from the command line, killed and
+resumed, and under torchrun with two processes (the README's command)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from bgcn.cli import main
 
@@ -13,17 +18,67 @@ SMALL = ["train", "--dataset", "synthetic", "--synthetic-n", "120", "--backbone"
          "--estimator", "masked_softmax"]
 
 
-def test_batch_size_trains_and_records_throughput(tmp_path):
+def _epochs(n: int) -> list[str]:
+    a = list(SMALL)
+    a[a.index("--epochs") + 1] = str(n)
+    return a
+
+
+def test_batch_size_trains_checkpoints_and_records_throughput(tmp_path):
+    out = tmp_path / "mb"
+    assert main(SMALL + ["--batch-size", "32", "--out", str(out), "--eval-every", "2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["batch_size"] == 32 and m["images_per_s"] > 0 and m["world_size"] == 1
+    assert m["peak_memory_bytes"] is None or m["peak_memory_bytes"] > 0
+    assert m["checkpoint"] == str(out / "checkpoint.pt") and (out / "checkpoint.pt").is_file()
+    assert len(m["history"]["loss"]) == 3
+    assert [v is None for v in m["history"]["val_acc"]] == [True, False, False]  # NaN -> null in JSON
+
+
+def test_batch_size_resume_continues_the_run(tmp_path):
     out = tmp_path / "mb"
     assert main(SMALL + ["--batch-size", "32", "--out", str(out)]) == 0
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["config"]["batch_size"] == 32 and m["timings"]["images_per_s"] > 0
-    assert m["checkpoint"] is None and not (out / "checkpoint.pt").exists()
-    assert len(m["history"]["loss"]) == 3
+    m3 = json.loads((out / "metrics.json").read_text())
+    assert main(_epochs(5) + ["--batch-size", "32", "--out", str(out), "--resume"]) == 0
+    m5 = json.loads((out / "metrics.json").read_text())
+    assert len(m5["history"]["loss"]) == 5 and m5["history"]["loss"][:3] == m3["history"]["loss"]
+    straight = tmp_path / "straight"
+    assert main(_epochs(5) + ["--batch-size", "32", "--out", str(straight),
+                              "--warmup-epochs", str(m3["config"]["warmup_epochs"])]) == 0
+    ms = json.loads((straight / "metrics.json").read_text())
+    assert ms["history"]["loss"] == m5["history"]["loss"]
 
 
-def test_batch_size_refuses_resume_and_amp(tmp_path, capsys):
-    for flag in ("--resume", "--amp"):
-        code = main(SMALL + ["--batch-size", "32", flag, "--out", str(tmp_path / flag.strip("-"))])
-        err = capsys.readouterr().err
-        assert code == 2 and flag in err and "--batch-size" in err and "Traceback" not in err
+def test_batch_size_refuses_amp_and_a_changed_setting(tmp_path, capsys):
+    code = main(SMALL + ["--batch-size", "32", "--amp", "--out", str(tmp_path / "amp")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--amp" in err and "--batch-size" in err and "Traceback" not in err
+    out = tmp_path / "mb"
+    assert main(SMALL + ["--batch-size", "32", "--out", str(out)]) == 0
+    capsys.readouterr()
+    code = main(SMALL + ["--batch-size", "16", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_torchrun_two_processes_from_the_command_line(tmp_path):
+    """``torchrun --nproc-per-node 2 -m bgcn train --device cpu --batch-size B``: rank 0 writes
+    metrics.json and the checkpoint; the result equals one process with the same global batch."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    args = [*SMALL[1:], "--batch-size", "40", "--threads", "1", "--dropout", "0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "bgcn", "train", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote") == 1  # one rank reports
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["config"]["world_size"] == 2
+    assert not list((tmp_path / "two").glob("*.tmp"))
+    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert two["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-5, abs=1e-6)
+    assert two["history"]["val_acc"] == one["history"]["val_acc"]

