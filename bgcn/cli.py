@@ -187,7 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "--device auto --out runs/softmax"))
     d = t.add_argument_group("data")
     d.add_argument("--dataset", default="digits",
-                   help="'digits', 'synthetic' or a folder path/<class>/*.png")
+                   help="'digits', 'synthetic', 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder "
+                        "path/<class>/*.png (with --batch-size it is read lazily, image by image)")
+    d.add_argument("--subset", type=_positive_int, default=None,
+                   help="fashion-mnist: a stratified subset of this many images (the same for every --seed)")
+    d.add_argument("--split", default="train", choices=["train", "test", "all"], help="fashion-mnist split")
+    d.add_argument("--data-dir", default=None,
+                   help="fashion-mnist: folder of the IDX files (default $BGCN_FASHION_MNIST_DIR, else Debian's)")
+    d.add_argument("--image-size", type=_positive_int, default=None,
+                   help="folder datasets: resize every image to this size (needed when sizes differ)")
+    d.add_argument("--num-workers", type=_nonneg_int, default=0,
+                   help="with --batch-size and a folder: decode images in this many DataLoader workers")
     d.add_argument("--synthetic-n", type=_positive_int, default=1000, help="number of images for --dataset synthetic")
     d.add_argument("--labels-per-class", type=_positive_int, default=10, help="labelled (training) images per class")
     d.add_argument("--val-per-class", type=_nonneg_int, default=None,
@@ -321,6 +331,50 @@ def _flags(message: str) -> str:
     return message
 
 
+def _is_fashion(name: str) -> bool:
+    return str(name).lower().replace("_", "-") == "fashion-mnist"
+
+
+def _shape(images) -> tuple:
+    return tuple(images.image_shape) if not hasattr(images, "shape") else tuple(images.shape[1:])
+
+
+def _sample_images(images):
+    """A few images as a float tensor (for the backbone's input check)."""
+    import torch
+
+    from .minibatch import _rows
+
+    return _rows(images, torch.arange(min(2, len(images))))
+
+
+def _load_data(args: argparse.Namespace):
+    """The dataset and its images: a float tensor (full batch), a uint8 tensor (fashion-mnist with
+    --batch-size: a quarter of the memory) or a lazy folder source (a folder with --batch-size)."""
+    import torch
+
+    from .data import ImageFolderSource, load_dataset
+
+    fashion = _is_fashion(args.dataset)
+    for flag, value, ok in (("--subset", args.subset, fashion), ("--data-dir", args.data_dir, fashion),
+                            ("--image-size", args.image_size, not fashion and args.dataset not in ("digits",
+                                                                                                 "synthetic"))):
+        if value is not None and not ok:
+            raise ValueError(f"{flag} does not apply to --dataset {args.dataset}; drop it")
+    if args.dataset == "synthetic":
+        ds = load_dataset("synthetic", n=args.synthetic_n, seed=args.seed)
+    elif fashion:
+        ds = load_dataset("fashion-mnist", split=args.split, subset=args.subset, seed=0, data_dir=args.data_dir,
+                          dtype=torch.uint8 if args.batch_size else torch.float32)
+    elif args.dataset != "digits" and args.batch_size and Path(args.dataset).is_dir():
+        src = ImageFolderSource(args.dataset, image_size=args.image_size)
+        return src, src
+    else:
+        kw = {"image_size": args.image_size} if args.image_size is not None else {}
+        ds = load_dataset(args.dataset, **kw)
+    return ds, ds.images
+
+
 def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
     """``create_backbone(name)`` fitted to the images; returns (backbone, images, options used).
 
@@ -332,7 +386,7 @@ def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
     """
     from .backbone import backbone_config, create_backbone, list_backbones
 
-    c, h, w = (int(v) for v in images.shape[1:])
+    c, h, w = (int(v) for v in _shape(images))
     size = h if h == w else (h, w)
     if name in list_backbones():
         cfg = backbone_config(name)
@@ -342,7 +396,7 @@ def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
         kw = {}
         if pretrained_file is None:
             kw["in_chans"] = c
-        elif c == 1:
+        elif c == 1 and isinstance(images, __import__("torch").Tensor):
             print(f"python -m bgcn train: {name} with --pretrained-file takes 3-channel images: the "
                   f"one-channel images are repeated over 3 channels", file=sys.stderr)
             images = images.expand(-1, 3, -1, -1).contiguous()
@@ -391,6 +445,8 @@ def run_train(args: argparse.Namespace) -> dict:
                          f"(B >= the number of images gives the full-batch step, split over the processes)")
     if args.batch_size and args.amp:
         raise ValueError("--amp does not work with --batch-size yet; drop it, or train full batch (--batch-size 0)")
+    if world > 1:  # before any pass over the data: embedding is sharded over the ranks
+        bd.init_distributed(device=None if args.device == "auto" else args.device)
     if resume and not ckpt.is_file():
         print(f"python -m bgcn train: --resume: no checkpoint at {ckpt}, so this run starts afresh",
               file=sys.stderr)
@@ -409,11 +465,8 @@ def run_train(args: argparse.Namespace) -> dict:
     lr_backbone = args.lr_backbone
     if lr_backbone == "auto":
         lr_backbone = LR_BACKBONE_RANDOM if args.pretrained_file is None else LR_BACKBONE_PRETRAINED
-    if args.dataset == "synthetic":
-        ds = load_dataset("synthetic", n=args.synthetic_n, seed=args.seed)
-    else:
-        ds = load_dataset(args.dataset)
-    images, labels = ds.images, ds.labels
+    ds, images = _load_data(args)
+    labels = ds.labels
     num_classes = ds.num_classes
     try:
         train_mask, val_mask, test_mask = label_masks(labels, args.labels_per_class, args.val_per_class,
@@ -424,26 +477,27 @@ def run_train(args: argparse.Namespace) -> dict:
 
     seed_everything(args.seed)
     backbone, images, backbone_kw = _create_backbone_for(args.backbone, args.pretrained_file, images)
-    check_backbone_input(backbone, images, name=args.backbone)
+    check_backbone_input(backbone, _sample_images(images), name=args.backbone)
     device = get_device(args.device)
     tau = args.tau
     if tau == "auto":
-        from .backbone import extract_features
-        from .temperature import suggest_tau
+        from .minibatch import embed_images
+        from .temperature import suggest_tau_features
 
-        feats = extract_features(backbone, images, device=device, to_cpu=True)
-        tau = suggest_tau(cosine_similarity(feats), args.k, method="mass", exclude_self=not args.include_self)
+        feats = embed_images(backbone.to(device), images, 512, device, num_workers=args.num_workers)
+        tau = suggest_tau_features(feats, args.k, method="mass", exclude_self=not args.include_self)
+        del feats
     model = build_model(backbone, num_classes, k=args.k, estimator=estimator, tau=float(tau), hidden=args.hidden,
                         dropout=args.dropout, mode=args.mode, exclude_self=not args.include_self,
                         symmetric=args.symmetric, chunk_size=args.chunk_size)
     # everything that defines the run: train() refuses to resume a checkpoint where one differs
     extra = {"dataset": args.dataset, "synthetic_n": args.synthetic_n if args.dataset == "synthetic" else None,
-             "image_shape": [int(v) for v in images.shape[1:]], "num_classes": int(num_classes),
+             "subset": args.subset, "split": args.split if _is_fashion(args.dataset) else None,
+             "image_shape": [int(v) for v in _shape(images)], "num_classes": int(num_classes),
              "class_names": list(ds.class_names), "backbone": args.backbone, "backbone_kwargs": backbone_kw,
              "pretrained_file": args.pretrained_file, "labels_per_class": args.labels_per_class,
              "val_per_class": args.val_per_class, "hidden": args.hidden, "dropout": args.dropout}
     if world > 1:
-        bd.init_distributed(device=str(device))
         if device.type == "cuda":
             device = torch.device("cuda", local)
     t0 = time.perf_counter()
@@ -457,7 +511,7 @@ def run_train(args: argparse.Namespace) -> dict:
                               cache_neighbours=args.cache_neighbours, max_grad_norm=args.max_grad_norm,
                               eval_every=args.eval_every, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
                               resume=resume, progress=args.progress, extra_config=extra,
-                              analysis_labels=labels)
+                              analysis_labels=labels, num_workers=args.num_workers)
     else:
         res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
                     warmup_epochs=warmup,

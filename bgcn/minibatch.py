@@ -24,6 +24,7 @@ Taught in: chapter 11 (chapters/11_minibatch.md).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -88,6 +89,16 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
     return out
 
 
+def _place() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one (even under torchrun:
+    the collectives need the group, so an uninitialised run is one process)."""
+    from . import distributed as bd
+
+    if not bd.is_initialized():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 def _rows(images, idx: torch.Tensor) -> torch.Tensor:
     """The images ``idx`` (in that order) as a float tensor: a tensor is indexed, an image source
     (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them."""
@@ -149,12 +160,12 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
 
     dev = bank.device
     b_dev = batch.to(dev)
-    rank, world, _ = bd.dist_info()
+    rank, world = _place()
     if fixed:
         feats = bank.features[b_dev]
         est, use_w = "hard", False
     else:
-        mine = bd.shard(batch) if world > 1 else batch
+        mine = bd.shard(batch, rank, world) if world > 1 else batch
         feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
         if world > 1:
             feats = bd.all_gather_with_grad(feats)
@@ -192,13 +203,15 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
 
 @torch.no_grad()
 def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, device=None,
-                 indices: torch.Tensor | None = None) -> torch.Tensor:
+                 indices: torch.Tensor | None = None, num_workers: int = 0) -> torch.Tensor:
     r"""Features :math:`F = f_\theta(X)` of every image (or of ``indices``), eval mode, no gradient.
 
     ``batch_size`` images go through the backbone at a time (its train/eval mode is restored
     after). In several processes each rank embeds its :func:`bgcn.distributed.shard` of the rows
     and the parts are gathered (:func:`bgcn.distributed.all_gather_rows`), so a bank fill or an
     evaluation costs N / W backbone passes a rank and every rank ends with the same (N, D) table.
+    For an image source (:class:`bgcn.data.ImageSource`) in one process, ``num_workers`` > 0
+    decodes the images in that many ``DataLoader`` worker processes (pinned memory on CUDA).
 
     Shapes: images (N, C_in, H, W) tensor or image source -> F (N, D) (or (len(indices), D))
 
@@ -208,28 +221,34 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
 
     n = len(images) if indices is None else int(indices.numel())
     idx = torch.arange(n) if indices is None else indices.detach().cpu().long()
-    _, world, _ = bd.dist_info()
-    mine = bd.shard(idx) if world > 1 else idx
+    rank, world = _place()
+    mine = bd.shard(idx, rank, world) if world > 1 else idx
     was = backbone.training
     backbone.eval()
     dt = _param_dtype(backbone)
     contiguous = indices is None and isinstance(images, torch.Tensor) and images.dtype != torch.uint8
+    dev = torch.device(device) if device is not None else None
+    def batches():  # a generator function: nothing (no DataLoader iterator) starts before the loop
+        if num_workers and indices is None and world == 1 and not isinstance(images, torch.Tensor):
+            for _, x in images.loader(batch_size, num_workers=num_workers,
+                                      pin_memory=dev is not None and dev.type == "cuda"):
+                yield x
+        else:
+            for p in torch.split(mine, batch_size):
+                yield images[int(p[0]):int(p[-1]) + 1] if contiguous else _rows(images, p)  # a slice, not a copy
+    keep_rng = torch.random.fork_rng(devices=[]) if num_workers else contextlib.nullcontext()
     try:
         outs = []
-        for a in range(0, mine.numel(), batch_size):
-            part = mine[a:a + batch_size]
-            if contiguous:  # a slice, not a copy
-                x = images[int(part[0]):int(part[-1]) + 1]
-            else:
-                x = _rows(images, part)
-            x = x.to(device) if device is not None else x
-            if dt is not None and x.dtype != dt:
-                x = x.to(dt)
-            f = backbone(x)
-            if not isinstance(f, torch.Tensor) or f.dim() != 2:
-                raise ValueError(f"the backbone must return (B, D) features, got "
-                                 f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
-            outs.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
+        with keep_rng:  # a DataLoader with workers draws its base seed from the global RNG: keep the run's
+            for x in batches():  # random draws (dropout, noise) the same with and without workers
+                x = x.to(dev, non_blocking=True) if dev is not None else x
+                if dt is not None and x.dtype != dt:
+                    x = x.to(dt)
+                f = backbone(x)
+                if not isinstance(f, torch.Tensor) or f.dim() != 2:
+                    raise ValueError(f"the backbone must return (B, D) features, got "
+                                     f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
+                outs.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
     finally:
         backbone.train(was)
     feats = torch.cat(outs)
@@ -241,7 +260,7 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
 @torch.no_grad()
 def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False, chunk_size: int = 4096,
                   bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None,
-                  features: torch.Tensor | None = None):
+                  features: torch.Tensor | None = None, num_workers: int = 0):
     r"""Log-probabilities of every node under the current model, without an N×N matrix.
 
     One chunked no-grad pass of the backbone (eval mode; :func:`embed_images`, sharded over the
@@ -260,7 +279,8 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
     model.eval()
     try:
         dev = device if device is not None else next(model.parameters()).device
-        feats = features if features is not None else embed_images(model.backbone, images, batch_size, dev)
+        feats = features if features is not None else embed_images(model.backbone, images, batch_size, dev,
+                                                                   num_workers=num_workers)
         est = "hard" if fixed else _bank_estimator(model)
         n = feats.shape[0]
         tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
@@ -319,7 +339,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                     max_grad_norm: float | None = None, progress: bool | None = False,
                     callback=None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                     resume: bool = False, analysis_labels: torch.Tensor | None = None,
-                    extra_config: dict | None = None) -> TrainResult:
+                    extra_config: dict | None = None, num_workers: int = 0) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
 
     Each epoch draws :func:`stratified_batches` (every batch holds labelled nodes; a CPU
@@ -359,7 +379,8 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
 
     ``images`` may be a float tensor, a uint8 tensor (kept as uint8, each batch divided by 255:
     a quarter of the memory) or an image source read lazily (:class:`bgcn.data.ImageSource`):
-    nothing needs all images as one float tensor.
+    nothing needs all images as one float tensor. ``num_workers`` decodes a source's images in
+    ``DataLoader`` workers for the full no-grad passes (bank fills, evaluations).
 
     **Checkpoints.** ``checkpoint=path`` writes the whole run state (model, optimizer, the bank,
     the EMA copy, every random state, history, best model) atomically every
@@ -405,7 +426,8 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     mode = _resolve_mode(model, mode)
     for nm, v, lo in (("epochs", epochs, 1), ("warmup_epochs", warmup_epochs, 0), ("bank_refresh", bank_refresh, 0),
                       ("eval_every", eval_every, 1), ("chunk_size", chunk_size, 1),
-                      ("embed_batch_size", embed_batch_size, 1), ("checkpoint_every", checkpoint_every, 1)):
+                      ("embed_batch_size", embed_batch_size, 1), ("checkpoint_every", checkpoint_every, 1),
+                      ("num_workers", num_workers, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{nm}={v!r} must be an int >= {lo}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -468,13 +490,13 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                      max_grad_norm=max_grad_norm, callback=callback, progress=progress_enabled(progress),
                      checkpoint=None if checkpoint is None else Path(checkpoint),
                      checkpoint_every=checkpoint_every, resume=resume, analysis_labels=analysis_labels,
-                     extra_config=dict(extra_config or {}))
+                     extra_config=dict(extra_config or {}), num_workers=num_workers)
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
 #: mini-batch checkpoints: what may change between a run and its resume
-_MB_RESUME_FREE = frozenset({"epochs", "device", "checkpoint_every", "world_size"})
+_MB_RESUME_FREE = frozenset({"epochs", "device", "checkpoint_every", "world_size", "num_workers"})
 MINIBATCH_CHECKPOINT_FORMAT = "bgcn-minibatch-1"
 
 
@@ -500,13 +522,19 @@ def _allreduce_mean_(params: list) -> None:
 def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epochs, warm, lr_backbone, lr_gcn,
           weight_decay, seed, dev, bank_refresh, bank_momentum, eval_every, chunk_size, bank_chunk,
           cache_neighbours, embed_batch_size, max_grad_norm, progress, callback, checkpoint, checkpoint_every,
-          resume, analysis_labels, extra_config) -> TrainResult:
+          resume, analysis_labels, extra_config, num_workers=0) -> TrainResult:
     from . import distributed as bd
     from .graph import edge_homophily
     from .train import _rng_state, _set_rng_state, load_checkpoint, save_checkpoint
     from .utils import peak_memory_bytes, reset_peak_memory
 
-    rank, world, _ = bd.dist_info()
+    rank, world = _place()
+    if world == 1 and bd.dist_info()[1] > 1:
+        import warnings
+
+        warnings.warn(f"torchrun started {bd.dist_info()[1]} processes but no process group is initialised, so each "
+                      f"trains alone on all the data; call bgcn.distributed.init_distributed() first",
+                      UserWarning, stacklevel=3)
     seed_everything(seed)
     model.to(dev)
     if world > 1:  # every rank starts from rank 0's parameters
@@ -531,7 +559,7 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
               "eval_every": eval_every, "chunk_size": chunk_size, "bank_chunk": bank_chunk,
               "cache_neighbours": cache_neighbours, "num_nodes": int(n), "num_train": int(train_cpu.sum()),
               "max_grad_norm": max_grad_norm, "checkpoint_every": checkpoint_every, "world_size": int(world),
-              **extra_config}
+              "num_workers": num_workers, **extra_config}
 
     reset_peak_memory(dev)
     t_start = time.perf_counter()
@@ -587,7 +615,8 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         _set_rng_state(state["rng"], gen)
     else:
         t0 = time.perf_counter()
-        feats0 = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
+        feats0 = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev,
+                              num_workers=num_workers)
         bad = ~torch.isfinite(feats0).all(dim=1)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0])
@@ -694,7 +723,8 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
         if evaluate:
             logp, graph, feats = evaluate_full(model, images, fixed=fixed, chunk_size=chunk_size,
                                                bank_chunk=bank_chunk, batch_size=embed_batch_size, device=dev,
-                                               features=bank.features if fixed and ema is None else None)
+                                               features=bank.features if fixed and ema is None else None,
+                                               num_workers=num_workers)
             tr, va, te = (accuracy(logp, labels, train_mask), accuracy(logp, labels, val_mask),
                           accuracy(logp, labels, test_mask))
             new_indices = graph.indices.detach().cpu()
@@ -708,7 +738,8 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
                     bank.neighbours = graph.indices.clone()
             del feats, logp
         if refresh and (ema is not None or not evaluate):
-            fresh = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev)
+            fresh = embed_images(ema if ema is not None else model.backbone, images, embed_batch_size, dev,
+                                 num_workers=num_workers)
             bank.features.copy_(fresh.to(bank.dtype))
             if cache_neighbours:
                 bank.fill_neighbours(model.k, chunk_size, bank_chunk)

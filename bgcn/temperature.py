@@ -17,7 +17,8 @@ import torch
 from .topk import effective_neighbours, mask_diagonal, topk_mass
 from .utils import check_k, check_positive, check_tau, check_tensor
 
-__all__ = ["temperature_sweep", "soft_topk_gradient", "gradient_norm_vs_tau", "suggest_tau", "TAU_METHODS"]
+__all__ = ["temperature_sweep", "soft_topk_gradient", "gradient_norm_vs_tau", "suggest_tau", "suggest_tau_features",
+           "TAU_METHODS"]
 
 #: Methods accepted by :func:`suggest_tau`.
 TAU_METHODS = ("mass", "gap", "kth_gap")
@@ -272,3 +273,36 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
         if b - a < 1e-5:
             break
     return float(math.exp(0.5 * (a + b)))
+
+
+@torch.no_grad()
+def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", exclude_self: bool = True,
+                         max_rows: int = 2048, seed: int = 0, **kwargs) -> float:
+    r""":func:`suggest_tau` from features, without the N×N similarity matrix.
+
+    With N ≤ ``max_rows`` it is exactly ``suggest_tau(cosine_similarity(F), k, ...)``. Above, it
+    draws ``max_rows`` rows (``seed``) and uses their similarities to *all* N nodes,
+    :math:`S_R = \hat F_R \hat F^	op` (``max_rows`` × N), each row's own column pushed to
+    :math:`-10^4` when ``exclude_self`` (a softmax weight of :math:`e^{-10^4/	au}` = 0): the
+    same rows, the same estimate as ``suggest_tau(..., rows=R)`` on the full matrix, in
+    ``max_rows``·N memory.
+
+    Shapes: features (N, D) -> float
+
+    Taught in: chapter 05 (chapters/05_temperature.md); used at scale in chapter 11.
+    """
+    from .similarity import cosine_similarity
+
+    check_tensor(features, "features", ndim=2)
+    n = features.shape[0]
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows={max_rows!r} must be a positive int")
+    if n <= max_rows:
+        return suggest_tau(cosine_similarity(features), k, method=method, exclude_self=exclude_self, **kwargs)
+    g = torch.Generator().manual_seed(int(seed))
+    rows = torch.randperm(n, generator=g)[:max_rows].to(features.device)
+    s = cosine_similarity(features[rows], features)
+    if exclude_self:
+        s[torch.arange(max_rows, device=s.device), rows] = -1e4
+        check_k(k, n, exclude_self=True)
+    return suggest_tau(s, k, method=method, exclude_self=False, **kwargs)

@@ -82,3 +82,39 @@ def test_torchrun_two_processes_from_the_command_line(tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert two["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-5, abs=1e-6)
     assert two["history"]["val_acc"] == one["history"]["val_acc"]
+
+
+def _png_folder(root, n_per_class=12, classes=("cat", "dog", "owl")):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            a = rng.integers(0, 80, size=(8, 8), dtype=np.uint8) + 60 * c
+            Image.fromarray(a.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_a_students_folder_is_read_lazily_and_trains_like_the_loaded_tensor(tmp_path):
+    from bgcn.data import ImageFolderSource, load_dataset
+
+    folder = _png_folder(tmp_path / "imgs")
+    args = ["train", "--dataset", str(folder), "--backbone", "mlp_digits", "--k", "4", "--labels-per-class", "3",
+            "--val-per-class", "3", "--epochs", "3", "--device", "cpu", "--no-progress", "--estimator",
+            "masked_softmax", "--batch-size", "12", "--tau", "0.1"]
+    assert main(args + ["--out", str(tmp_path / "lazy")]) == 0
+    assert main(args + ["--out", str(tmp_path / "lazy2"), "--num-workers", "2"]) == 0
+    lazy = json.loads((tmp_path / "lazy" / "metrics.json").read_text())
+    lazy2 = json.loads((tmp_path / "lazy2" / "metrics.json").read_text())
+    assert lazy["config"]["class_names"] == ["cat", "dog", "owl"]
+    assert lazy2["history"]["loss"] == lazy["history"]["loss"]  # workers decode, same numbers
+    src, ds = ImageFolderSource(folder), load_dataset(str(folder))
+    assert torch.equal(src.take(torch.arange(len(src))), ds.images) and torch.equal(src.labels, ds.labels)
+
+
+def test_dataset_flags_that_do_not_apply_are_refused(tmp_path, capsys):
+    code = main(SMALL + ["--subset", "50", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--subset" in err and "synthetic" in err

@@ -70,3 +70,18 @@ def test_eval_every_is_validated(data):
     images, labels, tr, va, te = data
     with pytest.raises(ValueError, match="eval_every"):
         train(_model(), images, labels, tr, va, te, **KW, eval_every=0)
+
+
+def test_suggest_tau_from_features_equals_the_matrix_version_on_the_same_rows():
+    from bgcn.similarity import cosine_similarity
+    from bgcn.temperature import suggest_tau, suggest_tau_features
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    exact = suggest_tau(cosine_similarity(f), 10)
+    assert suggest_tau_features(f, 10, max_rows=300) == exact
+    # a sample of rows: the same rows of the full matrix (their own column excluded) give the same tau
+    sampled = suggest_tau_features(f, 10, max_rows=120, seed=3)
+    rows = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:120]
+    assert sampled == pytest.approx(suggest_tau(cosine_similarity(f), 10, rows=rows), rel=1e-6)
+    assert sampled == pytest.approx(exact, rel=0.2)
