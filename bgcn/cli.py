@@ -219,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "name); from random weights vit_digits reaches only ~15%% on the digits in 60 epochs, so "
                         "the default is the small MLP (chapter 08)")
     m.add_argument("--pretrained-file", default=None, help="local backbone weights (.safetensors or .pt)")
+    m.add_argument("--bn-policy", default=None, choices=["eval", "train", "frozen"],
+                   help="BatchNorm of backbones that have it (efficientnet_lite0_imagenet): eval = running "
+                        "statistics kept (the default with pretrained weights; train mode collapses end-to-end "
+                        "training on Fashion-MNIST, chapter 12), train = plain PyTorch, frozen = eval + no "
+                        "affine update")
+    m.add_argument("--train-blocks", type=_nonneg_int, default=None,
+                   help="efficientnet_lite0_imagenet: train only the last N stages (default: all)")
+    m.add_argument("--img-size", type=_positive_int, default=None,
+                   help="efficientnet_lite0_imagenet: the size it resizes images to (default 64)")
     m.add_argument("--hidden", type=_positive_int, default=64, help="GCN hidden channels")
     m.add_argument("--dropout", type=_probability, default=0.5, help="GCN dropout")
     m.add_argument("--symmetric", action="store_true", help="symmetrise the kNN graph")
@@ -375,7 +384,7 @@ def _load_data(args: argparse.Namespace):
     return ds, ds.images
 
 
-def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
+def _create_backbone_for(name: str, pretrained_file, images, **opts) -> tuple:
     """``create_backbone(name)`` fitted to the images; returns (backbone, images, options used).
 
     A registered backbone gets ``in_chans`` and ``img_size`` from the data where its config has
@@ -388,7 +397,16 @@ def _create_backbone_for(name: str, pretrained_file, images) -> tuple:
 
     c, h, w = (int(v) for v in _shape(images))
     size = h if h == w else (h, w)
-    if name in list_backbones():
+    from .backbone import _REGISTRY
+
+    if opts and (name not in list_backbones() or not getattr(_REGISTRY[name][0], "bgcn_resizes_images", False)):
+        flags = ", ".join("--" + k.replace("_", "-") for k in opts)
+        raise ValueError(f"{flags} apply to --backbone efficientnet_lite0_imagenet, not {name!r}; drop them")
+    if name in list_backbones() and getattr(_REGISTRY[name][0], "bgcn_resizes_images", False):
+        # it takes the images as they come (1/3 channels, any size) and resizes them itself
+        backbone = create_backbone(name, pretrained_file=pretrained_file, **opts)
+        kw = dict(opts)
+    elif name in list_backbones():
         cfg = backbone_config(name)
         kw = {k: v for k, v in (("in_chans", c), ("img_size", size)) if k in cfg}
         backbone = create_backbone(name, pretrained_file=pretrained_file, **kw)
@@ -464,7 +482,8 @@ def run_train(args: argparse.Namespace) -> dict:
                          f"learns only after the warm-up, so it would never train (use --mode frozen for that)")
     lr_backbone = args.lr_backbone
     if lr_backbone == "auto":
-        lr_backbone = LR_BACKBONE_RANDOM if args.pretrained_file is None else LR_BACKBONE_PRETRAINED
+        pretrained = args.pretrained_file is not None or args.backbone.endswith("_imagenet")
+        lr_backbone = LR_BACKBONE_PRETRAINED if pretrained else LR_BACKBONE_RANDOM
     ds, images = _load_data(args)
     labels = ds.labels
     num_classes = ds.num_classes
@@ -476,7 +495,9 @@ def run_train(args: argparse.Namespace) -> dict:
         raise ValueError(_flags(str(e))) from None
 
     seed_everything(args.seed)
-    backbone, images, backbone_kw = _create_backbone_for(args.backbone, args.pretrained_file, images)
+    opts = {k: v for k, v in (("bn_policy", args.bn_policy), ("train_blocks", args.train_blocks),
+                              ("img_size", args.img_size)) if v is not None}
+    backbone, images, backbone_kw = _create_backbone_for(args.backbone, args.pretrained_file, images, **opts)
     check_backbone_input(backbone, _sample_images(images), name=args.backbone)
     device = get_device(args.device)
     tau = args.tau

@@ -170,8 +170,11 @@ class EndToEnd(nn.Module):
         self.mode = mode
         self.use_graph_weights = mode == "end2end"
         self.train_backbone = mode != "frozen"
+        # a backbone that freezes part of itself (partial fine-tuning, frozen BatchNorm) keeps it frozen
+        keep = getattr(self.backbone, "frozen_parameters", None)
+        frozen = {id(p) for p in keep()} if callable(keep) else set()
         for p in self.backbone.parameters():
-            p.requires_grad_(self.train_backbone)
+            p.requires_grad_(self.train_backbone and id(p) not in frozen)
         return self
 
     @property
