@@ -284,8 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "spreading on frozen features, frozen GCN (random and pre-trained backbone), "
                                    "end2end-features, end2end softmax at tau=1 and at a tau from the data, "
                                    "end2end masked_softmax and values; mean +- std over seeds.")
+    e.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "nuisance-shapes"],
+                   help="digits: chapter 08's comparison; fashion-mnist / nuisance-shapes: chapter 12's, with the "
+                        "ImageNet EfficientNet-Lite0 and the mini-batch engine (bgcn.experiments.real; writes "
+                        "OUT/<dataset>.json and .md; default OUT results/real)")
+    e.add_argument("--n", type=_positive_int, default=None, help="chapter 12: images in the fixed subset")
+    e.add_argument("--batch-size", type=_positive_int, default=None, help="chapter 12: images per step")
+    e.add_argument("--img-size", type=_positive_int, default=None, help="chapter 12: backbone input size")
     e.add_argument("--quick", action="store_true",
-                   help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone)")
+                   help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone; chapter 12: "
+                        "300 images, 3 epochs, 5 rows)")
     e.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (default 5; 1 with --quick)")
     e.add_argument("--labels", type=_positive_int, nargs="+", default=None,
                    help="labels per class settings (default 5 10 20; 10 with --quick)")
@@ -300,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone learning rate of the end-to-end rows (default: see bgcn.experiment.FULL)")
     e.add_argument("--k", type=_positive_int, default=10, help="neighbours per node")
     e.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda")
-    e.add_argument("--out", default="results", help="output folder")
+    e.add_argument("--out", default=None, help="output folder (default results, or results/real for chapter 12)")
     e.add_argument("--resume", action="store_true",
                    help="continue from OUT/experiment.partial.json (same settings) instead of starting over")
     e.add_argument("--threads", type=_positive_int, default=None,
@@ -609,10 +617,26 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
                   f"(epoch {m['best_epoch']}), final {m['final'].get('test_acc', float('nan')):.4f}; "
                   f"{m['timings']['per_epoch']:.3f} s/epoch; wrote {m['out']}/metrics.json"
                   + (f" and {m['checkpoint']}" if m.get("checkpoint") else ""))
+        elif args.dataset != "digits":
+            from .experiments.real import run_real_experiment
+
+            if args.pretrain_epochs is not None or args.backbone is not None:
+                raise ValueError("--pretrain-epochs/--backbone apply to the digits comparison; chapter 12's uses "
+                                 "the ImageNet EfficientNet-Lite0")
+            res = run_real_experiment(args.dataset, out=args.out or "results/real", quick=args.quick,
+                                      seeds=args.seeds, labels_per_class=args.labels, n=args.n, epochs=args.epochs,
+                                      warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                                      img_size=args.img_size, rows=args.methods, lr_backbone=args.lr_backbone,
+                                      k=args.k, device=args.device, resume=args.resume, progress=args.progress)
+            print(res["table_md"])
+            print(f"{prog}: wrote {', '.join(res['files'])}")
         else:
             from .experiment import run_experiment
 
-            res = run_experiment(out=args.out, quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,
+            for flag, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--img-size", args.img_size)):
+                if v is not None:
+                    raise ValueError(f"{flag} applies to --dataset fashion-mnist / nuisance-shapes, not the digits")
+            res = run_experiment(out=args.out or "results", quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,
                                  epochs=args.epochs, backbone=args.backbone, pretrain_epochs=args.pretrain_epochs,
                                  warmup_epochs=args.warmup_epochs,
                                  k=args.k, device=args.device, progress=args.progress, resume=args.resume,

@@ -1,0 +1,343 @@
+r"""Seed 000's setting for real: an ImageNet-pretrained extractor on real images (chapter 12).
+
+``python -m bgcn experiment --dataset fashion-mnist`` (or ``nuisance-shapes``, the positive
+control) trains and scores, for every seed (label split, GCN initialisation, dropout, batches) on
+one fixed stratified subset of N images:
+
+============================  ================================================================
+row                           what it is
+============================  ================================================================
+``knn_pixels``                cosine kNN classifier on raw pixels (scikit-learn)
+``knn``                       cosine kNN classifier on the frozen ImageNet features
+``label_spreading``           label spreading (kNN kernel) on the same features
+``frozen``                    frozen GCN on the hard kNN graph of those features (seed 000 §1)
+``finetune``                  plain supervised fine-tuning of the backbone + a linear head on the
+                              labelled images only, no graph: what a practitioner tries first
+``end2end_features``          end to end through the node features, hard graph (seed 000 §3)
+``end2end_softmax``           end to end, seed 000's softmax weights at τ from the data
+``end2end_masked_softmax``    end to end, softmax over the k kept similarities, same τ
+``end2end_features_bntrain``  ``end2end_features`` with the backbone's BatchNorm in train mode
+                              (plain PyTorch): the collapse that ``bn_policy="eval"`` prevents
+============================  ================================================================
+
+The GCN rows run the mini-batch engine (:func:`bgcn.minibatch.train_minibatch`, chapter 11) with
+a warm-up on the frozen hard graph and then joint epochs; the score is the test accuracy at the
+best validation epoch among the joint epochs (the frozen row: among all), beside the final one and
+the warm-up model's. Each row also reports the edge homophily of the hard kNN graph before and
+after (:func:`bgcn.graph.edge_homophily`, with every label: an analysis quantity, never used in
+training; for ``nuisance-shapes`` also with the nuisance label), seconds per epoch and images/s.
+
+The dense selection estimators of chapter 09 need an N×N score matrix and are refused by the
+mini-batch engine, so they are not rows here (chapter 12 says why).
+
+Taught in: chapter 12 (chapters/12_real_extractor.md).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..utils import json_safe, versions
+from .common import Partial, mean_std, write_atomic
+
+__all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
+           "load_real_dataset"]
+
+BASELINES = ("knn_pixels", "knn", "label_spreading")
+GCN_ROWS = ("frozen", "end2end_features", "end2end_softmax", "end2end_masked_softmax", "end2end_features_bntrain")
+ROWS = BASELINES + ("finetune",) + GCN_ROWS
+DATASETS = ("fashion-mnist", "nuisance-shapes")
+
+#: the committed run (about 30 min on one CPU thread per dataset; resumable with --resume)
+FULL = {"n": 2000, "img_size": 32, "labels_per_class": [10], "val_per_class": 10, "seeds": 3, "epochs": 20,
+        "warmup_epochs": 10, "batch_size": 250, "lr_backbone": 1e-4, "lr_gcn": 1e-2, "finetune_epochs": 30,
+        "k": 10, "rows": list(ROWS)}
+#: a smoke run in under 2 minutes
+QUICK = {"n": 300, "img_size": 32, "labels_per_class": [5], "val_per_class": 5, "seeds": 1, "epochs": 3,
+         "warmup_epochs": 2, "batch_size": 150, "lr_backbone": 1e-4, "lr_gcn": 1e-2, "finetune_epochs": 3,
+         "k": 10, "rows": ["knn", "label_spreading", "frozen", "finetune", "end2end_features"]}
+
+
+def load_real_dataset(name: str, n: int, seed: int = 0):
+    """The experiment's data: ``(images (N, C, H, W) float in [0, 1], labels (N,), extra labels dict)``.
+
+    ``fashion-mnist``: a stratified subset of N training images (the same for every run seed);
+    ``nuisance-shapes``: N generated images whose label is the shape and whose background (the
+    nuisance, in ``extra["nuisance"]``) is independent of it.
+
+    Shapes: images (N, C, H, W), labels (N,)
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    from ..data import load_dataset
+
+    if name == "fashion-mnist":
+        ds = load_dataset("fashion-mnist", split="train", subset=n, seed=seed)
+        return ds.images, ds.labels, {}
+    if name == "nuisance-shapes":
+        ds = load_dataset("nuisance-shapes", n=n, seed=seed)
+        extra = {}
+        nuis = getattr(ds, "nuisance", None)
+        if nuis is None and hasattr(ds, "extras"):
+            nuis = (ds.extras or {}).get("nuisance")
+        if nuis is not None:
+            extra["nuisance"] = torch.as_tensor(nuis).long()
+        return ds.images, ds.labels, extra
+    raise ValueError(f"dataset={name!r}: use one of {list(DATASETS)} (the digits comparison is "
+                     f"python -m bgcn experiment without --dataset)")
+
+
+def supervised_finetune(backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        train_mask: torch.Tensor, val_mask: torch.Tensor, test_mask: torch.Tensor, *,
+                        epochs: int = 30, lr_backbone: float = 1e-4, lr_head: float = 1e-2,
+                        batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
+                        eval_batch_size: int = 256) -> dict:
+    r"""Plain fine-tuning without a graph: backbone + a linear head, cross-entropy on the labelled images.
+
+    .. math:: \min_{\theta, W, b}\ -\frac{1}{|M|}\sum_{i\in M}\log\operatorname{softmax}(W f_\theta(x_i) + b)_{y_i}
+
+    AdamW (``lr_backbone`` for θ, ``lr_head`` for W, b), shuffled batches of the labelled images,
+    ``epochs`` passes; after each, accuracy on the validation and test images (eval mode). Returns
+    ``{"test_acc"` (at the best validation epoch), ``"final_test_acc"``, ``"best_epoch"``,
+    ``"time_per_epoch"``, ``"images_per_s"``}``. The baseline a practitioner tries first.
+
+    Shapes: images (N, C, H, W); labels, masks (N,)
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    from ..minibatch import embed_images
+    from ..utils import get_device
+
+    dev = get_device(device)
+    g = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))
+    backbone = backbone.to(dev)
+    num_classes = int(labels.max()) + 1
+    head = torch.nn.Linear(int(backbone.num_features), num_classes).to(dev)
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": params, "lr": lr_backbone}, {"params": head.parameters(), "lr": lr_head}],
+                            weight_decay=5e-4)
+    lab = torch.nonzero(train_mask).flatten()
+    y = labels.to(dev)
+    best = (-math.inf, float("nan"), 0)
+    final = float("nan")
+    t_steps = 0.0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        backbone.train()
+        for part in torch.split(lab[torch.randperm(lab.numel(), generator=g)], batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(head(backbone(images[part].to(dev))), y[part.to(dev)])
+            loss.backward()
+            opt.step()
+        t_steps += time.perf_counter() - t0
+        with torch.no_grad():
+            pred = head(embed_images(backbone, images, eval_batch_size, dev)).argmax(1)
+        va = float((pred[val_mask.to(dev)] == y[val_mask.to(dev)]).double().mean())
+        te = float((pred[test_mask.to(dev)] == y[test_mask.to(dev)]).double().mean())
+        final = te
+        if va > best[0]:
+            best = (va, te, epoch)
+    return {"test_acc": best[1], "final_test_acc": final, "best_epoch": best[2], "best_val_acc": best[0],
+            "time_per_epoch": t_steps / epochs, "images_per_s": lab.numel() * epochs / max(t_steps, 1e-12)}
+
+
+def _backbone(img_size: int, bn_policy: str = "eval"):
+    from ..backbone import create_backbone
+
+    return create_backbone("efficientnet_lite0_imagenet", img_size=img_size, bn_policy=bn_policy)
+
+
+def _best_joint(history, warm: int, key: str):
+    """``key`` of the best-validation epoch among the evaluated epochs after the warm-up."""
+    best, out = -math.inf, float("nan")
+    for e, v, x in zip(history.epoch, history.val_acc, getattr(history, key)):
+        if e > warm and not math.isnan(v) and v > best:
+            best, out = v, x
+    return out
+
+
+def _gcn_row(row: str, images, labels, masks, cfg: dict, seed: int, tau: float, extra: dict, device) -> dict:
+    from ..graph import edge_homophily
+    from ..minibatch import train_minibatch
+    from ..model import build_model
+
+    mode, est, policy = {"frozen": ("frozen", "hard", "eval"),
+                         "end2end_features": ("end2end-features", "hard", "eval"),
+                         "end2end_softmax": ("end2end", "softmax", "eval"),
+                         "end2end_masked_softmax": ("end2end", "masked_softmax", "eval"),
+                         "end2end_features_bntrain": ("end2end-features", "hard", "train")}[row]
+    num_classes = int(labels.max()) + 1
+    torch.manual_seed(seed)
+    model = build_model(_backbone(cfg["img_size"], policy), num_classes, k=cfg["k"], estimator=est, tau=tau,
+                        hidden=64, dropout=0.5, mode=mode)
+    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
+    tr, va, te = masks
+    res = train_minibatch(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
+                          batch_size=cfg["batch_size"], lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"],
+                          seed=seed, device=device, analysis_labels=labels, progress=False)
+    h = res.history
+    out = {"test_acc": res.test_acc_at_best_val, "final_test_acc": res.final.get("test_acc"),
+           "best_epoch": res.best_epoch, "warmup_test_acc": res.warmup["test_acc"] if res.warmup else None,
+           "gain_over_warmup": res.gain_over_warmup if res.warmup else None,
+           "homophily_before": h.initial.get("homophily"),
+           "homophily_after": _best_joint(h, warm, "homophily") if warm else h.homophily[res.best_epoch - 1],
+           "homophily_final": h.homophily[-1], "homophily_series": list(h.homophily),
+           "test_acc_series": list(h.test_acc), "time_per_epoch": res.timings["per_epoch"],
+           "images_per_s": res.timings["images_per_s"], "tau": tau}
+    if "nuisance" in extra and res.graphs:
+        for when in ("initial", "best", "final"):
+            g = res.graphs.get(when)
+            if g is not None:
+                out[f"nuisance_homophily_{when}"] = edge_homophily(g["indices"].long(), extra["nuisance"])
+    return out
+
+
+def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike = "results/real", quick: bool = False,
+                        seeds: int | None = None, labels_per_class: Sequence[int] | None = None,
+                        n: int | None = None, epochs: int | None = None, warmup_epochs: int | None = None,
+                        batch_size: int | None = None, img_size: int | None = None, rows: Sequence[str] | None = None,
+                        lr_backbone: float | None = None, k: int | None = None, device: str = "auto",
+                        resume: bool = False, progress: bool | None = None) -> dict:
+    """Run the table of this module's docstring; write ``OUT/<dataset>.json`` and ``.md``.
+
+    Progress is saved after every run to ``OUT/<dataset>.partial.json``; ``resume=True`` continues
+    from it (same settings) across sessions. ``quick=True`` is :data:`QUICK` (under 2 minutes);
+    the other arguments override :data:`FULL`'s values.
+
+    Shapes: none (writes files; returns the results dict).
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    from ..data import label_masks
+    from ..experiment import _sk_baselines
+    from ..minibatch import embed_images
+    from ..temperature import suggest_tau_features
+    from ..train import progress_enabled
+    from ..utils import get_device
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}: use one of {list(DATASETS)}")
+    cfg = dict(QUICK if quick else FULL)
+    for key, v in (("seeds", seeds), ("labels_per_class", None if labels_per_class is None else list(labels_per_class)),
+                   ("n", n), ("epochs", epochs), ("warmup_epochs", warmup_epochs), ("batch_size", batch_size),
+                   ("img_size", img_size), ("rows", None if rows is None else list(rows)),
+                   ("lr_backbone", lr_backbone), ("k", k)):
+        if v is not None:
+            cfg[key] = v
+    bad = [r for r in cfg["rows"] if r not in ROWS]
+    if bad:
+        raise ValueError(f"unknown rows {bad}; the rows are {list(ROWS)}")
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
+    dev = get_device(device)
+    show = progress_enabled(progress)
+    out = Path(out)
+    settings = {"dataset": dataset, **cfg}
+    partial = Partial(out / f"{dataset}.partial.json", settings, resume)
+
+    t_all = time.perf_counter()
+    images, labels, extra = load_real_dataset(dataset, cfg["n"])
+    bb = _backbone(cfg["img_size"]).to(dev).eval()
+    t0 = time.perf_counter()
+    feats = embed_images(bb, images, 256, dev).cpu()
+    t_feat = time.perf_counter() - t0
+    tau = float(suggest_tau_features(feats, cfg["k"]))
+    pixels = images.reshape(images.shape[0], -1).numpy()
+    f_np = feats.numpy()
+    y = labels.numpy()
+    for seed in range(cfg["seeds"]):
+        for lpc in cfg["labels_per_class"]:
+            tr, va, te = label_masks(labels, lpc, cfg["val_per_class"], seed=seed)
+            base = None
+            for row in cfg["rows"]:
+                if partial.done(row=row, seed=seed, labels_per_class=lpc):
+                    continue
+                t0 = time.perf_counter()
+                if row in BASELINES:
+                    base = base or _sk_baselines(f_np, pixels, y, tr.numpy(), te.numpy(), cfg["k"])
+                    rec = dict(base[row])
+                elif row == "finetune":
+                    torch.manual_seed(seed)
+                    rec = supervised_finetune(_backbone(cfg["img_size"]), images, labels, tr, va, te,
+                                              epochs=cfg["finetune_epochs"], lr_backbone=cfg["lr_backbone"],
+                                              seed=seed, device=dev)
+                else:
+                    rec = _gcn_row(row, images, labels, (tr, va, te), cfg, seed, tau, extra, dev)
+                rec.update(row=row, seed=seed, labels_per_class=lpc, wall_s=time.perf_counter() - t0)
+                partial.add(rec)
+                if show:
+                    print(f"[{dataset}] seed {seed} lpc {lpc} {row}: test {rec['test_acc']:.4f} "
+                          f"({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    runs = partial.runs
+    summary = summarize(runs, cfg["rows"], cfg["labels_per_class"])
+    result = {"settings": settings, "summary": summary, "runs": runs, "tau": tau,
+              "frozen_features_s": t_feat, "wall_s": time.perf_counter() - t_all,
+              "meta": {"versions": versions(), "device": str(dev), "cpu_count": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+                       "date": time.strftime("%Y-%m-%d")}}
+    table = format_table(summary, cfg["rows"], cfg["labels_per_class"])
+    files = [write_atomic(out / f"{dataset}.json", json.dumps(json_safe(result), indent=1)),
+             write_atomic(out / f"{dataset}.md", table + "\n")]
+    partial.finish()
+    result["table_md"] = table
+    result["files"] = [str(f) for f in files]
+    return result
+
+
+def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> list[dict]:
+    """Mean ± std over seeds of every measure of a row (one dict per row and labels-per-class).
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    keys = ("test_acc", "final_test_acc", "warmup_test_acc", "gain_over_warmup", "homophily_before",
+            "homophily_after", "homophily_final", "nuisance_homophily_initial", "nuisance_homophily_best",
+            "time_per_epoch", "images_per_s")
+    out = []
+    for lpc in lpcs:
+        for row in rows:
+            rs = [r for r in runs if r["row"] == row and r["labels_per_class"] == lpc]
+            if not rs:
+                continue
+            d = {"row": row, "labels_per_class": lpc, "seeds": len(rs)}
+            for key in keys:
+                m, s, c = mean_std(r.get(key) for r in rs)
+                if c:
+                    d[key], d[key + "_std"] = m, s
+            out.append(d)
+    return out
+
+
+def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
+    """A Markdown table: test accuracy (mean ± std), final, warm-up, homophily before → after, s/epoch.
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    def pm(d, key, scale=100.0, digits=1):
+        if key not in d:
+            return "—"
+        return f"{scale * d[key]:.{digits}f} ± {scale * d[key + '_std']:.{digits}f}"
+
+    lines = ["| labels/class | row | test acc (best val) | final | warm-up model | homophily before → after "
+             "| s/epoch | images/s |", "|---|---|---|---|---|---|---|---|"]
+    for d in summary:
+        hom = (f"{100 * d['homophily_before']:.1f} → {100 * d['homophily_after']:.1f}"
+               if "homophily_before" in d and "homophily_after" in d else "—")
+        lines.append(f"| {d['labels_per_class']} | {d['row']} | {pm(d, 'test_acc')} | {pm(d, 'final_test_acc')} "
+                     f"| {pm(d, 'warmup_test_acc')} | {hom} | "
+                     f"{d['time_per_epoch']:.1f} | {d['images_per_s']:.0f} |"
+                     if "time_per_epoch" in d else
+                     f"| {d['labels_per_class']} | {d['row']} | {pm(d, 'test_acc')} | — | — | — | — | — |")
+    return "\n".join(lines)
