@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = [  # (caption, first NN, last NN, numbered)
     ("Part I: From rankings to gradients", 1, 7, True),
     ("Part II: Training end to end", 8, 10, True),
+    ("Part III: Real images, real scale", 11, 12, True),
 ]
 REFERENCE = ["chapters/related_work", "chapters/api", "chapters/bibliography"]
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
