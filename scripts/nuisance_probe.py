@@ -96,7 +96,8 @@ def train_cnn(ds, n_train: int = 500, epochs: int = 40, seed: int = 0) -> dict:
         with torch.no_grad():
             acc = float((model(x[test]).argmax(1) == y[test]).double().mean())
         hist.append(round(acc, 4))
-    return {"n_train": int(tr.numel()), "n_test": int(test.sum()), "epochs": epochs, "optimizer": "Adam lr 1e-3, batch 50",
+    return {"n_train": int(tr.numel()), "n_test": int(test.sum()), "epochs": epochs,
+            "optimizer": "Adam lr 1e-3, batch 50",
             "input": "per-image standardised (x - mean_hw) / std",
             "test_acc_last": hist[-1], "test_acc_best": max(hist), "test_acc_per_epoch": hist}
 
