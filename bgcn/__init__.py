@@ -56,11 +56,12 @@ del _inspect, _types, _train_module
 
 # submodules imported on first attribute access: viz needs plotly/matplotlib, cli and the
 # experiments are entry points (``python -m bgcn``), not library code
-_LAZY = {"viz", "viz_estimators", "cli", "experiment", "estimator_experiment", "distributed", "bank", "minibatch"}
+_LAZY = {"viz", "viz_estimators", "cli", "experiment", "estimator_experiment", "distributed", "bank", "minibatch",
+         "config", "experiments"}
 
 
 #: public names that live in a lazily imported submodule (chapter 11's engine)
-_LAZY_NAMES = {"FeatureBank": "bank", "train_minibatch": "minibatch"}
+_LAZY_NAMES = {"FeatureBank": "bank", "train_minibatch": "minibatch", "TrainConfig": "config", "fit": "config"}
 
 
 def __getattr__(name):
@@ -73,4 +74,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | _LAZY | set(_LAZY_NAMES))

@@ -529,29 +529,21 @@ def run_train(args: argparse.Namespace) -> dict:
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local)
-    t0 = time.perf_counter()
-    if args.batch_size:
-        from .minibatch import train_minibatch
+    from .config import TrainConfig, fit
 
-        res = train_minibatch(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode,
-                              epochs=args.epochs, warmup_epochs=warmup, batch_size=args.batch_size,
-                              lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay,
-                              seed=args.seed, device=device, bank_refresh=args.bank_refresh,
-                              cache_neighbours=args.cache_neighbours, max_grad_norm=args.max_grad_norm,
-                              eval_every=args.eval_every, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
-                              resume=resume, progress=args.progress, extra_config=extra,
-                              analysis_labels=labels, num_workers=args.num_workers)
-    else:
-        res = train(model, images, labels, train_mask, val_mask, test_mask, mode=args.mode, epochs=args.epochs,
-                    warmup_epochs=warmup,
-                    lr_backbone=lr_backbone, lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed,
-                    device=device, amp=bool(args.amp), graph_every=args.graph_every,
-                    checkpoint=ckpt, checkpoint_every=args.checkpoint_every, resume=resume, progress=args.progress,
-                    max_grad_norm=args.max_grad_norm, extra_config=extra, eval_every=args.eval_every,
-                    analysis_labels=labels)
+    mini = {"bank_refresh": args.bank_refresh, "cache_neighbours": args.cache_neighbours,
+            "num_workers": args.num_workers}
+    full = {"amp": bool(args.amp), "graph_every": args.graph_every}
+    cfg = TrainConfig(mode=args.mode, epochs=args.epochs, warmup_epochs=warmup, lr_backbone=lr_backbone,
+                      lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed, device=str(device),
+                      max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, checkpoint=str(ckpt),
+                      checkpoint_every=args.checkpoint_every, resume=resume, progress=args.progress,
+                      batch_size=args.batch_size, extra=extra, **(mini if args.batch_size else full))
+    t0 = time.perf_counter()
+    res = fit(model, images, labels, train_mask, val_mask, test_mask, cfg, analysis_labels=labels)
     timings = res.timings
     metrics = {"command": "python -m bgcn " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
-               "config": res.config, "tau_arg": str(args.tau), "warmup_arg": str(args.warmup_epochs),
+               "config": res.config, "train_config": cfg.to_dict(), "tau_arg": str(args.tau), "warmup_arg": str(args.warmup_epochs),
                "lr_backbone_arg": str(args.lr_backbone), "versions": versions(), "seed": args.seed,
                "device": str(device), "world_size": world, **res.summary(),
                "images_per_s": timings.get("images_per_s", len(images) / max(timings.get("per_epoch_step", 0)
