@@ -43,8 +43,9 @@ os.environ["PLOTLY_RENDERER"] = "notebook_connected"
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 # planned order of the modules on the API page (DESIGN.md's data flow); others follow by name
-MODULE_ORDER = ["utils", "data", "backbone", "similarity", "topk", "estimators", "graph", "gcn",
-                "gcn_spec", "model", "train", "viz", "cli"]
+MODULE_ORDER = ["utils", "config", "data", "backbone", "similarity", "topk", "estimators", "graph", "gcn",
+                "gcn_spec", "model", "train", "bank", "minibatch", "distributed", "viz", "experiment", "experiments",
+                "experiments.common", "experiments.real", "cli"]
 TAUGHT_RE = re.compile(r"Taught in:?(.*)", re.IGNORECASE)
 CHAPTER_RE = re.compile(r"(?:chapters/)?(\d\d_[A-Za-z0-9_]+)(?:\.md)?")
 AUTOMODULES_MARK = "<!-- bgcn:automodules -->"
@@ -68,7 +69,14 @@ def bgcn_modules() -> list[str]:
         import bgcn
     except Exception:  # noqa: BLE001 - the API page then says so; autodoc warns
         return []
-    names = [m.name for m in pkgutil.iter_modules(bgcn.__path__) if not m.name.startswith("_")]
+    names = []
+    for m in pkgutil.iter_modules(bgcn.__path__):
+        if m.name.startswith("_"):
+            continue
+        names.append(m.name)
+        if m.ispkg:  # a sub-package (bgcn.experiments): its modules too
+            sub = importlib.import_module(f"bgcn.{m.name}")
+            names += [f"{m.name}.{s.name}" for s in pkgutil.iter_modules(sub.__path__) if not s.name.startswith("_")]
     order = {n: i for i, n in enumerate(MODULE_ORDER)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
