@@ -591,7 +591,7 @@ class EfficientNetLite0ImageNet(TimmFeatures):
     F = pool(bn₂(conv_head(blocks(bn₁(conv_stem(x')))))) ∈ ℝ^{1280}; with ``num_classes=1000`` the
     ImageNet classifier gives logits W F + b instead.
 
-    Options:
+    Args:
         img_size: side (or (H, W)) the images are resized to; ``None`` keeps their size. Default
             64: on 2 000 Fashion-MNIST images (28×28) cosine 10-NN accuracy of the features is 0.795
             at 64×64 against 0.728 at 32×32 (pixels 0.770), for ≈3 ms against 1.7 ms an image

@@ -86,11 +86,11 @@ class Dataset(_ImagesLabels):
     same tensors, and ``ds.class_names[c]`` names class ``c``.
 
     Shapes:
-        images: (N, C_in, H, W) float32 in [0, 1]   (C_in image channels, not the class count C);
-                or uint8 in {0, …, 255} where asked for (``load_fashion_mnist(dtype=torch.uint8)``):
-                :class:`TensorImages` turns those into x = pixel / 255 one batch at a time
-        labels: (N,) long in {0, …, C-1}
-        class_names: list of C strings
+        - images: (N, C_in, H, W) float32 in [0, 1] (C_in image channels, not the class count C),
+          or uint8 in {0, …, 255} where asked for (``load_fashion_mnist(dtype=torch.uint8)``);
+          :class:`TensorImages` turns those into x = pixel / 255 one batch at a time
+        - labels: (N,) long in {0, …, C-1}
+        - class_names: list of C strings
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
