@@ -46,6 +46,8 @@ __all__ = [
     "plot_softmax_weights",
     "plot_knn_graph",
     "plot_gradient_norm_vs_tau",
+    "neighbour_mosaic",
+    "plot_neighbours",
     "widget_softmax_temperature",
     "widget_knn_graph",
     "widget_graph_evolution",
@@ -983,3 +985,54 @@ def widget_graph_evolution(positions: Any, labels: Any, graphs: Any, accuracies:
     box = _live_box(W, [play, slider], image, caption, draw, watch=[slider])
     box.epoch_slider, box.play, box.shown = slider, play, shown
     return box
+
+
+def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Sequence[int],
+                     n_neighbours: int | None = None) -> torch.Tensor:
+    r"""One image of a few query images (first column) and their kNN neighbours (the next columns).
+
+    Row r is image ``queries[r]`` followed by ``images[indices[queries[r], j]]`` for
+    j = 0 … n_neighbours − 1 (best first, as :func:`bgcn.knn_indices` orders them), tiled
+    without gaps: pixel (r·H + y, c·W + x) of the mosaic is pixel (y, x) of tile c of row r.
+
+    Shapes:
+        - images: (N, C, H, W) in [0, 1]; indices: (N, k) long; queries: Q node ids
+        - output: (Q·H, (1 + n)·W, C) (or (Q·H, (1 + n)·W) for one channel), n = n_neighbours ≤ k
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    check_tensor(images, "images", ndim=4)
+    check_tensor(indices, "indices", ndim=2, floating=False, finite=False)
+    n, c, h, w = images.shape
+    if indices.shape[0] != n:
+        raise ValueError(f"indices has {indices.shape[0]} rows but there are {n} images; pass the (N, k) "
+                         f"neighbour indices of these images")
+    k = indices.shape[1]
+    m = k if n_neighbours is None else int(n_neighbours)
+    if not 1 <= m <= k:
+        raise ValueError(f"n_neighbours={n_neighbours!r} must be between 1 and k={k}")
+    q = torch.as_tensor(list(queries), dtype=torch.long)
+    if q.numel() == 0 or int(q.min()) < 0 or int(q.max()) >= n:
+        raise ValueError(f"queries must be 1 or more node ids in [0, {n}), got {list(queries)!r}")
+    rows = torch.cat([q[:, None], indices[q, :m].long().cpu()], 1)          # (Q, 1 + m)
+    tiles = images.detach().cpu()[rows.flatten()].reshape(q.numel(), 1 + m, c, h, w)
+    out = tiles.permute(0, 3, 1, 4, 2).reshape(q.numel() * h, (1 + m) * w, c)
+    return out[..., 0] if c == 1 else out
+
+
+def plot_neighbours(images: torch.Tensor, indices: torch.Tensor, queries: Sequence[int],
+                    n_neighbours: int | None = None, ax=None, cmap: str = "gray_r"):
+    """Draw :func:`neighbour_mosaic` with matplotlib (no axes); returns the figure.
+
+    Shapes: as :func:`neighbour_mosaic`.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    import matplotlib.pyplot as plt
+
+    mosaic = neighbour_mosaic(images, indices, queries, n_neighbours)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 0.8 * len(list(queries)) + 0.4))
+    ax.imshow(mosaic.numpy(), cmap=cmap if mosaic.dim() == 2 else None, vmin=0.0, vmax=1.0)
+    ax.axis("off")
+    return ax.figure

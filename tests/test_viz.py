@@ -391,3 +391,23 @@ def test_active_step_sets_initial_data():
         viz.softmax_temperature_figure(s, taus, active=3)
     with pytest.raises(TypeError):
         viz.effective_neighbours_figure([10], taus, features=f, k=3, active=0.5)
+
+
+def test_neighbour_mosaic_tiles_the_query_and_its_neighbours():
+    from bgcn.viz import neighbour_mosaic, plot_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 3, 4, 5, generator=g)
+    indices = torch.stack([torch.roll(torch.arange(12), -s) for s in (1, 2, 3)], 1)  # (12, 3): i+1, i+2, i+3
+    m = neighbour_mosaic(images, indices, [2, 7], n_neighbours=2)
+    assert m.shape == (2 * 4, 3 * 5, 3)
+    for r, q in enumerate([2, 7]):
+        for c, node in enumerate([q, (q + 1) % 12, (q + 2) % 12]):
+            assert torch.equal(m[r * 4:(r + 1) * 4, c * 5:(c + 1) * 5], images[node].permute(1, 2, 0))
+    grey = neighbour_mosaic(images[:, :1], indices, [0])
+    assert grey.shape == (4, 4 * 5) and torch.equal(grey[:, 5:10], images[1, 0])
+    with pytest.raises(ValueError, match="n_neighbours"):
+        neighbour_mosaic(images, indices, [0], n_neighbours=4)
+    with pytest.raises(ValueError, match="queries"):
+        neighbour_mosaic(images, indices, [12])
+    assert plot_neighbours(images, indices, [0, 1]) is not None
