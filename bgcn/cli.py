@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=_positive_int, default=None, help="chapter 12: images in the fixed subset")
     e.add_argument("--batch-size", type=_positive_int, default=None, help="chapter 12: images per step")
     e.add_argument("--img-size", type=_positive_int, default=None, help="chapter 12: backbone input size")
+    e.add_argument("--only-seeds", type=_nonneg_int, nargs="+", default=None,
+                   help="chapter 12: run only these of the --seeds (one process per seed, each with its own --out)")
     e.add_argument("--quick", action="store_true",
                    help="tiny version (400 digits, 1 label setting, 1 seed, 4 epochs, MLP backbone; chapter 12: "
                         "300 images, 3 epochs, 5 rows)")
@@ -619,13 +621,15 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
                                       seeds=args.seeds, labels_per_class=args.labels, n=args.n, epochs=args.epochs,
                                       warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                                       img_size=args.img_size, rows=args.methods, lr_backbone=args.lr_backbone,
-                                      k=args.k, device=args.device, resume=args.resume, progress=args.progress)
+                                      k=args.k, device=args.device, resume=args.resume, progress=args.progress,
+                                      only_seeds=args.only_seeds)
             print(res["table_md"])
             print(f"{prog}: wrote {', '.join(res['files'])}")
         else:
             from .experiment import run_experiment
 
-            for flag, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--img-size", args.img_size)):
+            for flag, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--img-size", args.img_size),
+                            ("--only-seeds", args.only_seeds)):
                 if v is not None:
                     raise ValueError(f"{flag} applies to --dataset fashion-mnist / nuisance-shapes, not the digits")
             res = run_experiment(out=args.out or "results", quick=args.quick, seeds=args.seeds, labels_per_class=args.labels,

@@ -206,12 +206,15 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
                         n: int | None = None, epochs: int | None = None, warmup_epochs: int | None = None,
                         batch_size: int | None = None, img_size: int | None = None, rows: Sequence[str] | None = None,
                         lr_backbone: float | None = None, k: int | None = None, device: str = "auto",
-                        resume: bool = False, progress: bool | None = None) -> dict:
+                        resume: bool = False, progress: bool | None = None,
+                        only_seeds: Sequence[int] | None = None) -> dict:
     """Run the table of this module's docstring; write ``OUT/<dataset>.json`` and ``.md``.
 
     Progress is saved after every run to ``OUT/<dataset>.partial.json``; ``resume=True`` continues
     from it (same settings) across sessions. ``quick=True`` is :data:`QUICK` (under 2 minutes);
-    the other arguments override :data:`FULL`'s values.
+    the other arguments override :data:`FULL`'s values. ``only_seeds`` runs just those of the
+    ``seeds`` (e.g. one process per seed, each with its own ``out``; their partial files' runs
+    can be concatenated into one, whose resume then writes the table).
 
     Shapes: none (writes files; returns the results dict).
 
@@ -254,7 +257,10 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
     pixels = images.reshape(images.shape[0], -1).numpy()
     f_np = feats.numpy()
     y = labels.numpy()
-    for seed in range(cfg["seeds"]):
+    todo = range(cfg["seeds"]) if only_seeds is None else [int(x) for x in only_seeds]
+    if any(not 0 <= x < cfg["seeds"] for x in todo):
+        raise ValueError(f"only_seeds={list(todo)} must be seeds in [0, {cfg['seeds']})")
+    for seed in todo:
         for lpc in cfg["labels_per_class"]:
             tr, va, te = label_masks(labels, lpc, cfg["val_per_class"], seed=seed)
             base = None
