@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "--device auto --out runs/softmax"))
     d = t.add_argument_group("data")
     d.add_argument("--dataset", default="digits",
-                   help="'digits', 'synthetic', 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder "
+                   help="'digits', 'synthetic', 'nuisance-shapes' (chapter 12's positive control), 'fashion-mnist' "
+                        "(Debian's dataset-fashion-mnist) or a folder "
                         "path/<class>/*.png (with --batch-size it is read lazily, image by image)")
     d.add_argument("--subset", type=_positive_int, default=None,
                    help="fashion-mnist: a stratified subset of this many images (the same for every --seed)")
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder datasets: resize every image to this size (needed when sizes differ)")
     d.add_argument("--num-workers", type=_nonneg_int, default=0,
                    help="with --batch-size and a folder: decode images in this many DataLoader workers")
-    d.add_argument("--synthetic-n", type=_positive_int, default=1000, help="number of images for --dataset synthetic")
+    d.add_argument("--synthetic-n", type=_positive_int, default=1000, help="number of images for --dataset synthetic / nuisance-shapes")
     d.add_argument("--labels-per-class", type=_positive_int, default=10, help="labelled (training) images per class")
     d.add_argument("--val-per-class", type=_nonneg_int, default=None,
                    help="validation images per class (default: same as --labels-per-class)")
@@ -376,12 +377,14 @@ def _load_data(args: argparse.Namespace):
 
     fashion = _is_fashion(args.dataset)
     for flag, value, ok in (("--subset", args.subset, fashion), ("--data-dir", args.data_dir, fashion),
-                            ("--image-size", args.image_size, not fashion and args.dataset not in ("digits",
-                                                                                                 "synthetic"))):
+                            ("--image-size", args.image_size, not fashion and args.dataset.replace("_", "-") not in (
+                                "digits", "synthetic", "nuisance-shapes"))):
         if value is not None and not ok:
             raise ValueError(f"{flag} does not apply to --dataset {args.dataset}; drop it")
     if args.dataset == "synthetic":
         ds = load_dataset("synthetic", n=args.synthetic_n, seed=args.seed)
+    elif args.dataset.replace("_", "-") == "nuisance-shapes":
+        ds = load_dataset("nuisance-shapes", n=args.synthetic_n, seed=0)
     elif fashion:
         ds = load_dataset("fashion-mnist", split=args.split, subset=args.subset, seed=0, data_dir=args.data_dir,
                           dtype=torch.uint8 if args.batch_size else torch.float32)
@@ -522,7 +525,8 @@ def run_train(args: argparse.Namespace) -> dict:
                         dropout=args.dropout, mode=args.mode, exclude_self=not args.include_self,
                         symmetric=args.symmetric, chunk_size=args.chunk_size)
     # everything that defines the run: train() refuses to resume a checkpoint where one differs
-    extra = {"dataset": args.dataset, "synthetic_n": args.synthetic_n if args.dataset == "synthetic" else None,
+    generated = args.dataset.replace("_", "-") in ("synthetic", "nuisance-shapes")
+    extra = {"dataset": args.dataset, "synthetic_n": args.synthetic_n if generated else None,
              "subset": args.subset, "split": args.split if _is_fashion(args.dataset) else None,
              "image_shape": [int(v) for v in _shape(images)], "num_classes": int(num_classes),
              "class_names": list(ds.class_names), "backbone": args.backbone, "backbone_kwargs": backbone_kw,
@@ -554,13 +558,9 @@ def run_train(args: argparse.Namespace) -> dict:
                "wall_time_s": time.perf_counter() - t0, "out": str(out), "checkpoint": res.checkpoint,
                "history": res.history.series()}
 
-    def write(path):
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(_json_safe(metrics), indent=2))
-        os.replace(tmp, path)
+    from .experiments.common import write_atomic
 
-    bd.write_if_main(out / "metrics.json", write)
+    bd.write_if_main(out / "metrics.json", lambda path: write_atomic(path, json.dumps(_json_safe(metrics), indent=2)))
     return metrics
 
 

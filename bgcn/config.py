@@ -108,8 +108,9 @@ class TrainConfig:
         if not isinstance(self.device, str):
             raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0', got "
                             f"{type(self.device).__name__}")
-        if self.max_grad_norm is not None:
-            _num("max_grad_norm", self.max_grad_norm)
+        if self.max_grad_norm is not None and _num("max_grad_norm", self.max_grad_norm) == 0:
+            raise ValueError("TrainConfig.max_grad_norm=0 would clip every gradient to zero; use a positive norm "
+                             "or None")
         _int("eval_every", self.eval_every, 1)
         _int("checkpoint_every", self.checkpoint_every, 1)
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
@@ -136,6 +137,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.reinforce_reward={self.reinforce_reward!r}: use 'node' or 'global'")
         if not isinstance(self.extra, dict):
             raise TypeError(f"TrainConfig.extra must be a dict of plain values, got {type(self.extra).__name__}")
+        clash = sorted(set(self.extra) & {f.name for f in dataclasses.fields(self)})
+        if clash:
+            raise ValueError(f"TrainConfig.extra keys {clash} clash with the config's own fields; rename them")
         wrong = _FULL_ONLY if self.batch_size else _MINIBATCH_ONLY
         bad = [k for k, d in wrong.items() if getattr(self, k) != d]
         if bad:

@@ -710,6 +710,10 @@ def load_fashion_mnist(split: str = "train", subset: int | None = None, seed: in
     if not isinstance(split, str) or split.strip().lower() not in _FASHION_SPLITS:
         raise ValueError(f"split={split!r} is not one of {', '.join(map(repr, _FASHION_SPLITS))}")
     split = split.strip().lower()
+    if subset is not None and not isinstance(subset, bool) and isinstance(subset, int) \
+            and subset < len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"subset={subset} is smaller than the {len(FASHION_MNIST_CLASSES)} classes, so some class "
+                         f"would have no image; choose subset >= {len(FASHION_MNIST_CLASSES)} (e.g. 100: 10 a class)")
     if not isinstance(dtype, torch.dtype) or not (dtype == torch.uint8 or dtype.is_floating_point):
         raise TypeError(f"dtype must be torch.uint8 (raw pixels) or a floating torch dtype such as "
                         f"torch.float32 (pixels / 255), got {dtype!r}")

@@ -166,7 +166,12 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
         est, use_w = "hard", False
     else:
         mine = bd.shard(batch, rank, world) if world > 1 else batch
-        feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
+        # several ranks: a backbone that draws random numbers (dropout) draws them for its own
+        # shard; forking the generator keeps every rank's later draws (the GCN's dropout) identical
+        keep = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if world > 1 \
+            else contextlib.nullcontext()
+        with keep:
+            feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
         if world > 1:
             feats = bd.all_gather_with_grad(feats)
         if feats.dtype != bank.dtype:
@@ -386,7 +391,9 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     the EMA copy, every random state, history, best model) atomically every
     ``checkpoint_every`` epochs and at the end; ``resume=True`` continues from it and on the CPU
     reaches exactly the uninterrupted run's result. Only ``epochs``, ``device``,
-    ``checkpoint_every`` and ``world_size`` may change between a run and its resume.
+    ``checkpoint_every``, ``world_size`` and ``num_workers`` may change between a run and its
+    resume (more ``epochs``: exact when the first run's last epoch is one the longer run
+    evaluates too, see :func:`bgcn.train.train`'s ``eval_every``).
 
     **Several processes.** Under ``torchrun`` (``bgcn.distributed.init_distributed`` called
     first) every rank draws the same global batches, embeds its shard of each one through the
@@ -456,6 +463,15 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
         max_grad_norm = float(_check_lr(max_grad_norm, "max_grad_norm"))
     if extra_config is not None and not isinstance(extra_config, dict):
         raise TypeError(f"extra_config must be a dict or None, got {type(extra_config).__name__}")
+    clash = sorted(set(extra_config or {}) & _OWN_CONFIG_KEYS)
+    if clash:
+        raise ValueError(f"extra_config keys {clash} clash with train_minibatch()'s own settings; rename them")
+    for nm, v in (("progress", progress), ("deterministic", deterministic)):
+        if v is not None and not isinstance(v, bool):
+            raise TypeError(f"{nm} must be True, False or None, got {v!r}")
+    if max_grad_norm is not None and max_grad_norm == 0:
+        raise ValueError("max_grad_norm=0 would clip every gradient to zero (nothing trains); use a positive "
+                         "norm, or None for no clipping")
     images = _check_images_arg(images)
     n = len(images)
     if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point():
@@ -495,6 +511,12 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
+#: the keys train_minibatch's config records itself (extra_config must not overwrite them)
+_OWN_CONFIG_KEYS = frozenset({"engine", "mode", "k", "estimator", "tau", "batch_size", "epochs", "warmup_epochs",
+                              "lr_backbone", "lr_gcn", "weight_decay", "seed", "device", "bank_refresh",
+                              "bank_momentum", "eval_every", "chunk_size", "bank_chunk", "cache_neighbours",
+                              "num_nodes", "num_train", "max_grad_norm", "checkpoint_every", "world_size",
+                              "num_workers"})
 #: mini-batch checkpoints: what may change between a run and its resume
 _MB_RESUME_FREE = frozenset({"epochs", "device", "checkpoint_every", "world_size", "num_workers"})
 MINIBATCH_CHECKPOINT_FORMAT = "bgcn-minibatch-1"
@@ -573,6 +595,14 @@ def _loop(model, images, labels, train_cpu, masks, *, mode, n, batch_size, epoch
     t_search_total = 0.0
     start_epoch = 1
     state = None
+    if world > 1 and resume and checkpoint is not None:  # every rank must continue the same run
+        seen = torch.tensor([float(checkpoint.is_file())])
+        lo, hi = seen.clone(), seen.clone()
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        if float(lo) != float(hi):
+            raise ValueError(f"resume=True: the checkpoint {str(checkpoint)!r} exists on some ranks only; put it on a "
+                             f"file system that every process sees (rank 0 writes it)")
     if resume and checkpoint is not None and not checkpoint.is_file():
         import warnings
 

@@ -299,7 +299,9 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
         raise ValueError(f"max_rows={max_rows!r} must be a positive int")
     if n <= max_rows:
         return suggest_tau(cosine_similarity(features), k, method=method, exclude_self=exclude_self, **kwargs)
-    g = torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an int >= 0")
+    g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=g)[:max_rows].to(features.device)
     s = cosine_similarity(features[rows], features)
     if exclude_self:

@@ -496,7 +496,11 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
             not the whole growing history.
         eval_every: evaluate (the eval-mode forward: the whole kNN graph rebuilt, accuracies,
             edge change, homophily, model selection) every this many epochs and at the last; the
-            other epochs record NaN there. 1: every epoch (the chapters' default).
+            other epochs record NaN there. 1: every epoch (the chapters' default). A run resumed
+            with more ``epochs`` keeps the first run's evaluation (and graph snapshot) of its last
+            epoch, which the longer uninterrupted run might not have made: it is exact only when
+            that epoch is one the longer run evaluates too (with ``eval_every=1``: always, up to
+            that extra snapshot in ``history.graphs``).
         progress: tqdm bar; ``None`` = only on a terminal and without ``TQDM_DISABLE=1``.
         max_grad_norm: clip the global gradient norm (None: no clipping).
         extra_config: plain values stored with the run's config (e.g. the backbone name); they
@@ -661,8 +665,11 @@ def _train(model: EndToEnd, images, labels, train_mask, val_mask, test_mask, *, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = History.from_state_dict(state["history"])
-        history.graphs = _load_graph_files(ckpt_path, state["history"]) or history.graphs
-        written = {int(g["epoch"]) for g in history.graphs}
+        files = _load_graph_files(ckpt_path, state["history"])
+        if files is not None:  # graphs stored apart: those files are on disk
+            history.graphs = files
+            written = {int(g["epoch"]) for g in files}
+        # (an older checkpoint holds its graphs inline: none is on disk yet, so the next save writes them all)
         best = dict(state["best"])
         best_state = {k: v.clone() for k, v in state["best_model"].items()}
         warm_info = state.get("warmup") or None

@@ -1007,13 +1007,23 @@ def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Seque
     if indices.shape[0] != n:
         raise ValueError(f"indices has {indices.shape[0]} rows but there are {n} images; pass the (N, k) "
                          f"neighbour indices of these images")
+    if indices.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8):
+        raise TypeError(f"indices must be an integer tensor of node ids (N, k), got dtype {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise ValueError(f"indices must be node ids in [0, {n}), got values from {int(indices.min())} to "
+                         f"{int(indices.max())}")
     k = indices.shape[1]
-    m = k if n_neighbours is None else int(n_neighbours)
-    if not 1 <= m <= k:
-        raise ValueError(f"n_neighbours={n_neighbours!r} must be between 1 and k={k}")
-    q = torch.as_tensor(list(queries), dtype=torch.long)
-    if q.numel() == 0 or int(q.min()) < 0 or int(q.max()) >= n:
-        raise ValueError(f"queries must be 1 or more node ids in [0, {n}), got {list(queries)!r}")
+    m = k if n_neighbours is None else n_neighbours
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= k:
+        raise ValueError(f"n_neighbours={n_neighbours!r} must be an int between 1 and k={k}")
+    if isinstance(queries, torch.Tensor):
+        queries = queries.tolist() if not queries.is_floating_point() else [float(v) for v in queries]
+    if isinstance(queries, (int, str)) or not hasattr(queries, "__iter__"):
+        raise TypeError(f"queries must be a sequence of node ids, e.g. [0, 5, 9], got {queries!r}")
+    queries = list(queries)
+    if not queries or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n for v in queries):
+        raise ValueError(f"queries must be 1 or more int node ids in [0, {n}), got {queries!r}")
+    q = torch.tensor(queries, dtype=torch.long)
     rows = torch.cat([q[:, None], indices[q, :m].long().cpu()], 1)          # (Q, 1 + m)
     tiles = images.detach().cpu()[rows.flatten()].reshape(q.numel(), 1 + m, c, h, w)
     out = tiles.permute(0, 3, 1, 4, 2).reshape(q.numel() * h, (1 + m) * w, c)

@@ -241,6 +241,9 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
         raise ValueError(f"unknown rows {bad}; the rows are {list(ROWS)}")
     if cfg["warmup_epochs"] >= cfg["epochs"]:
         raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
+    todo = list(range(cfg["seeds"])) if only_seeds is None else list(only_seeds)
+    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < cfg["seeds"] for x in todo):
+        raise ValueError(f"only_seeds={todo} must be seeds in [0, {cfg['seeds']}) (--seeds is {cfg['seeds']})")
     dev = get_device(device)
     show = progress_enabled(progress)
     out = Path(out)
@@ -257,9 +260,6 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
     pixels = images.reshape(images.shape[0], -1).numpy()
     f_np = feats.numpy()
     y = labels.numpy()
-    todo = range(cfg["seeds"]) if only_seeds is None else [int(x) for x in only_seeds]
-    if any(not 0 <= x < cfg["seeds"] for x in todo):
-        raise ValueError(f"only_seeds={list(todo)} must be seeds in [0, {cfg['seeds']})")
     for seed in todo:
         for lpc in cfg["labels_per_class"]:
             tr, va, te = label_masks(labels, lpc, cfg["val_per_class"], seed=seed)
