@@ -52,28 +52,12 @@ def _backbone_of(backbone):
     return inner if isinstance(inner, nn.Module) and hasattr(backbone, "gcn") else backbone
 
 
-@torch.no_grad()
 def _embed(backbone: nn.Module, images: torch.Tensor, chunk_size: int, device) -> torch.Tensor:
-    """Features of ``images`` in eval mode, chunk by chunk, without gradient (mode restored)."""
-    was = backbone.training
-    backbone.eval()
-    dt = _param_dtype(backbone)
-    try:
-        outs = []
-        for start in range(0, images.shape[0], chunk_size):
-            x = images[start:start + chunk_size].to(device)
-            if dt is not None and x.dtype != dt:
-                x = x.to(dt)
-            f = backbone(x)
-            if not isinstance(f, torch.Tensor) or f.dim() != 2:
-                raise ValueError(f"the backbone must return (B, D) features, got "
-                                 f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
-            if f.dtype in (torch.float16, torch.bfloat16):
-                f = f.float()
-            outs.append(f)
-    finally:
-        backbone.train(was)
-    return torch.cat(outs)
+    """Features of ``images`` in eval mode, chunk by chunk, without gradient (mode restored):
+    :func:`bgcn.minibatch.embed_images` (one copy of the loop)."""
+    from .minibatch import embed_images  # minibatch imports this module: import at call time
+
+    return embed_images(backbone, images, chunk_size, device)
 
 
 def _check_images(images, name: str = "images") -> torch.Tensor:
