@@ -249,11 +249,20 @@ def barrier() -> None:
 def cleanup() -> None:
     """Destroy the process group if there is one (call once at the end of a torchrun program).
 
+    Every rank first waits at a barrier, so that no rank tears its group down while another is
+    still inside a collective with it (gloo then aborts the process at exit: "terminate called
+    without an active exception"). A barrier that fails (a peer already gone) is ignored: the
+    group is destroyed anyway.
+
     Shapes: none.
 
     Taught in: chapter 11 (chapters/11_minibatch.md)
     """
     if is_initialized():
+        try:
+            barrier()
+        except Exception:  # noqa: BLE001 - tearing down: a dead peer must not hide the real error
+            pass
         torch.distributed.destroy_process_group()
 
 
