@@ -1089,31 +1089,18 @@ def load_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Dataset:
         if kwargs:
             raise TypeError(f"load_dataset('digits') takes no options, got {sorted(kwargs)}")
         return load_digits()
-    if key == "synthetic":
-        try:
-            return make_synthetic(**kwargs)
-        except TypeError as e:
-            if "unexpected keyword" in str(e):
-                raise TypeError(f"{e}; load_dataset('synthetic') accepts n, num_classes, image_size, "
-                                f"channels, noise, max_shift, seed") from None
-            raise
-    if key in ("fashion-mnist", "fashion_mnist"):
-        try:
-            return load_fashion_mnist(**kwargs)
-        except TypeError as e:
-            if "unexpected keyword" in str(e):
-                raise TypeError(f"{e}; load_dataset('fashion-mnist') accepts split, subset, seed, data_dir, "
-                                f"dtype") from None
-            raise
-    if key in ("nuisance-shapes", "nuisance_shapes"):
-        try:
-            return make_nuisance_shapes(**kwargs)
-        except TypeError as e:
-            if "unexpected keyword" in str(e):
-                raise TypeError(f"{e}; load_dataset('nuisance-shapes') accepts n, num_classes, image_size, seed, "
-                                f"nuisance, num_nuisance, object_size, size_jitter, contrast, texture, "
-                                f"noise") from None
-            raise
+    builders = {"synthetic": make_synthetic, "fashion-mnist": load_fashion_mnist,
+                "nuisance-shapes": make_nuisance_shapes}
+    fn = builders.get(key.replace("_", "-"))
+    if fn is not None:  # one check for every generated/packaged set: unknown options named, not a traceback
+        import inspect
+
+        accepted = list(inspect.signature(fn).parameters)
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(f"load_dataset({key.replace('_', '-')!r}) got unexpected keyword argument(s) "
+                            f"{unknown}; it accepts {', '.join(accepted)}")
+        return fn(**kwargs)
     p = Path(name_or_path).expanduser()
     if p.exists() or os.sep in name_or_path or (os.altsep and os.altsep in name_or_path):
         return load_image_folder(p, **kwargs)

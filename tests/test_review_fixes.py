@@ -119,3 +119,9 @@ def test_cli_trains_on_nuisance_shapes(tmp_path):
     assert main(args) == 0
     m = json.loads((tmp_path / "n" / "metrics.json").read_text())
     assert m["config"]["synthetic_n"] == 80 and m["config"]["image_shape"] == [3, 32, 32]
+
+
+@pytest.mark.parametrize("name", ["synthetic", "fashion-mnist", "nuisance_shapes"])
+def test_load_dataset_names_an_unknown_option_and_what_it_accepts(name):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['bogus'\]; it accepts .*seed"):
+        load_dataset(name, bogus=1)
