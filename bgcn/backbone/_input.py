@@ -31,7 +31,7 @@ def _non_finite_images(x: torch.Tensor, name: str) -> str:
     return f"{len(idx)} of {x.shape[0]} {name} (first: index {idx[0] if idx else '?'})"
 
 
-def check_image_values(x: torch.Tensor, name: str = "images", strict: bool = False) -> None:
+def check_image_values(x: torch.Tensor, name: str = "images", strict: bool = False, stacklevel: int = 2) -> None:
     r"""Check that floating-point images hold pixel values in [0, 1]: one ``aminmax`` reduction.
 
     Every backbone takes floats in :math:`[0, 1]` (8-bit pixels divided by 255). With
@@ -48,6 +48,7 @@ def check_image_values(x: torch.Tensor, name: str = "images", strict: bool = Fal
         x: the images.
         name: the argument's name, for the messages.
         strict: raise on NaN/Inf or values outside [0, 1] instead of warning on [0, 255].
+        stacklevel: of the warning (2: the caller of this function).
 
     Shapes:
         x: (N, C, H, W) (any shape works; N = x.shape[0] names the images)
@@ -69,7 +70,7 @@ def check_image_values(x: torch.Tensor, name: str = "images", strict: bool = Fal
                          f"check_range=False")
     if not strict and lo >= 0 and hi > 1 + _SLACK:
         warnings.warn(f"{name} have values in [{lo:.3g}, {hi:.3g}], but a backbone takes float images in "
-                      f"[0, 1]; divide 8-bit pixels by 255 (images.float() / 255)", UserWarning, stacklevel=5)
+                      f"[0, 1]; divide 8-bit pixels by 255 (images.float() / 255)", UserWarning, stacklevel=stacklevel)
 
 
 def _check_shape(x: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> None:
@@ -101,7 +102,7 @@ def cast_images_hook(module: nn.Module, args: tuple) -> tuple | None:
         raise TypeError(f"images have dtype {x.dtype}, but a backbone takes floating-point images in [0, 1]; "
                         f"convert them first, e.g. images.float() / 255 for 8-bit pixels")
     if not getattr(module, "bgcn_checks_images", False):
-        check_image_values(x)
+        check_image_values(x, stacklevel=6)  # the line that called the backbone
     p = next(module.parameters(), None)
     if p is not None and p.is_floating_point() and x.dtype != p.dtype:
         return (x.to(p.dtype), *args[1:])
