@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..estimators import SELECTION_ESTIMATORS, plackett_luce_log_prob, reinforce_surrogate
+from ..estimators import SELECTION_ESTIMATORS, plackett_luce_log_prob, reinforce_surrogate, row_std
 from ..topk import ESTIMATORS
 from ..utils import check_k
 
@@ -145,8 +145,6 @@ def _exact_reinforce(th: torch.Tensor, k: int, g: torch.Tensor, estimator_kw: di
     n = th.shape[0]
     if math.perm(n, k) > _MAX_ENUM:
         return None
-    from ..estimators import row_std
-
     x = th.unsqueeze(0).clone().requires_grad_(True)
     tau_g = estimator_kw.get("tau_noise")
     scale = tau_g if tau_g is not None else estimator_kw.get("noise_rel", 0.1) * row_std(x.detach())

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..graph import knn_graph
+from ..graph import edge_change_fraction, knn_graph
 from ..topk import get_estimator
 from ..utils import check_k, check_tensor
 from ._common import _active, _check_labels, _check_positions, _check_taus, _np, _play_buttons, _slider
@@ -126,6 +126,56 @@ def _evolution_inputs(graphs: Any, accuracies: Any, epochs: Sequence[int] | None
     return ranks, epochs, curves
 
 
+def _evolution_positions(positions: Any, T: int) -> tuple[bool, int, list[np.ndarray]]:
+    """(moving, N, one (N, 2) layout per frame) from fixed (N, 2) or per-frame (T, N, 2) positions."""
+    pos = _np(positions, "positions")
+    if pos.ndim == 3:
+        if pos.shape[0] != T:
+            raise ValueError(f"positions has {pos.shape[0]} layouts but there are {T} graphs")
+        n = pos.shape[1]
+        return True, n, [_check_positions(pos[t], n) for t in range(T)]
+    n = pos.shape[0] if pos.ndim == 2 else -1
+    return False, n, [_check_positions(pos)] * T
+
+
+def _evolution_base(pos0: np.ndarray, rank0: tuple[np.ndarray, np.ndarray], lab: np.ndarray,
+                    class_names: Sequence[str] | None, curves: dict, epoch0: int, n_bins: int):
+    """The first frame's figure: edges and nodes on top, the curves and their marker below.
+
+    Returns (figure, number of edge traces, node trace ids, marker trace id)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.72, 0.28], vertical_spacing=0.08,
+                        subplot_titles=("graph (node colour = class)", "accuracy"))
+    segs0 = edge_segments(pos0, rank0[0], rank0[1], lab, n_bins=n_bins)
+    for tr in _edge_traces(segs0, "x", "y"):
+        fig.add_trace(tr)
+    n_edge = len(segs0)
+    for tr in _node_traces(pos0, lab, class_names, "x", "y", size=6):
+        fig.add_trace(tr)
+    node_ids = list(range(n_edge, len(fig.data)))
+    curve_cols = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+    for c, (kname, cv) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=np.arange(len(cv)), y=cv, mode="lines", name=kname, xaxis="x2", yaxis="y2",
+                                 line={"color": curve_cols[c % 5]}))
+    marker_id = len(fig.data)
+    fig.add_trace(go.Scatter(x=[epoch0] * len(curves), y=[float(cv[epoch0]) for cv in curves.values()],
+                             mode="markers", xaxis="x2", yaxis="y2", showlegend=False,
+                             marker={"size": 11, "color": curve_cols[:len(curves)], "line": {"width": 1, "color": "black"}}))
+    return fig, n_edge, node_ids, marker_id
+
+
+def _frame_title(title: str, e: int, curves: dict, idx: np.ndarray, prev: np.ndarray | None, lab: np.ndarray) -> str:
+    """A frame's title: the accuracies at epoch e, the same-class share, the edges changed since ``prev``."""
+    if prev is not None and prev.shape == idx.shape:
+        changed = f", {100 * edge_change_fraction(torch.as_tensor(prev), torch.as_tensor(idx)):.1f} % edges changed"
+    else:
+        changed = ""
+    accs = ", ".join(f"{kname} {float(cv[e]):.3g}" for kname, cv in curves.items())
+    return f"{title} — epoch {e}: {accs}<br>{100 * _same_class_share(idx, lab):.1f} % same-class edges{changed}"
+
+
 def graph_evolution_figure(positions: Any, labels: Any, graphs: Any, accuracies: Any = None,
                            epochs: Sequence[int] | None = None, n_bins: int = 3,
                            class_names: Sequence[str] | None = None, title: str = "kNN graph during training"):
@@ -154,41 +204,16 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Any, accuracies:
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     T = len(graphs.graphs) if hasattr(graphs, "graphs") else (len(graphs) if isinstance(graphs, Sequence) else 0)
     if T == 0 or isinstance(graphs, (str, bytes)):
         _evolution_inputs(graphs, accuracies, epochs, -1)   # raises the error for empty / bad graphs
-    pos = _np(positions, "positions")
-    if pos.ndim == 3:
-        if pos.shape[0] != T:
-            raise ValueError(f"positions has {pos.shape[0]} layouts but there are {T} graphs")
-        n = pos.shape[1]
-        pos_t = [_check_positions(pos[t], n) for t in range(T)]
-    else:
-        n = pos.shape[0] if pos.ndim == 2 else -1
-        pos_t = [_check_positions(pos)] * T
+    moving, n, pos_t = _evolution_positions(positions, T)
     lab = _check_labels(labels, n)
     ranks, epochs, curves = _evolution_inputs(graphs, accuracies, epochs, n)
     pct = max(np.nanmax(c) for c in curves.values()) > 1.0 + 1e-9
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.72, 0.28], vertical_spacing=0.08,
-                        subplot_titles=("graph (node colour = class)", "accuracy"))
-    segs0 = edge_segments(pos_t[0], ranks[0][0], ranks[0][1], lab, n_bins=n_bins)
-    for tr in _edge_traces(segs0, "x", "y"):
-        fig.add_trace(tr)
-    n_edge = len(segs0)
-    for tr in _node_traces(pos_t[0], lab, class_names, "x", "y", size=6):
-        fig.add_trace(tr)
-    node_ids = list(range(n_edge, len(fig.data)))
+    fig, n_edge, node_ids, marker_id = _evolution_base(pos_t[0], ranks[0], lab, class_names, curves, epochs[0], n_bins)
     classes = np.unique(lab)
-    curve_cols = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
-    for c, (kname, cv) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=np.arange(len(cv)), y=cv, mode="lines", name=kname, xaxis="x2", yaxis="y2",
-                                 line={"color": curve_cols[c % 5]}))
-    marker_id = len(fig.data)
-    fig.add_trace(go.Scatter(x=[epochs[0]] * len(curves), y=[float(cv[epochs[0]]) for cv in curves.values()],
-                             mode="markers", xaxis="x2", yaxis="y2", showlegend=False,
-                             marker={"size": 11, "color": curve_cols[:len(curves)], "line": {"width": 1, "color": "black"}}))
     names, frames = [], []
     prev = None
     for t, (e, (idx, w)) in enumerate(zip(epochs, ranks)):
@@ -197,26 +222,17 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Any, accuracies:
             raise RuntimeError("edge trace count changed between frames")
         data = [go.Scatter(x=s["x"], y=s["y"], line={"width": s["width"], "color": s["color"]}) for s in segs]
         traces = list(range(n_edge))
-        if pos.ndim == 3:
+        if moving:
             for tid, c in zip(node_ids, classes):
                 m = lab == c
                 data.append(go.Scatter(x=np.round(pos_t[t][m, 0], 4), y=np.round(pos_t[t][m, 1], 4)))
                 traces.append(tid)
         data.append(go.Scatter(x=[e] * len(curves), y=[float(cv[e]) for cv in curves.values()]))
         traces.append(marker_id)
-        if prev is not None and prev.shape == idx.shape:
-            from ..graph import edge_change_fraction
-
-            changed = f", {100 * edge_change_fraction(torch.as_tensor(prev), torch.as_tensor(idx)):.1f} % edges changed"
-        else:
-            changed = ""
+        names.append(f"epoch={e}")
+        frames.append(go.Frame(name=names[-1], traces=traces, data=data,
+                               layout={"title": {"text": _frame_title(title, e, curves, idx, prev, lab)}}))
         prev = idx
-        accs = ", ".join(f"{kname} {float(cv[e]):.3g}" for kname, cv in curves.items())
-        nm = f"epoch={e}"
-        names.append(nm)
-        frames.append(go.Frame(name=nm, traces=traces, data=data,
-                               layout={"title": {"text": f"{title} — epoch {e}: {accs}<br>"
-                                                         f"{100 * _same_class_share(idx, lab):.1f} % same-class edges{changed}"}}))
     fig.frames = frames
     fig.update_layout(title={"text": frames[0].layout.title.text, "font": {"size": 12}}, height=860,
                       margin={"t": 80, "b": 30, "l": 50, "r": 20}, plot_bgcolor="white",

@@ -1,14 +1,15 @@
 """ipywidgets twins of the figures, for a running kernel only (Binder, a local notebook)."""
 from __future__ import annotations
 
+import io
 import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..graph import knn_graph
-from ..topk import get_estimator
+from ..graph import edge_change_fraction, knn_graph
+from ..topk import ESTIMATORS, effective_neighbours, get_estimator, topk_mass
 from ..utils import check_k, check_tau, check_tensor
 from ._common import _check_labels, _check_positions, _np
 from ._graph import _evolution_inputs
@@ -26,8 +27,6 @@ __all__ = ["widget_softmax_temperature", "widget_knn_graph", "widget_graph_evolu
 # and ``box.update()`` redraws from the controls' current values.
 
 def _png(fig, dpi: int = 90) -> bytes:
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -63,8 +62,6 @@ def widget_softmax_temperature(scores: Any, k: int = 10, tau_range: tuple[float,
     Taught in: chapter 05 (chapters/05_temperature.md).
     """
     import ipywidgets as W
-
-    from ..topk import effective_neighbours, topk_mass
 
     s = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(_np(scores, "scores"))
     check_tensor(s, "scores", ndim=1)
@@ -110,8 +107,6 @@ def widget_knn_graph(features: torch.Tensor, labels: Any, positions: Any, k_rang
     Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
     """
     import ipywidgets as W
-
-    from ..topk import ESTIMATORS
 
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]
@@ -185,8 +180,6 @@ def widget_graph_evolution(positions: Any, labels: Any, graphs: Any, accuracies:
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
-
-    from ..graph import edge_change_fraction
 
     p = _check_positions(positions)
     n = p.shape[0]
