@@ -25,7 +25,7 @@ def param_dtype(module: nn.Module) -> torch.dtype | None:
     Shapes:
         returns a dtype or None
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: no chapter (used by the engines)
     """
     p = next(iter(module.parameters()), None)
     return p.dtype if p is not None and p.is_floating_point() else None
@@ -38,7 +38,7 @@ def image_rows(images, idx: torch.Tensor) -> torch.Tensor:
     Shapes:
         images: (N, C, H, W) tensor or image source;  idx: (B,) long -> (B, C, H, W) float
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: no chapter (used by the engines)
     """
     if not isinstance(images, torch.Tensor):
         return images.take(idx)

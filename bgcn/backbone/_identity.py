@@ -43,7 +43,7 @@ class IdentityLinear(nn.Module):
     Shapes:
         F: (N, dim) -> (N, dim)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, dim: int):
@@ -68,7 +68,7 @@ class IdentityDiag(nn.Module):
     Shapes:
         F: (N, dim) -> (N, dim)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, dim: int):
@@ -93,7 +93,7 @@ class ResidualMLP(nn.Module):
     Shapes:
         F: (N, dim) -> (N, dim)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, dim: int, hidden: int = 128):
@@ -127,7 +127,7 @@ class FeatureHead(nn.Module):
     Shapes:
         x: (N, C_in, H, W) -> F: (N, D)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, backbone: nn.Module, head: str = "residual", hidden: int = 128):
@@ -169,7 +169,7 @@ class ResidualHead(FeatureHead):
     Shapes:
         x: (N, C_in, H, W) -> F: (N, D)
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, backbone: nn.Module, hidden: int = 128):

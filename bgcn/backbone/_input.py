@@ -53,8 +53,7 @@ def check_image_values(x: torch.Tensor, name: str = "images", strict: bool = Fal
     Shapes:
         x: (N, C, H, W) (any shape works; N = x.shape[0] names the images)
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md); strict in chapter 12
-    (chapters/12_real_extractor.md)
+    Taught in: no chapter (argument checking used by every backbone; see CONTRIBUTING.md)
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
         return
@@ -93,7 +92,7 @@ def cast_images_hook(module: nn.Module, args: tuple) -> tuple | None:
     Shapes:
         args[0]: images (N, C_in, H, W), floating point
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    Taught in: no chapter (argument checking used by every backbone; see CONTRIBUTING.md)
     """
     if not args or not isinstance(args[0], torch.Tensor):
         return None

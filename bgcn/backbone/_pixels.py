@@ -29,7 +29,7 @@ class PixelBackbone(nn.Module):
     Shapes:
         x: (N, in_chans, H, W), floats in [0, 1] -> F: (N, in_chans·H·W)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: no chapter yet (issue 16: the digits against the field start from the pixels' graph)
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 8, in_chans: int = 1):

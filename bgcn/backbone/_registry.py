@@ -69,7 +69,7 @@ def is_backbone(name: str) -> bool:
     Shapes:
         returns a bool
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    Taught in: no chapter (used by the CLI)
     """
     return isinstance(name, str) and name in _REGISTRY
 
@@ -97,6 +97,6 @@ def backbone_entrypoint(name: str) -> Callable[..., nn.Module]:
     Shapes:
         returns a callable ``builder(**config) -> nn.Module``
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    Taught in: no chapter (used by the CLI)
     """
     return _entry(name)[0]

@@ -54,7 +54,7 @@ def create_timm_backbone(name: str, kwargs: dict[str, Any]) -> nn.Module:
     Shapes:
         returned module: images (N, C_in, H, W) -> F (N, D), D = module.num_features
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
+    Taught in: no chapter (create_backbone calls it for a timm name)
     """
     import timm
 
