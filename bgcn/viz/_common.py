@@ -1,0 +1,109 @@
+"""Shared parts of the figures: the class palette, array and argument checks, Plotly sliders, the renderer."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..utils import check_tau
+
+__all__ = ["QUALITATIVE", "set_plotly_renderer"]
+
+
+#: Qualitative palette for classes (Plotly's "D3" / matplotlib's tab10 colours), 10 classes.
+QUALITATIVE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+               "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_SAME_EDGE = "rgba(90,90,90,0.55)"
+_CROSS_EDGE = "rgba(214,39,40,0.8)"
+_ANIM = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+
+
+def _np(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # pragma: no cover - numpy rarely refuses
+        raise TypeError(f"{name} must be array-like (a tensor, numpy array or list), got {type(x).__name__}") from e
+    if a.dtype == object:
+        raise TypeError(f"{name} must be numeric array-like, got {type(x).__name__}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {a.shape}")
+    return a
+
+
+def _colour(c: int) -> str:
+    return QUALITATIVE[int(c) % len(QUALITATIVE)]
+
+
+def _check_positions(positions: Any, n: int | None = None, name: str = "positions") -> np.ndarray:
+    p = _np(positions, name, 2).astype(float)
+    if p.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2), got {p.shape}; use bgcn.viz.layout_2d(features)")
+    if n is not None and p.shape[0] != n:
+        raise ValueError(f"{name} has {p.shape[0]} rows but there are N={n} nodes")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{name} contains NaN/Inf")
+    return p
+
+
+def _check_labels(labels: Any, n: int) -> np.ndarray:
+    lab = _np(labels, "labels", 1)
+    if lab.shape[0] != n:
+        raise ValueError(f"labels has {lab.shape[0]} entries but there are N={n} nodes")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise TypeError(f"labels must be integer class ids, got dtype {lab.dtype}")
+    return lab.astype(int)
+
+
+def _check_taus(taus: Any, name: str = "taus") -> list[float]:
+    t = _np(taus, name).reshape(-1).tolist()
+    if not t:
+        raise ValueError(f"{name} is empty; pass at least one temperature, e.g. numpy.logspace(-3, 1, 25)")
+    return [check_tau(float(v), name) for v in t]
+
+
+def _slider(labels: Sequence[str], frame_names: Sequence[str], prefix: str, active: int = 0,
+            y: float = -0.08) -> dict:
+    return dict(active=active, currentvalue={"prefix": prefix, "font": {"size": 14}}, pad={"t": 40, "b": 10},
+                x=0.05, len=0.9, y=y, yanchor="top",
+                steps=[dict(method="animate", label=lab, args=[[nm], _ANIM]) for lab, nm in zip(labels, frame_names)])
+
+
+def _active(active: Any, n_steps: int) -> int:
+    if isinstance(active, bool) or not isinstance(active, (int, np.integer)):
+        raise TypeError(f"active must be an int (the index of the first slider step), got {type(active).__name__}")
+    a = int(active)
+    if not -n_steps <= a < n_steps:
+        raise ValueError(f"active={a} is not a step index; there are {n_steps} steps")
+    return a % n_steps
+
+
+def _play_buttons(y: float = -0.08) -> dict:
+    return dict(type="buttons", showactive=False, direction="left", x=0.0, y=y, xanchor="right", yanchor="top",
+                pad={"t": 40, "r": 10},
+                buttons=[dict(label="▶", method="animate",
+                              args=[None, {"mode": "immediate", "fromcurrent": True,
+                                           "frame": {"duration": 600, "redraw": True}, "transition": {"duration": 0}}]),
+                         dict(label="❚❚", method="animate", args=[[None], _ANIM])])
+
+
+def set_plotly_renderer(renderer: str = "notebook_connected") -> str:
+    """Set ``plotly.io.renderers.default`` (default ``"notebook_connected"``) and return the old one.
+
+    ``"notebook_connected"`` writes each figure as HTML that loads plotly.js from its CDN: it shows in
+    Jupyter and in Jupyter Book 1 pages (a bare ``fig.show()`` with the default renderer there gives
+    "skipping unknown output mime type" and an empty figure).
+
+    Shapes: none (returns the previous renderer's name).
+
+    Taught in: chapter 05 (chapters/05_temperature.md).
+    """
+    import plotly.io as pio
+
+    if not isinstance(renderer, str) or not renderer:
+        raise TypeError(f"renderer must be a non-empty str such as 'notebook_connected', got {renderer!r}")
+    old = pio.renderers.default
+    pio.renderers.default = renderer
+    return old

@@ -1,0 +1,358 @@
+r"""Figures of chapter 09: what each selection estimator does to **one row** of the score matrix.
+
+For one node with :math:`n` candidates (scores :math:`\theta\in\mathbb R^n`, :math:`\tau = 1`),
+:math:`k` to keep and a fixed upstream gradient :math:`g = \partial L/\partial m` (the loss is
+taken linear in the mask, :math:`L = \langle g, m\rangle`, so :math:`g` is exactly what arrives
+at the mask), :func:`estimator_row` runs the estimator of :data:`bgcn.ESTIMATORS` forward and
+backward and returns
+
+- the **forward** weights :math:`m_j` the GCN would consume for candidate :math:`j` (hard 0/1,
+  soft, or one sample),
+- which candidates are **chosen** (``Selection.indices``),
+- the **backward** gradient :math:`\partial L/\partial\theta_j` the estimator gives every
+  candidate's score, computed with autograd through the library's estimator (nothing is
+  re-implemented here).
+
+:func:`plot_estimator_row` draws both as bar charts side by side (chosen candidates red, the
+others grey); :func:`plot_toy_row` draws the row itself and its upstream gradient;
+:func:`plot_paired_differences` draws a results table's rows against a reference row, paired by
+seed (chapter 09's comparison on the digits). Every function returns a ``matplotlib`` Figure.
+
+Taught in: chapter 09 (chapters/09_estimators.md, chapters/09_estimators_digits.md).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..estimators import SELECTION_ESTIMATORS, plackett_luce_log_prob, reinforce_surrogate, row_std
+from ..topk import ESTIMATORS
+from ..utils import check_k
+
+__all__ = [
+    "ROW_ESTIMATORS",
+    "CHOSEN_COLOUR",
+    "OTHER_COLOUR",
+    "estimator_row",
+    "plot_toy_row",
+    "plot_estimator_row",
+    "paired_differences",
+    "classify_differences",
+    "paired_reading",
+    "plot_paired_differences",
+]
+
+ROW_ESTIMATORS = ("softmax", "masked_softmax") + tuple(SELECTION_ESTIMATORS)
+"""The estimators :func:`estimator_row` accepts: the two re-weighting softmaxes and every selection estimator."""
+
+CHOSEN_COLOUR = "#d62728"
+"""Bar colour of a chosen candidate (red)."""
+OTHER_COLOUR = "#7f7f7f"
+"""Bar colour of a candidate that is not chosen (grey)."""
+
+_MAX_ENUM = 20_000  # ordered k-tuples enumerated for the exact REINFORCE expectation
+
+
+def _row(x: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x.detach() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float))
+    t = t.to(torch.float64).cpu()
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(f"{name} must be one row of scores, shape (n,) with n >= 2; got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return t
+
+
+def estimator_row(name: str, theta: Any, k: int, upstream: Any, *, seed: int = 0, samples: int = 8,
+                  **estimator_kw) -> dict:
+    r"""Forward weights and backward gradient of one estimator on one row, for a given upstream gradient.
+
+    The loss is linear in what the GCN consumes, so that :math:`\partial L/\partial m = g` exactly:
+
+    - selection estimators (``Selection.dense``): :math:`L = \langle g, m\rangle`,
+      :math:`m` = ``dense``, and ``grad`` = :math:`\partial L/\partial\theta` by autograd through
+      the estimator's own backward;
+    - ``"softmax"`` / ``"masked_softmax"`` (they only re-weight the hard top-k):
+      :math:`L = \sum_{j\in\text{chosen}} g_j w_j`, and :math:`m` is :math:`w` on the chosen
+      candidates, 0 elsewhere;
+    - ``"gumbel_reinforce"``: ``samples`` Plackett–Luce samples :math:`m^{(s)}`, losses
+      :math:`L_s = \langle g, m^{(s)}\rangle`, and ``grad`` = the gradient of
+      :func:`bgcn.estimators.reinforce_surrogate` with rewards :math:`-L_s` and the leave-one-out
+      baseline, an unbiased estimate of :math:`\nabla_\theta\,\mathbb E[L]`. The forward shown is
+      the first sample. ``exact`` holds :math:`\nabla_\theta\,\mathbb E[L]` by enumerating every
+      ordered k-tuple (when there are at most 20 000 of them, else ``None``).
+
+    Stochastic estimators draw from ``torch.Generator().manual_seed(seed)``; ``estimator_kw`` go
+    to the estimator (e.g. ``lam_rel``, ``tau_m``, ``noise_rel``).
+
+    Returns a dict: ``name``, ``theta`` (n,), ``upstream`` (n,), ``weights`` (n,), ``chosen``
+    (n,) bool, ``grad`` (n,) = :math:`\partial L/\partial\theta`, ``exact`` (n,) or ``None``, all
+    float64 NumPy arrays.
+
+    Shapes: theta (n,), upstream (n,) -> weights, chosen, grad (n,).
+
+    Taught in: chapter 09 (chapters/09_estimators.md).
+    """
+    if name not in ROW_ESTIMATORS:
+        raise ValueError(f"name={name!r} must be one of {list(ROW_ESTIMATORS)}")
+    th = _row(theta, "theta")
+    g = _row(upstream, "upstream")
+    if g.shape != th.shape:
+        raise ValueError(f"upstream has shape {tuple(g.shape)}; it must match theta's {tuple(th.shape)}")
+    n = th.shape[0]
+    k = check_k(k, n)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"samples={samples!r} must be an int >= 2 (the leave-one-out baseline needs two)")
+    gen = torch.Generator().manual_seed(int(seed))
+    fn = ESTIMATORS[name]
+    exact = None
+    if name == "gumbel_reinforce":
+        rows = th.expand(samples, n).clone().requires_grad_(True)
+        sel = fn(rows, k, 1.0, generator=gen, **estimator_kw)
+        losses = (sel.dense * g).sum(1)                                   # (S,) L_s = <g, m_s>
+        sur = reinforce_surrogate(sel.log_prob.unsqueeze(1), -losses.unsqueeze(1), "loo")
+        (grad,) = torch.autograd.grad(sur, rows)
+        grad = grad.sum(0)
+        weights, idx = sel.dense[0].detach(), sel.indices[0]
+        exact = _exact_reinforce(th, k, g, estimator_kw)
+    else:
+        x = th.unsqueeze(0).clone().requires_grad_(True)
+        kw = dict(estimator_kw)
+        if fn.stochastic:
+            kw["generator"] = gen
+        sel = fn(x, k, 1.0, **kw)
+        idx = sel.indices[0]
+        if sel.dense is None:                                            # softmax: re-weights top-k only
+            loss = (g[idx] * sel.weights[0]).sum()
+            weights = torch.zeros(n, dtype=torch.float64).scatter(0, idx, sel.weights[0].detach())
+        else:
+            loss = (sel.dense[0] * g).sum()
+            weights = sel.dense[0].detach()
+        (grad,) = torch.autograd.grad(loss, x)
+        grad = grad[0]
+    chosen = torch.zeros(n, dtype=torch.bool).scatter(0, idx, True)
+    return {"name": name, "theta": th.numpy(), "upstream": g.numpy(), "weights": weights.double().numpy(),
+            "chosen": chosen.numpy(), "grad": grad.detach().double().numpy(),
+            "exact": None if exact is None else exact.numpy()}
+
+
+def _exact_reinforce(th: torch.Tensor, k: int, g: torch.Tensor, estimator_kw: dict) -> torch.Tensor | None:
+    """∇_θ E[<g, m>] under the estimator's Plackett–Luce law, by enumerating the ordered k-tuples."""
+    n = th.shape[0]
+    if math.perm(n, k) > _MAX_ENUM:
+        return None
+    x = th.unsqueeze(0).clone().requires_grad_(True)
+    tau_g = estimator_kw.get("tau_noise")
+    scale = tau_g if tau_g is not None else estimator_kw.get("noise_rel", 0.1) * row_std(x.detach())
+    logits = (x / scale)[0]
+    tuples = torch.tensor(list(itertools.permutations(range(n), k)))
+    p = plackett_luce_log_prob(logits.expand(len(tuples), n), tuples).exp()
+    loss_t = g[tuples].sum(1)
+    (grad,) = torch.autograd.grad((p * loss_t).sum(), x)
+    return grad[0].detach()
+
+
+def plot_toy_row(theta: Any, k: int, upstream: Any, *, target: Sequence[int] | None = None):
+    r"""Two bar charts of the row the estimator figures use: its scores :math:`\theta_j` (the hard
+    top-k red) and the upstream gradient :math:`g_j = \partial L/\partial m_j` (negative: the loss
+    wants candidate j in; positive: out). ``target``: candidate indices marked with a star.
+
+    Shapes: theta (n,), upstream (n,) -> matplotlib Figure.
+
+    Taught in: chapter 09 (chapters/09_estimators.md).
+    """
+    import matplotlib.pyplot as plt
+
+    th, g = _row(theta, "theta"), _row(upstream, "upstream")
+    if g.shape != th.shape:
+        raise ValueError(f"upstream has shape {tuple(g.shape)}; it must match theta's {tuple(th.shape)}")
+    n = th.shape[0]
+    k = check_k(k, n)
+    chosen = torch.zeros(n, dtype=torch.bool).scatter(0, torch.topk(th, k).indices, True).numpy()
+    cols = [CHOSEN_COLOUR if c else OTHER_COLOUR for c in chosen]
+    pos = np.arange(1, n + 1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 2.6))
+    a1.bar(pos, th.numpy(), color=cols)
+    a2.bar(pos, g.numpy(), color=cols)
+    if target is not None:
+        for j in target:
+            a1.plot(int(j) + 1, float(th[int(j)]), "k*", ms=9)
+    a1.set(xlabel="candidate j", ylabel=r"score $\theta_j$", title=f"the row: top-{k} in red")
+    a2.set(xlabel="candidate j", ylabel=r"$g_j = \partial L/\partial m_j$",
+           title="upstream gradient (< 0: the loss wants j in)")
+    for a in (a1, a2):
+        a.set_xticks(pos)
+        a.axhline(0, color="k", lw=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_estimator_row(name: str, theta: Any, k: int, upstream: Any, *, seed: int = 0, samples: int = 8,
+                       title: str | None = None, **estimator_kw):
+    r"""Forward selection and backward gradient of one estimator on one row, side by side.
+
+    Left: the weight :math:`m_j` of every candidate in the forward pass (what the GCN consumes).
+    Right: :math:`-\partial L/\partial\theta_j`, the direction a gradient-descent step moves each
+    score (up: the estimator wants candidate j more). Bars of chosen candidates are red
+    (:data:`CHOSEN_COLOUR`), the others grey. For ``"gumbel_reinforce"`` black dots mark the exact
+    :math:`-\nabla_\theta\mathbb E[L]` the REINFORCE estimate is unbiased for. The values are those
+    of :func:`estimator_row` with the same arguments; the bar heights equal them exactly.
+
+    Shapes: theta (n,), upstream (n,) -> matplotlib Figure with two axes.
+
+    Taught in: chapter 09 (chapters/09_estimators.md).
+    """
+    import matplotlib.pyplot as plt
+
+    r = estimator_row(name, theta, k, upstream, seed=seed, samples=samples, **estimator_kw)
+    n = len(r["theta"])
+    pos = np.arange(1, n + 1)
+    cols = [CHOSEN_COLOUR if c else OTHER_COLOUR for c in r["chosen"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 2.6))
+    a1.bar(pos, r["weights"], color=cols)
+    a2.bar(pos, -r["grad"], color=cols)
+    if r["exact"] is not None:
+        a2.plot(pos, -r["exact"], "ko", ms=4, label=r"exact $-\nabla\,\mathbb{E}[L]$")
+        a2.legend(fontsize=7, loc="best")
+    fwd = "one sample" if name in ("imle", "gumbel_reinforce") else "forward"
+    a1.set(xlabel="candidate j", ylabel="weight $m_j$",
+           title=f"{title or name}: {fwd}, row sum {r['weights'].sum():.3g}")
+    a2.set(xlabel="candidate j", ylabel=r"$-\partial L/\partial\theta_j$",
+           title=f"{title or name}: backward (descent direction)")
+    for a in (a1, a2):
+        a.set_xticks(pos)
+        a.axhline(0, color="k", lw=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_acc", scale: float = 100.0) -> dict:
+    r"""Per row of a results file, the difference to a reference row paired by seed.
+
+    For every row r and every seed s present for both r and ``reference``:
+    :math:`d_s = \text{scale}\cdot(x_{r,s} - x_{\text{ref},s})`; returns
+    ``{row: {"mean", "std", "n", "se", "diffs"}}`` with the sample standard deviation (ddof 1;
+    NaN for one seed) and the standard error :math:`\text{std}/\sqrt n`. ``runs`` is the
+    ``"runs"`` list of ``estimators.json`` (dicts with ``row``, ``seed`` and ``key``); runs whose
+    ``key`` is missing or ``None`` are skipped. Each row is one call of
+    :func:`bgcn.experiment.paired_difference` (the same computation as chapter 08's tables), scaled.
+
+    Shapes: runs: list of dicts -> dict of dicts.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    from ..experiment import paired_difference
+
+    rows = []
+    for r in runs:
+        v = r.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)) and r["row"] not in rows:
+            rows.append(r["row"])
+    if reference not in rows:
+        raise ValueError(f"reference={reference!r} has no runs with {key!r}; rows present: {sorted(rows)}")
+    out = {}
+    for row in rows:  # the one paired-difference computation, bgcn.experiment.paired_difference
+        p = paired_difference(runs, row, reference, None, key=key)
+        if not p["n"]:
+            continue
+        n = p["n"]
+        sd = scale * p["std"] if n > 1 else float("nan")
+        out[row] = {"mean": scale * p["mean"], "std": sd, "n": n,
+                    "se": sd / math.sqrt(n) if n > 1 else float("nan"), "diffs": [scale * x for x in p["diffs"]]}
+    return out
+
+
+def classify_differences(diffs: dict, exclude: Sequence[str] = ()) -> dict:
+    r"""Sort the rows of :func:`paired_differences` into ahead / within / behind by one standard deviation.
+
+    A row is ``"within"`` when :math:`|\bar d| \le \text{std}(d)` (the paired differences'
+    sample standard deviation over seeds), ``"ahead"`` when :math:`\bar d > \text{std}(d)`,
+    ``"behind"`` when :math:`\bar d < -\text{std}(d)`, and ``"one_seed"`` when there is a single
+    seed (no spread to compare with). Rows in ``exclude`` (e.g. the reference itself) are left out.
+    Each list is ordered by decreasing mean difference.
+
+    Shapes: dict of dicts -> {"ahead", "within", "behind", "one_seed"}: lists of row names.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    out = {"ahead": [], "within": [], "behind": [], "one_seed": []}
+    for row, d in sorted(diffs.items(), key=lambda kv: -kv[1]["mean"]):
+        if row in exclude:
+            continue
+        if d["n"] < 2 or not math.isfinite(d["std"]):
+            out["one_seed"].append(row)
+        elif abs(d["mean"]) <= d["std"]:
+            out["within"].append(row)
+        elif d["mean"] > 0:
+            out["ahead"].append(row)
+        else:
+            out["behind"].append(row)
+    return out
+
+
+def paired_reading(runs: Sequence[dict], references: dict) -> list[str]:
+    r"""One markdown bullet per reference row: every other row ahead / within / behind it by one std.
+
+    For each ``reference -> description`` of ``references``, :func:`paired_differences` against the
+    reference, sorted by :func:`classify_differences`, written as
+    ``- against <description> (`ref`, n seeds): ahead by > 1 std: `row` +d ± s; ...``.
+
+    Shapes: runs: list of dicts -> list of str.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    if not isinstance(references, dict) or not references:
+        raise ValueError("references must be a non-empty dict {reference row: description}")
+    lines = []
+    for ref, what in references.items():
+        d = paired_differences(runs, ref)
+        cls = classify_differences(d, exclude=[ref])
+        parts = []
+        for kind in ("ahead", "within", "behind"):
+            if cls[kind]:
+                rows = ", ".join(f"`{r}` {d[r]['mean']:+.1f} ± {d[r]['std']:.1f}" for r in cls[kind])
+                how = "within one std" if kind == "within" else f"{kind} by > 1 std"
+                parts.append(f"{how}: {rows}")
+        if cls["one_seed"]:
+            parts.append("one seed only: " + ", ".join(f"`{r}`" for r in cls["one_seed"]))
+        n = max(v["n"] for v in d.values())
+        lines.append(f"- against {what} (`{ref}`, {n} seeds): " + "; ".join(parts))
+    return lines
+
+
+def plot_paired_differences(panels: Sequence[tuple[str, dict]], *, unit: str = "points"):
+    r"""Horizontal bars of paired differences (:func:`paired_differences`), one panel per reference.
+
+    ``panels``: ``[(title, {row: {"mean", "std", ...}}), ...]``. Each bar is a mean difference over
+    seeds, its error bar one standard deviation of the paired differences; the seeds' own
+    differences are dots.
+
+    Shapes: panels of dicts -> matplotlib Figure.
+
+    Taught in: chapter 09 (chapters/09_estimators_digits.md).
+    """
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("panels must hold at least one (title, differences) pair")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    rows = list(panels[0][1])
+    for ax, (title, diffs) in zip(axes[0], panels):
+        ys = np.arange(len(rows))
+        mean = [diffs[r]["mean"] if r in diffs else np.nan for r in rows]
+        sd = [diffs[r]["std"] if r in diffs else np.nan for r in rows]
+        ax.barh(ys, mean, xerr=np.nan_to_num(sd), color="#1f77b4", alpha=0.7, capsize=3)
+        for y, r in zip(ys, rows):
+            if r in diffs:
+                ax.plot(diffs[r]["diffs"], [y] * len(diffs[r]["diffs"]), "k.", ms=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(title=title, xlabel=f"difference ({unit})")
+        ax.set_yticks(ys)
+        ax.set_yticklabels(rows)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,71 @@
+"""A query image and its kNN neighbours as one mosaic (chapter 12)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..utils import check_tensor
+
+__all__ = ["neighbour_mosaic", "plot_neighbours"]
+
+
+def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Sequence[int],
+                     n_neighbours: int | None = None) -> torch.Tensor:
+    r"""One image of a few query images (first column) and their kNN neighbours (the next columns).
+
+    Row r is image ``queries[r]`` followed by ``images[indices[queries[r], j]]`` for
+    j = 0 … n_neighbours − 1 (best first, as :func:`bgcn.knn_indices` orders them), tiled
+    without gaps: pixel (r·H + y, c·W + x) of the mosaic is pixel (y, x) of tile c of row r.
+
+    Shapes:
+        - images: (N, C, H, W) in [0, 1]; indices: (N, k) long; queries: Q node ids
+        - output: (Q·H, (1 + n)·W, C) (or (Q·H, (1 + n)·W) for one channel), n = n_neighbours ≤ k
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    check_tensor(images, "images", ndim=4)
+    check_tensor(indices, "indices", ndim=2, floating=False, finite=False)
+    n, c, h, w = images.shape
+    if indices.shape[0] != n:
+        raise ValueError(f"indices has {indices.shape[0]} rows but there are {n} images; pass the (N, k) "
+                         f"neighbour indices of these images")
+    if indices.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8):
+        raise TypeError(f"indices must be an integer tensor of node ids (N, k), got dtype {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise ValueError(f"indices must be node ids in [0, {n}), got values from {int(indices.min())} to "
+                         f"{int(indices.max())}")
+    k = indices.shape[1]
+    m = k if n_neighbours is None else n_neighbours
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= k:
+        raise ValueError(f"n_neighbours={n_neighbours!r} must be an int between 1 and k={k}")
+    if isinstance(queries, torch.Tensor):
+        queries = queries.tolist() if not queries.is_floating_point() else [float(v) for v in queries]
+    if isinstance(queries, (int, str)) or not hasattr(queries, "__iter__"):
+        raise TypeError(f"queries must be a sequence of node ids, e.g. [0, 5, 9], got {queries!r}")
+    queries = list(queries)
+    if not queries or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n for v in queries):
+        raise ValueError(f"queries must be 1 or more int node ids in [0, {n}), got {queries!r}")
+    q = torch.tensor(queries, dtype=torch.long)
+    rows = torch.cat([q[:, None], indices[q, :m].long().cpu()], 1)          # (Q, 1 + m)
+    tiles = images.detach().cpu()[rows.flatten()].reshape(q.numel(), 1 + m, c, h, w)
+    out = tiles.permute(0, 3, 1, 4, 2).reshape(q.numel() * h, (1 + m) * w, c)
+    return out[..., 0] if c == 1 else out
+
+
+def plot_neighbours(images: torch.Tensor, indices: torch.Tensor, queries: Sequence[int],
+                    n_neighbours: int | None = None, ax=None, cmap: str = "gray_r"):
+    """Draw :func:`neighbour_mosaic` with matplotlib (no axes); returns the figure.
+
+    Shapes: as :func:`neighbour_mosaic`.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    import matplotlib.pyplot as plt
+
+    mosaic = neighbour_mosaic(images, indices, queries, n_neighbours)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 0.8 * len(list(queries)) + 0.4))
+    ax.imshow(mosaic.numpy(), cmap=cmap if mosaic.dim() == 2 else None, vmin=0.0, vmax=1.0)
+    ax.axis("off")
+    return ax.figure
