@@ -201,19 +201,11 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
         raise ValueError(f"nuisance={nuisance!r}: choose one of {', '.join(map(repr, NUISANCE_KINDS))}")
     m = num_classes if num_nuisance is None else check_int(num_nuisance, "num_nuisance", 1)
 
-    def _real(value: Any, name: str, lo: float, hi: float, hi_open: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value) or value < lo or value > hi or (hi_open and value == hi):
-            raise ValueError(f"{name}={value} must lie in [{lo:g}, {hi:g}{')' if hi_open else ']'}")
-        return value
-
-    object_size = _real(object_size, "object_size", 0.0, 0.5)
-    size_jitter = _real(size_jitter, "size_jitter", 0.0, 1.0, hi_open=True)
-    contrast = _real(contrast, "contrast", 0.0, 1.0)
-    texture = _real(texture, "texture", 0.0, 1.0)
-    noise = _real(noise, "noise", 0.0, 1.0)
+    object_size = _check_real(object_size, "object_size", 0.0, 0.5)
+    size_jitter = _check_real(size_jitter, "size_jitter", 0.0, 1.0, hi_open=True)
+    contrast = _check_real(contrast, "contrast", 0.0, 1.0)
+    texture = _check_real(texture, "texture", 0.0, 1.0)
+    noise = _check_real(noise, "noise", 0.0, 1.0)
     if object_size == 0.0:
         raise ValueError("object_size=0 draws no object; give the object radius as a share of the image side, "
                          "e.g. 0.2")
@@ -233,7 +225,32 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
     jitter = rng.uniform(-0.05, 0.05, (n, 3))
     eps = rng.standard_normal((n, 3, s, s), dtype=np.float32)
 
-    # background (n, 3, s, s)
+    bg, ink = _background(nuisance, nuis, m, jitter, phase, texture, s)
+    mask = _object_mask(labels, centre, theta, radius, s)
+    am = contrast * mask[:, None]
+    x = (1 - am) * bg + am * ink[:, None, None, None] + noise * eps
+    images = torch.from_numpy(np.clip(x, 0.0, 1.0).astype(np.float32))
+    ds = Dataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)),
+                 list(NUISANCE_SHAPES[:num_classes]), "nuisance-shapes")
+    ds.nuisance = torch.from_numpy(nuis.astype(np.int64))
+    ds.nuisance_names = [f"{nuisance}_{z}" for z in range(m)]
+    return ds
+
+
+def _check_real(value: Any, name: str, lo: float, hi: float, hi_open: bool = False) -> float:
+    """``value`` as a float in [lo, hi] (or [lo, hi) with ``hi_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or value > hi or (hi_open and value == hi):
+        raise ValueError(f"{name}={value} must lie in [{lo:g}, {hi:g}{')' if hi_open else ']'}")
+    return value
+
+
+def _background(nuisance: str, nuis: np.ndarray, m: int, jitter: np.ndarray, phase: np.ndarray, texture: float,
+                s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The backgrounds b_i (n, 3, s, s) of :func:`make_nuisance_shapes` and each image's ink t_i (n,)."""
+    n = nuis.shape[0]
     rows = np.arange(s, dtype=np.float64)[:, None] + 0.5
     cols = np.arange(s, dtype=np.float64)[None, :] + 0.5
     palette = _hsv_palette(m)
@@ -249,8 +266,14 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
         proj = np.cos(ang)[:, None, None] * rows + np.sin(ang)[:, None, None] * cols  # (n, s, s)
         bg += (texture / 2) * np.sin(2 * math.pi * proj / (_STRIPE_PERIOD * s) + phase[:, None, None])[:, None]
     ink = (base.mean(axis=1) < 0.5).astype(np.float64)
+    return bg, ink
 
-    # object mask (n, s, s): area share of each pixel inside the shape, from ss × ss sub-pixels
+
+def _object_mask(labels: np.ndarray, centre: np.ndarray, theta: np.ndarray, radius: np.ndarray,
+                 s: int) -> np.ndarray:
+    """Object masks m_i (n, s, s): the area share of each pixel inside the rotated, scaled shape of
+    class labels[i], from ss × ss sub-pixels (ss = 4), 256 images at a time."""
+    n = labels.shape[0]
     ss = _SUPERSAMPLE
     sub = (np.arange(s * ss, dtype=np.float64) + 0.5) / ss
     mask = np.empty((n, s, s))
@@ -268,12 +291,4 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
             j = lab == k
             hit[j] = _shape_mask(NUISANCE_SHAPES[k], u[j], v[j])
         mask[sl] = hit.reshape(-1, s, ss, s, ss).mean(axis=(2, 4))
-
-    am = contrast * mask[:, None]
-    x = (1 - am) * bg + am * ink[:, None, None, None] + noise * eps
-    images = torch.from_numpy(np.clip(x, 0.0, 1.0).astype(np.float32))
-    ds = Dataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)),
-                 list(NUISANCE_SHAPES[:num_classes]), "nuisance-shapes")
-    ds.nuisance = torch.from_numpy(nuis.astype(np.int64))
-    ds.nuisance_names = [f"{nuisance}_{z}" for z in range(m)]
-    return ds
+    return mask
