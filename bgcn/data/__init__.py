@@ -38,7 +38,8 @@ from __future__ import annotations
 
 from ._masks import check_every_class_labelled, check_labels, label_masks
 from ._dataset import Dataset
-from ._registry import DatasetSpec, dataset_spec, list_datasets, load_dataset, open_dataset, register_dataset
+from ._registry import (DatasetSpec, dataset_spec, dataset_specs, list_datasets, load_dataset, open_dataset,
+                        register_dataset)
 from ._sources import ImageSource, TensorImages, as_image_source
 from ._splits import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_split, stratified_subset
 from ._normalize import image_mean_std, normalize_images
@@ -63,6 +64,7 @@ __all__ = [
     "register_dataset",
     "list_datasets",
     "dataset_spec",
+    "dataset_specs",
     "load_dataset",
     "open_dataset",
     "load_digits",

@@ -20,7 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-__all__ = ["DatasetSpec", "register_dataset", "list_datasets", "dataset_spec", "load_dataset", "open_dataset"]
+__all__ = ["DatasetSpec", "register_dataset", "list_datasets", "dataset_specs", "dataset_spec", "load_dataset",
+           "open_dataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,14 @@ def list_datasets() -> list[str]:
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
     return sorted(n for n, s in _REGISTRY.items() if not s.from_path)
+
+
+def dataset_specs() -> list[DatasetSpec]:
+    """Every registered :class:`DatasetSpec`, the folder loader included, sorted by name.
+
+    Shapes: none.
+    """
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
 
 
 def _resolve(name_or_path: str | os.PathLike) -> tuple[DatasetSpec, Path | None]:
