@@ -24,7 +24,7 @@ __all__ = ["DatasetSpec", "register_dataset", "list_datasets", "dataset_specs", 
            "open_dataset"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # one spec per registration: compared by identity
 class DatasetSpec:
     """What the registry knows about one data set.
 
