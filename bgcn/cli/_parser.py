@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @functools.lru_cache(maxsize=1)
 def _train_defaults() -> tuple:
-    sub = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
-    return tuple((a.dest, a.default) for a in sub._actions if a.option_strings)  # noqa: SLF001
+    return tuple(vars(build_parser().parse_args(["train"])).items())
 
 
 def train_defaults() -> dict:
