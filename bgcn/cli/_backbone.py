@@ -5,8 +5,7 @@ import sys
 
 import torch
 
-from .. import backbone as _bb
-from ..backbone import backbone_config, create_backbone, list_backbones
+from ..backbone import backbone_config, backbone_entrypoint, create_backbone, is_backbone
 from ..data import as_image_source
 
 __all__ = ["create_backbone_for", "image_shape", "sample_images"]
@@ -25,14 +24,7 @@ def sample_images(images) -> torch.Tensor:
 def _resizes_images(name: str) -> bool:
     """Whether the registered backbone ``name`` takes the images as they come (1/3 channels, any size)
     and resizes them itself, so that no ``in_chans``/``img_size`` may be set from the data."""
-    if name not in list_backbones():
-        return False
-    public = getattr(_bb, "backbone_resizes_images", None)
-    if public is not None:
-        return bool(public(name))
-    # TODO(wp-data cross-file request): bgcn.backbone.backbone_resizes_images(name); until it exists the
-    # builder's marker is read from the registry as before
-    return bool(getattr(_bb._REGISTRY[name][0], "bgcn_resizes_images", False))  # noqa: SLF001
+    return is_backbone(name) and bool(getattr(backbone_entrypoint(name), "bgcn_resizes_images", False))
 
 
 def create_backbone_for(name: str, pretrained_file, images, **opts) -> tuple:
@@ -54,7 +46,7 @@ def create_backbone_for(name: str, pretrained_file, images, **opts) -> tuple:
     if resizes:  # it takes the images as they come (1/3 channels, any size) and resizes them itself
         backbone = create_backbone(name, pretrained_file=pretrained_file, **opts)
         kw = dict(opts)
-    elif name in list_backbones():
+    elif is_backbone(name):
         cfg = backbone_config(name)
         kw = {k: v for k, v in (("in_chans", c), ("img_size", size)) if k in cfg}
         backbone = create_backbone(name, pretrained_file=pretrained_file, **kw)

@@ -15,7 +15,7 @@ from ..backbone import check_backbone_input
 from ..config import TrainConfig, fit
 from ..data import label_masks
 from ..experiments.common import write_atomic
-from ..minibatch import embed_images
+from ..backbone import embed_images
 from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import load_checkpoint
