@@ -50,7 +50,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .utils import json_safe
+from .experiments.common import Partial
+from .io import atomic_write_json, atomic_write_text
 
 __all__ = ["ROWS", "FULL", "QUICK", "run_estimator_experiment", "summarize", "format_tables", "main"]
 
@@ -262,14 +263,9 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     num_classes = int(labels.max()) + 1
     cfg["num_images"] = int(images.shape[0])
 
-    partial = out / "estimators.partial.json"
-    same = {k: v for k, v in cfg.items() if k not in ("device", "threads", "timing_rounds")}
-    done: list[dict] = []
-    if resume and partial.is_file():
-        old = json.loads(partial.read_text())
-        if old.get("settings") != json.loads(json.dumps(same)):
-            raise ValueError(f"cannot resume from {str(partial)!r}: its settings differ; delete it or use another --out")
-        done = old["runs"]
+    partial = Partial(out / "estimators.partial.json",
+                      {k: v for k, v in cfg.items() if k not in ("device", "threads", "timing_rounds")}, resume)
+    done = list(partial.runs)
 
     # ---- one label-free pre-trained backbone for every row -----------------------------------
     pre_path = out / f"estimators_pretrained_{cfg['backbone']}.pt"
@@ -289,11 +285,10 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     feats = extract_features(bb, images, device=dev, to_cpu=True)
     tau_data = float(suggest_tau(cosine_similarity(feats), cfg["k"], method="mass", target_mass=0.5))
 
-    runs: list[dict] = list(done)
     for seed in range(cfg["seeds"]):
         tr, va, te = label_masks(labels, cfg["labels_per_class"], seed=seed)
         for name in names:
-            if any(r["row"] == name and r["seed"] == seed for r in runs):
+            if partial.done(row=name, seed=seed):
                 continue
             mode, est, tau_kind = ROWS[name]
             tau = tau_data if tau_kind == "data" else 1.0
@@ -326,15 +321,15 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
                 run.update(gradient_variance(res.model, images.to(dev), labels.to(dev), tr.to(dev),
                                              cfg["grad_repeats"], seed))
                 run["time_grad_variance"] = time.perf_counter() - t0
-            runs.append(run)
+            partial.add(run)
             if verbose:
                 print(f"seed={seed} {name:18s} test@bestval={run['test_acc']:.4f} "
                       f"{run['time_per_epoch']:.2f} s/epoch rows_changed={run['rows_changed']:.3f} "
                       f"relvar={run.get('relvar_backbone', float('nan')):.2e}", flush=True)
-            _write(partial, json.dumps(json_safe({"settings": same, "runs": runs}), indent=1))
 
     timing = time_estimators(names, rounds=cfg["timing_rounds"], k=cfg["k"], backbone=cfg["backbone"],
                              pretrained=pre_path, device=str(dev), max_images=cfg["max_images"], tau_data=tau_data)
+    runs = partial.runs
     summary = summarize(runs, names)
     for row in summary:
         if row["row"] in timing:
@@ -343,12 +338,11 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     result = {"timing": timing, "config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data, "pretrain": pre,
               "defaults": _estimator_defaults(), "runs": runs, "summary": summary,
               "wall_time_s": time.perf_counter() - t_all}
-    _write(out / "estimators.json", json.dumps(json_safe(result), indent=1))
+    atomic_write_json(out / "estimators.json", result)
     tables = format_tables(summary, cfg, tau_data)
-    _write(out / "estimators.md", tables)
-    _write(out / "README_estimators.md", _readme(cfg, quick))
-    if partial.exists():
-        partial.unlink()
+    atomic_write_text(out / "estimators.md", tables)
+    atomic_write_text(out / "README_estimators.md", _readme(cfg, quick))
+    partial.finish()
     result["tables_md"] = tables
     result["files"] = [str(out / f) for f in ("estimators.json", "estimators.md", "README_estimators.md")]
     return result
@@ -464,12 +458,6 @@ def _readme(cfg: dict, quick: bool) -> str:
             f"The runs are deterministic on the CPU for a given seed; wall times depend on the machine and its load.\n\n"
             f"Settings: {json.dumps({k: cfg[k] for k in ('labels_per_class', 'seeds', 'epochs', 'warmup_epochs', 'backbone', 'pretrain_epochs', 'lr_backbone', 'lr_gcn', 'k', 'grad_repeats')})}\n")
 
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,7 +59,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .utils import json_safe as _json_safe
+from .experiments.common import Partial
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .stats import paired_difference as _paired, paired_runs
 
 __all__ = ["METHODS", "run_experiment", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
            "FULL", "paired_difference", "run_measures", "hard_knn", "rows_changed"]
@@ -182,16 +184,10 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
 
     # ---- resume? -----------------------------------------------------------------------------------
     partial_path = out / "experiment.partial.json"
-    same = {key: cfg[key] for key in cfg if key not in ("device", "threads", "quick")}
-    done_runs: list[dict] = []
-    pre = None
-    if resume and partial_path.is_file():
-        old = json.loads(partial_path.read_text())
-        if old.get("settings") == json.loads(json.dumps(_json_safe(same))):
-            done_runs, pre = old["runs"], old["pretrain"]
-        else:
-            raise ValueError(f"cannot resume from {str(partial_path)!r}: its settings differ; delete it or use "
-                             f"another --out")
+    partial = Partial(partial_path, {key: cfg[key] for key in cfg if key not in ("device", "threads", "quick")},
+                      resume)
+    done_runs: list[dict] = partial.runs
+    pre = partial.extra.get("pretrain") if partial.resumed else None
 
     # ---- pre-training (label-free, once) ---------------------------------------------------------
     seed_everything(0)
@@ -260,17 +256,15 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                 if show:
                     print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={res.test_acc_at_best_val:.4f} "
                           f"({runs[-1]['time_per_epoch']:.3f} s/epoch)", flush=True)
-            _write(partial_path, json.dumps(_json_safe({"settings": same, "runs": runs, "pretrain": {
-                "loss": pre["loss"], "time": pre["time"], "file": pre_path.name}}), indent=1))
+            partial.save(runs, pretrain={"loss": pre["loss"], "time": pre["time"], "file": pre_path.name})
     summary = summarize(runs, rows, cfg["labels_per_class"])
     table = format_table(summary, rows, cfg["labels_per_class"])
     result = {"config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data,
               "pretrain": {"loss": pre["loss"], "time": pre["time"], "file": pre_path.name},
               "runs": runs, "summary": summary, "wall_time_s": time.perf_counter() - t_all}
-    _write(out / "experiment.json", json.dumps(_json_safe(result), indent=1))
+    atomic_write_json(out / "experiment.json", result)
     files = [out / "experiment.json"] + write_report(out)
-    if partial_path.exists():
-        partial_path.unlink()
+    partial.finish()
     result["table_md"] = table
     result["files"] = [str(f) for f in files]
     return result
@@ -380,8 +374,8 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
     return out
 
 
-def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_class: int,
-                      key: str = "test_acc") -> dict:
+def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_class: int | None,
+                      key: str = "test_acc", comparisons: int = 1) -> dict:
     r"""Paired difference of one row against another over the seeds they share, with a noise verdict.
 
     .. math::
@@ -393,35 +387,20 @@ def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_c
     sharper than the two rows' ± side by side. "Beyond noise" is a rough two-standard-error rule,
     not a test with a stated level (with 5 seeds, a t-test at 5 % would ask for about 2.8 se).
 
-    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise", "diffs"}`` (differences in accuracy
-    units, ``diffs`` per shared seed in seed order; ``wins`` = seeds with :math:`d_s > 0`); ``n = 0``
+    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise", "diffs", "seeds", "comparisons"}``
+    (differences in accuracy units, ``diffs`` per shared seed in seed order; ``wins`` = seeds with
+    :math:`d_s > 0`; ``comparisons``: how many differences the caller reads with this rule); ``n = 0``
     and NaNs when no seed is shared. Runs name their row by ``"method"`` (experiment.json) or
     ``"row"`` (estimators.json); runs without ``labels_per_class`` match any setting; missing or NaN
-    values are skipped.
+    values are skipped. The statistics are :func:`bgcn.stats.paired_difference` (their one home).
 
     Shapes: none.
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    def values(name):
-        out = {}
-        for r in runs:
-            v = r.get(key)
-            if (r.get("method", r.get("row")) == name and r.get("labels_per_class", labels_per_class) == labels_per_class
-                    and v is not None and not (isinstance(v, float) and v != v)):
-                out[int(r["seed"])] = float(v)
-        return out
-
-    a, b = values(method), values(baseline)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        nan = float("nan")
-        return {"mean": nan, "std": nan, "se": nan, "n": 0, "wins": 0, "beyond_noise": False, "diffs": []}
-    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-    se = sd / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "std": sd, "se": float(se), "n": len(d), "wins": int((d > 0).sum()),
-            "beyond_noise": bool(len(d) > 1 and abs(d.mean()) > 2 * se), "diffs": d.tolist()}
+    a = paired_runs(runs, method, key, labels_per_class=labels_per_class)
+    b = paired_runs(runs, baseline, key, labels_per_class=labels_per_class)
+    return _paired(a, b, comparisons)
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
@@ -507,15 +486,9 @@ def write_report(out: str | os.PathLike) -> list[Path]:
             "for the backbone's parameters θ, mean over the joint epochs):\n\n"
             + "\n\n".join(format_paths_table(summary, rows, l) for l in lpcs) + "\n")
     files = [out / "results.md", out / "results.csv"]
-    _write(files[0], text)
+    atomic_write_text(files[0], text)
     _write_csv(files[1], summary)
     return files
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, summary: list[dict]) -> None:
@@ -523,10 +496,11 @@ def _write_csv(path: Path, summary: list[dict]) -> None:
             "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc", "gain_over_warmup",
             "gain_over_warmup_std", "homophily_before", "homophily_after", "edges_changed", "rows_changed",
             "grad_node_mean", "grad_graph_mean", "grad_graph_share"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+
+    def write(fh):
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in summary:
             w.writerow({k: r.get(k, "") for k in keys})
-    os.replace(tmp, path)
+
+    atomic_write(path, write, "w", newline="")
