@@ -67,10 +67,13 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None, *,
+              optional: bool = False, hint: str | None = None) -> int | None:
     """Check that ``value`` is an int (NumPy integers too, ``bool`` refused) in ``[minimum, maximum]``.
 
-    Either bound may be ``None`` (open). Returns ``int(value)``.
+    Either bound may be ``None`` (open). ``optional=True`` lets ``None`` through (returned as is);
+    ``hint`` is a short reason shown in brackets after the valid values (e.g. ``"1: evaluate every
+    epoch"``). Returns ``int(value)``.
 
     Example: ``check_int(0, "epochs", 1)`` raises ``ValueError: epochs=0 must be an int >= 1; ...``.
 
@@ -78,9 +81,12 @@ def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | 
 
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
+    if optional and value is None:
+        return None
     lo = "" if minimum is None else f" >= {minimum}"
     hi = "" if maximum is None else f" <= {maximum}"
-    want = f"an int{lo}{' and' if lo and hi else ''}{hi}"
+    want = ("None or " if optional else "") + f"an int{lo}{' and' if lo and hi else ''}{hi}" \
+        + (f" ({hint})" if hint else "")
     example = minimum if minimum is not None else (maximum if maximum is not None else 1)
     if not _is_int(value):
         raise ArgumentTypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}; "
@@ -92,12 +98,14 @@ def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | 
 
 
 def check_number(value: Any, name: str, minimum: float = -math.inf, maximum: float = math.inf, *,
-                 open_min: bool = False, open_max: bool = False) -> float:
+                 open_min: bool = False, open_max: bool = False, optional: bool = False,
+                 hint: str | None = None) -> float | None:
     r"""Check that ``value`` is a finite number in the interval from ``minimum`` to ``maximum``.
 
     The interval is closed unless ``open_min`` / ``open_max`` (e.g. dropout :math:`p \in [0, 1)`:
     ``check_number(p, "dropout", 0, 1, open_max=True)``). NumPy scalars and one-element tensors
-    are accepted; ``bool``, NaN and ±Inf are refused. Returns ``float(value)``.
+    are accepted; ``bool``, NaN and ±Inf are refused. ``optional=True`` lets ``None`` through;
+    ``hint`` is a short reason shown in brackets after the valid values. Returns ``float(value)``.
 
     Shapes: none (a scalar).
 
@@ -108,7 +116,10 @@ def check_number(value: Any, name: str, minimum: float = -math.inf, maximum: flo
         parts.append(f"{'>' if open_min else '>='} {_fmt(minimum)}")
     if math.isfinite(maximum):
         parts.append(f"{'<' if open_max else '<='} {_fmt(maximum)}")
-    want = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    if optional and value is None:
+        return None
+    want = ("None or " if optional else "") + "a finite number" + (" " + " and ".join(parts) if parts else "") \
+        + (f" ({hint})" if hint else "")
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
         value = value.item()
     if not _is_number(value):

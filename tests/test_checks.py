@@ -194,3 +194,17 @@ def test_moved_checks_numpy_scalars_bool_nan():
             C.check_tau(bad)
     with pytest.raises(ValueError, match="x contains 1 NaN/Inf"):
         C.check_tensor(torch.tensor([1.0, math.nan]), "x")
+
+
+def test_optional_and_hint():
+    assert check_int(None, "bank_chunk", 1, optional=True) is None
+    assert check_number(None, "bank_momentum", 0, 1, open_max=True, optional=True) is None
+    with pytest.raises(ValueError) as ei:
+        check_int(0, "bank_chunk", 1, optional=True, hint="rows of the bank per block")
+    assert _one_line(ei) == "bank_chunk=0 must be None or an int >= 1 (rows of the bank per block); pass e.g. bank_chunk=1"
+    with pytest.raises(TypeError, match=r"batch_size must be an int >= 1 \(>= N for one full batch\), got float"):
+        check_int(2.0, "batch_size", 1, hint=">= N for one full batch")
+    with pytest.raises(ValueError, match=r"noise_rel=-1 must be a finite number >= 0 \(0 switches the noise off\)"):
+        check_number(-1, "noise_rel", 0, hint="0 switches the noise off")
+    with pytest.raises(ValueError, match=r"bank_momentum=1 must be None or a finite number >= 0 and < 1"):
+        check_number(1.0, "bank_momentum", 0, 1, open_max=True, optional=True)

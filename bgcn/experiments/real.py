@@ -45,6 +45,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int
 from ..utils import json_safe, versions
 from .common import Partial, mean_std, write_atomic
 
@@ -242,8 +243,8 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
     if cfg["warmup_epochs"] >= cfg["epochs"]:
         raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
     todo = list(range(cfg["seeds"])) if only_seeds is None else list(only_seeds)
-    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < cfg["seeds"] for x in todo):
-        raise ValueError(f"only_seeds={todo} must be seeds in [0, {cfg['seeds']}) (--seeds is {cfg['seeds']})")
+    for x in todo:
+        check_int(x, "only_seeds", 0, cfg["seeds"] - 1, hint=f"a seed of the run: --seeds is {cfg['seeds']}")
     dev = get_device(device)
     show = progress_enabled(progress)
     out = Path(out)
