@@ -15,11 +15,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import torch
+
 from ..io import atomic_write_text
 from ..stats import mean_std
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std"]
+__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset"]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -30,6 +32,23 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
     return atomic_write_text(path, text)
+
+
+def fixed_subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
+    """Indices of ``max_images`` images drawn once in a fixed random order (seed 12345, independent of
+    the run's seed), sorted; all images when ``max_images`` is ``None`` or at least N.
+
+    The digits experiments of chapters 08 and 09 run on this subset (``--quick``: 400 and 300).
+
+    Shapes: labels (N,) -> (min(max_images, N),) long
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    n = labels.shape[0]
+    if max_images is None or max_images >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(12345)
+    return torch.randperm(n, generator=g)[:max_images].sort().values
 
 
 def _normalise(obj: Any) -> Any:
