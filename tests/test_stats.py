@@ -81,3 +81,18 @@ def test_paired_runs_and_experiment_delegate():
     direct = stats.paired_difference(stats.paired_runs(runs, "a", labels_per_class=10),
                                      stats.paired_runs(runs, "b", labels_per_class=10))
     assert ours == direct
+
+
+def test_public_names_are_documented():
+    import inspect
+
+    import bgcn.experiments.common as common
+    import bgcn.io as bio
+
+    for mod in (stats, bio, common):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            assert "Shapes:" in doc and "Taught in:" in doc, f"{mod.__name__}.{name}"
