@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import sys
 import time
@@ -61,6 +60,7 @@ from .experiments.common import Partial, fixed_subset
 from .io import atomic_write_json, atomic_write_text
 from .model import build_model, score_function_surrogate
 from .similarity import cosine_similarity
+from .stats import mean_std
 from .temperature import suggest_tau
 from .topk import ESTIMATORS
 from .train import pretrain_backbone, train
@@ -370,11 +370,9 @@ def summarize(runs: list[dict], names: Sequence[str]) -> list[dict]:
             continue
         row = {"row": name, "n_seeds": len(rs)}
         for key in keys:
-            vals = np.array([r[key] for r in rs if r.get(key) is not None and not
-                             (isinstance(r[key], float) and math.isnan(r[key]))], dtype=float)
-            if vals.size:
-                row[key] = float(vals.mean())
-                row[key + "_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+            m, sd, count = mean_std(r.get(key) for r in rs)
+            if count:
+                row[key], row[key + "_std"] = m, sd
         out.append(row)
     return out
 

@@ -68,7 +68,7 @@ from .graph import edge_change_fraction, edge_homophily
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .model import build_model
 from .similarity import cosine_similarity, knn_indices
-from .stats import paired_difference as _paired, paired_runs
+from .stats import mean_std, paired_difference as _paired, paired_runs
 from .temperature import suggest_tau
 from .train import pretrain_backbone, progress_enabled, train
 from .utils import get_device, seed_everything, versions
@@ -363,20 +363,19 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
             rs = [r for r in runs if r["method"] == name and r["labels_per_class"] == lpc]
             if not rs:
                 continue
-            acc = np.array([r["test_acc"] for r in rs], dtype=float)
+            acc_mean, acc_std, _ = mean_std(r["test_acc"] for r in rs)
             tpe = [r["time_per_epoch"] for r in rs if r.get("time_per_epoch") is not None]
-            row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": float(acc.mean()),
-                   "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                   "time_per_epoch": float(np.mean(tpe)) if tpe else None}
+            row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": acc_mean,
+                   "test_acc_std": acc_std, "time_per_epoch": float(np.mean(tpe)) if tpe else None}
             for key in ("grad_node_mean", "grad_graph_mean", "grad_graph_share", "edges_changed", "rows_changed",
                         "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc",
                         "gain_over_warmup", "homophily_before", "homophily_after"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     row[key] = float(np.mean(vals))
-            gains = [r["gain_over_warmup"] for r in rs if r.get("gain_over_warmup") is not None]
-            if len(gains) > 1:
-                row["gain_over_warmup_std"] = float(np.std(gains, ddof=1))
+            _, gain_std, n_gains = mean_std(r.get("gain_over_warmup") for r in rs)
+            if n_gains > 1:
+                row["gain_over_warmup_std"] = gain_std
             out.append(row)
     return out
 
