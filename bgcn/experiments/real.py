@@ -34,7 +34,6 @@ Taught in: chapter 12 (chapters/12_real_extractor.md).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_int
+from ..io import atomic_write_json, atomic_write_text
 from ..backbone import create_backbone
 from ..data import label_masks, load_dataset
 from ..experiment import sk_baselines
@@ -54,8 +54,8 @@ from ..minibatch import embed_images, train_minibatch
 from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
-from ..utils import get_device, json_safe, versions
-from .common import Partial, mean_std, write_atomic
+from ..utils import get_device, versions
+from .common import Partial, mean_std
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
            "load_real_dataset"]
@@ -258,8 +258,7 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
                        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv),
                        "date": time.strftime("%Y-%m-%d")}}
     table = format_table(summary, cfg["rows"], cfg["labels_per_class"])
-    files = [write_atomic(out / f"{dataset}.json", json.dumps(json_safe(result), indent=1)),
-             write_atomic(out / f"{dataset}.md", table + "\n")]
+    files = [atomic_write_json(out / f"{dataset}.json", result), atomic_write_text(out / f"{dataset}.md", table + "\n")]
     partial.finish()
     result["table_md"] = table
     result["files"] = [str(f) for f in files]
