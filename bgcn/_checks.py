@@ -189,10 +189,11 @@ def check_lr(value: Any, name: str = "lr", maximum: float = MAX_LR) -> float:
     return check_number(value, name, 0.0, maximum)
 
 
-def check_bool(value: Any, name: str, optional: bool = False) -> bool | None:
+def check_bool(value: Any, name: str, optional: bool = False, *, hint: str | None = None) -> bool | None:
     """Check that ``value`` is ``True`` or ``False`` (NumPy ``bool_`` too; ``None`` when ``optional``).
 
-    ``0``/``1`` and strings are refused: ``resume="no"`` would otherwise be true.
+    ``0``/``1`` and strings are refused: ``resume="no"`` would otherwise be true. ``hint`` is a
+    short reason shown in brackets after the valid values.
 
     Shapes: none (a scalar).
 
@@ -201,14 +202,16 @@ def check_bool(value: Any, name: str, optional: bool = False) -> bool | None:
     if optional and value is None:
         return None
     if not isinstance(value, (bool, np.bool_)):
-        want = "True, False or None" if optional else "True or False"
+        want = ("True, False or None" if optional else "True or False") + (f" ({hint})" if hint else "")
         raise ArgumentTypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}; "
                                 f"pass {name}=True or {name}=False")
     return bool(value)
 
 
-def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+def check_choice(value: Any, name: str, choices: Iterable[Any], *, hint: str | None = None) -> Any:
     """Check that ``value`` is one of ``choices`` and return it (``True`` is not the choice ``1``).
+
+    ``hint`` is a short reason appended to the error (e.g. what each choice means).
 
     Shapes: none.
 
@@ -220,7 +223,7 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     except Exception:  # noqa: BLE001 - an incomparable value is not a choice
         ok = False
     if not ok:
-        raise ValueError(f"{name}={value!r} is not valid: use one of {choices}")
+        raise ValueError(f"{name}={value!r} is not valid: use one of {choices}" + (f" ({hint})" if hint else ""))
     return value
 
 

@@ -208,3 +208,12 @@ def test_optional_and_hint():
         check_number(-1, "noise_rel", 0, hint="0 switches the noise off")
     with pytest.raises(ValueError, match=r"bank_momentum=1 must be None or a finite number >= 0 and < 1"):
         check_number(1.0, "bank_momentum", 0, 1, open_max=True, optional=True)
+
+
+def test_hints_of_bool_and_choice():
+    with pytest.raises(TypeError, match=r"^amp must be True or False \(mixed precision on CUDA\), got int 1; pass amp=True"):
+        check_bool(1, "amp", hint="mixed precision on CUDA")
+    with pytest.raises(ValueError) as ei:
+        check_choice(5, "num_classes", (0, 1000), hint="0: features for the GCN, 1000: ImageNet logits")
+    assert _one_line(ei) == ("num_classes=5 is not valid: use one of [0, 1000] "
+                             "(0: features for the GCN, 1000: ImageNet logits)")
