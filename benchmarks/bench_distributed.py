@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     comm = {k: max(r["comm"][k] for r in ranks) for k in ranks[0]["comm"]}
     comm_total = sum(comm.values())
     wallP = max(r["wall"] for r in ranks)
+    from bgcn.io import atomic_write_text
     from bgcn.utils import versions
 
     result = {
@@ -164,10 +165,7 @@ def main(argv=None) -> int:
         "speedup_steps": step1 / stepP, "wall_s_one": wall1, "wall_s_world": wallP, "speedup_wall": wall1 / wallP,
         "comm_s": comm, "comm_s_total": comm_total, "comm_share_of_wall": comm_total / wallP,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = Path(a.out).with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_out, a.out)
+    atomic_write_text(a.out, json.dumps(result, indent=1))
     print(f"N={n}: 1 process {step1:.1f} s of steps, {a.world} processes {stepP:.1f} s "
           f"(x{step1 / stepP:.2f}); wall x{wall1 / wallP:.2f}; communication {comm_total:.2f} s = "
           f"{100 * comm_total / wallP:.0f}% of the {a.world}-process wall time ({comm}); "

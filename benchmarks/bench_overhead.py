@@ -70,6 +70,7 @@ from bgcn.minibatch import minibatch_loss, stratified_batches  # noqa: E402
 from bgcn.model import build_model  # noqa: E402
 from bgcn.utils import json_safe  # noqa: E402
 from bench_staleness import atomic_write, machine_meta  # noqa: E402
+from bgcn.io import atomic_write as _atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS_E2E = ("backbone_fwd", "search", "gcn_fwd", "graph_bwd", "backbone_bwd", "optimizer")
@@ -301,10 +302,8 @@ def plot(data: dict, path: Path) -> Path:
     fig.suptitle(f"The graph's overhead: {meta['torch_threads']} thread(s), {meta['device']}, torch {meta['torch']}",
                  fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -71,6 +71,7 @@ from bgcn.experiment import paired_difference  # noqa: E402
 from bgcn.minibatch import train_minibatch  # noqa: E402
 from bgcn.model import build_model  # noqa: E402
 from bgcn.train import train  # noqa: E402
+from bgcn.io import atomic_write as _atomic_write, atomic_write_text  # noqa: E402
 from bgcn.utils import json_safe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,10 +102,8 @@ def machine_meta(device: str = "cpu", argv=None) -> dict:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically: :func:`bgcn.io.atomic_write_text` (kept for bench_overhead's import)."""
+    atomic_write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,10 +329,8 @@ def plot(data: dict, path: Path) -> Path:
                  f"epoch's steps; dotted: what the next epoch starts from\ntorch {meta['torch']}, "
                  f"{meta['torch_threads']} thread(s), {meta['date'][:10]}", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

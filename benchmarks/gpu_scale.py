@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bgcn.io import atomic_write_text  # noqa: E402
+
 
 def _sync(dev):
     if dev.type == "cuda":
@@ -123,10 +125,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     def save():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=1))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(rec, indent=1))
 
     last = {}
     for method in ("masked_softmax", "softmax"):

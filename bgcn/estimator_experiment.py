@@ -39,8 +39,8 @@ Taught in: chapter 09 (chapters/09_estimators.md).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import math
 import os
 import sys
 import time
@@ -49,8 +49,22 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .utils import json_safe
+from . import __version__
+from . import estimators as E
+from .backbone import create_backbone, extract_features, save_backbone_weights
+from .data import label_masks, load_dataset
+from .experiment import rows_changed as _rows_changed, run_measures
+from .experiments.common import Partial, fixed_subset
+from .io import atomic_write_json, atomic_write_text
+from .model import build_model, score_function_surrogate
+from .similarity import cosine_similarity
+from .stats import mean_std
+from .temperature import suggest_tau
+from .topk import ESTIMATORS
+from .train import pretrain_backbone, train
+from .utils import get_device, seed_everything, versions
 
 __all__ = ["ROWS", "FULL", "QUICK", "run_estimator_experiment", "summarize", "format_tables", "main"]
 
@@ -77,14 +91,6 @@ QUICK = dict(FULL, seeds=1, epochs=4, warmup_epochs=2, pretrain_epochs=1, max_im
              timing_rounds=2)
 
 
-def _subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
-    n = labels.shape[0]
-    if max_images is None or max_images >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(12345)
-    return torch.randperm(n, generator=g)[:max_images].sort().values
-
-
 def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
     r"""Fraction of rows whose neighbour *set* differs: :math:`\frac1N\sum_i [\mathcal N^{old}(i) \ne \mathcal N^{new}(i)]`.
 
@@ -94,8 +100,6 @@ def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    from .experiment import rows_changed as _rows_changed
-
     return _rows_changed(old.long(), new.long())
 
 
@@ -115,10 +119,6 @@ def gradient_variance(model, images, labels, train_mask, repeats: int, seed: int
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    import torch.nn.functional as F
-
-    from .model import score_function_surrogate
-
     model.eval()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
     gb, gg, gn = [], [], []
@@ -166,17 +166,10 @@ def time_estimators(rows: Sequence[str] | None = None, rounds: int = 7, k: int =
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    import torch.nn.functional as F
-
-    from .backbone import create_backbone
-    from .data import label_masks, load_dataset
-    from .model import build_model, score_function_surrogate
-    from .utils import get_device, seed_everything
-
     dev = get_device(device)
     names = [r for r in (rows or ROWS) if ROWS[r][0] != "frozen"]
     ds = load_dataset("digits")
-    keep = _subset(ds.labels, max_images)
+    keep = fixed_subset(ds.labels, max_images)
     images, labels = ds.images[keep].to(dev), ds.labels[keep].to(dev)
     tr, _, _ = label_masks(labels.cpu(), 10, seed=0)
     tr = tr.to(dev)
@@ -225,18 +218,58 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    from . import __version__
-    from . import estimators as E
-    from .backbone import create_backbone, extract_features, save_backbone_weights
-    from .utils import versions
-    from .data import label_masks, load_dataset
-    from .model import build_model
-    from .similarity import cosine_similarity
-    from .temperature import suggest_tau
-    from .train import pretrain_backbone, train
-    from .experiment import run_measures
-    from .utils import get_device, seed_everything
+    cfg, names, dev = _settings(quick, seeds, epochs, warmup_epochs, rows, device, pretrained)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
 
+    ds = load_dataset("digits")
+    keep = fixed_subset(ds.labels, cfg["max_images"])
+    images, labels = ds.images[keep], ds.labels[keep]
+    cfg["num_images"] = int(images.shape[0])
+
+    partial = Partial(out / "estimators.partial.json",
+                      {k: v for k, v in cfg.items() if k not in ("device", "threads", "timing_rounds")}, resume)
+    pre, pre_path = _pretrain_once(cfg, images, out, dev, pretrained, resume and bool(partial.runs))
+    bb = create_backbone(cfg["backbone"], pretrained_file=pre_path)
+    feats = extract_features(bb, images, device=dev, to_cpu=True)
+    tau_data = float(suggest_tau(cosine_similarity(feats), cfg["k"], method="mass", target_mass=0.5))
+
+    for seed in range(cfg["seeds"]):
+        masks = label_masks(labels, cfg["labels_per_class"], seed=seed)
+        for name in names:
+            if partial.done(row=name, seed=seed):
+                continue
+            run = _row_run(name, cfg, seed, images, labels, masks, pre_path, tau_data, dev)
+            partial.add(run)
+            if verbose:
+                print(f"seed={seed} {name:18s} test@bestval={run['test_acc']:.4f} "
+                      f"{run['time_per_epoch']:.2f} s/epoch rows_changed={run['rows_changed']:.3f} "
+                      f"relvar={run.get('relvar_backbone', float('nan')):.2e}", flush=True)
+
+    timing = time_estimators(names, rounds=cfg["timing_rounds"], k=cfg["k"], backbone=cfg["backbone"],
+                             pretrained=pre_path, device=str(dev), max_images=cfg["max_images"], tau_data=tau_data)
+    runs = partial.runs
+    summary = summarize(runs, names)
+    for row in summary:
+        if row["row"] in timing:
+            row["step_s"] = timing[row["row"]]["step_s"]
+            row["step_s_q25"], row["step_s_q75"] = timing[row["row"]]["q25"], timing[row["row"]]["q75"]
+    result = {"timing": timing, "config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data, "pretrain": pre,
+              "defaults": _estimator_defaults(), "runs": runs, "summary": summary,
+              "wall_time_s": time.perf_counter() - t_all}
+    atomic_write_json(out / "estimators.json", result)
+    tables = format_tables(summary, cfg, tau_data)
+    atomic_write_text(out / "estimators.md", tables)
+    atomic_write_text(out / "README_estimators.md", _readme(cfg, quick))
+    partial.finish()
+    result["tables_md"] = tables
+    result["files"] = [str(out / f) for f in ("estimators.json", "estimators.md", "README_estimators.md")]
+    return result
+
+
+def _settings(quick: bool, seeds, epochs, warmup_epochs, rows, device, pretrained) -> tuple[dict, list[str], torch.device]:
+    """The run's settings (:data:`QUICK` or :data:`FULL` with the non-None overrides), its rows and device."""
     cfg = dict(QUICK if quick else FULL)
     for key, val in (("seeds", seeds), ("epochs", epochs), ("warmup_epochs", warmup_epochs)):
         if val is not None:
@@ -252,116 +285,65 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
                 "pretrained": None if pretrained is None else str(pretrained),
                 "selection": "test accuracy at the epoch of best validation accuracy",
                 "val_per_class": "= labels_per_class"})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_all = time.perf_counter()
+    return cfg, names, dev
 
-    ds = load_dataset("digits")
-    keep = _subset(ds.labels, cfg["max_images"])
-    images, labels = ds.images[keep], ds.labels[keep]
-    num_classes = int(labels.max()) + 1
-    cfg["num_images"] = int(images.shape[0])
 
-    partial = out / "estimators.partial.json"
-    same = {k: v for k, v in cfg.items() if k not in ("device", "threads", "timing_rounds")}
-    done: list[dict] = []
-    if resume and partial.is_file():
-        old = json.loads(partial.read_text())
-        if old.get("settings") != json.loads(json.dumps(same)):
-            raise ValueError(f"cannot resume from {str(partial)!r}: its settings differ; delete it or use another --out")
-        done = old["runs"]
-
-    # ---- one label-free pre-trained backbone for every row -----------------------------------
+def _pretrain_once(cfg: dict, images: torch.Tensor, out: Path, dev, pretrained, reuse: bool) -> tuple[dict, Path]:
+    """The one label-free pre-trained backbone of every row: the given ``pretrained`` file, the saved
+    one when resuming (``reuse``), else pre-trained (SimCLR-lite) and saved. Returns ``(record, path)``."""
     pre_path = out / f"estimators_pretrained_{cfg['backbone']}.pt"
     seed_everything(0)
     bb = create_backbone(cfg["backbone"])
     if pretrained is not None:
-        pre_path = Path(pretrained)
-        pre = {"loss": [], "time": 0.0, "file": str(pre_path)}
-    elif resume and pre_path.is_file() and done:
-        pre = {"loss": [], "time": 0.0, "file": pre_path.name}
-    else:
-        p = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=dev, progress=False) \
-            if cfg["pretrain_epochs"] > 0 else {"loss": [], "time": 0.0}
-        save_backbone_weights(bb, pre_path)
-        pre = {"loss": p["loss"], "time": p["time"], "file": pre_path.name}
-    bb = create_backbone(cfg["backbone"], pretrained_file=pre_path)
-    feats = extract_features(bb, images, device=dev, to_cpu=True)
-    tau_data = float(suggest_tau(cosine_similarity(feats), cfg["k"], method="mass", target_mass=0.5))
+        return {"loss": [], "time": 0.0, "file": str(Path(pretrained))}, Path(pretrained)
+    if reuse and pre_path.is_file():
+        return {"loss": [], "time": 0.0, "file": pre_path.name}, pre_path
+    p = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=dev, progress=False) \
+        if cfg["pretrain_epochs"] > 0 else {"loss": [], "time": 0.0}
+    save_backbone_weights(bb, pre_path)
+    return {"loss": p["loss"], "time": p["time"], "file": pre_path.name}, pre_path
 
-    runs: list[dict] = list(done)
-    for seed in range(cfg["seeds"]):
-        tr, va, te = label_masks(labels, cfg["labels_per_class"], seed=seed)
-        for name in names:
-            if any(r["row"] == name and r["seed"] == seed for r in runs):
-                continue
-            mode, est, tau_kind = ROWS[name]
-            tau = tau_data if tau_kind == "data" else 1.0
-            state = E.PerturbationState() if est in ("blackbox", "imle") else None
-            seed_everything(seed)
-            backbone = create_backbone(cfg["backbone"], pretrained_file=pre_path)
-            init_state = {k_: v.clone() for k_, v in backbone.state_dict().items()}
-            model = build_model(backbone, num_classes, k=cfg["k"], estimator=est, tau=tau, hidden=cfg["hidden"],
-                                dropout=cfg["dropout"], mode=mode,
-                                estimator_kw=None if state is None else {"state": state})
-            warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
-            res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
-                        lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                        seed=seed, device=dev, graph_every=0, progress=False, analysis_labels=labels,
-                        param_path_norms=mode != "frozen")
-            h = res.history
-            e2e = slice(warm, None)
-            # graph measures on the scored model (weights at the best joint epoch), the hard kNN sets of the
-            # backbone's features: the same measure for every row (a stochastic estimator's graph is a sample)
-            run = {"row": name, "seed": seed, "mode": mode, "estimator": est, "tau": tau,
-                   "test_acc": res.test_acc_at_best_val, "best_epoch": res.best_epoch,
-                   "best_val_acc": res.best_val_acc, "final_test_acc": res.final["test_acc"],
-                   **run_measures(res, warm, init_state, images, labels, cfg["k"], dev),
-                   "time_per_epoch": float(np.mean(h.time[e2e])), "time_per_step": float(np.mean(h.time_step[e2e])),
-                   "loss_last": h.loss[-1]}
-            if state is not None:
-                run.update({"perturbed_rows_changed": state.changed_rows, "perturbed_swaps_per_row": state.swaps})
-            if mode != "frozen":
-                t0 = time.perf_counter()
-                run.update(gradient_variance(res.model, images.to(dev), labels.to(dev), tr.to(dev),
-                                             cfg["grad_repeats"], seed))
-                run["time_grad_variance"] = time.perf_counter() - t0
-            runs.append(run)
-            if verbose:
-                print(f"seed={seed} {name:18s} test@bestval={run['test_acc']:.4f} "
-                      f"{run['time_per_epoch']:.2f} s/epoch rows_changed={run['rows_changed']:.3f} "
-                      f"relvar={run.get('relvar_backbone', float('nan')):.2e}", flush=True)
-            _write(partial, json.dumps(json_safe({"settings": same, "runs": runs}), indent=1))
 
-    timing = time_estimators(names, rounds=cfg["timing_rounds"], k=cfg["k"], backbone=cfg["backbone"],
-                             pretrained=pre_path, device=str(dev), max_images=cfg["max_images"], tau_data=tau_data)
-    summary = summarize(runs, names)
-    for row in summary:
-        if row["row"] in timing:
-            row["step_s"] = timing[row["row"]]["step_s"]
-            row["step_s_q25"], row["step_s_q75"] = timing[row["row"]]["q25"], timing[row["row"]]["q75"]
-    result = {"timing": timing, "config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data, "pretrain": pre,
-              "defaults": _estimator_defaults(), "runs": runs, "summary": summary,
-              "wall_time_s": time.perf_counter() - t_all}
-    _write(out / "estimators.json", json.dumps(json_safe(result), indent=1))
-    tables = format_tables(summary, cfg, tau_data)
-    _write(out / "estimators.md", tables)
-    _write(out / "README_estimators.md", _readme(cfg, quick))
-    if partial.exists():
-        partial.unlink()
-    result["tables_md"] = tables
-    result["files"] = [str(out / f) for f in ("estimators.json", "estimators.md", "README_estimators.md")]
-    return result
+def _row_run(name: str, cfg: dict, seed: int, images: torch.Tensor, labels: torch.Tensor, masks: tuple,
+             pre_path: Path, tau_data: float, dev: torch.device) -> dict:
+    """One row of :data:`ROWS` for one seed: train from the pre-trained backbone, then measure."""
+    tr, va, te = masks
+    mode, est, tau_kind = ROWS[name]
+    tau = tau_data if tau_kind == "data" else 1.0
+    state = E.PerturbationState() if est in ("blackbox", "imle") else None
+    seed_everything(seed)
+    backbone = create_backbone(cfg["backbone"], pretrained_file=pre_path)
+    init_state = {k_: v.clone() for k_, v in backbone.state_dict().items()}
+    model = build_model(backbone, int(labels.max()) + 1, k=cfg["k"], estimator=est, tau=tau, hidden=cfg["hidden"],
+                        dropout=cfg["dropout"], mode=mode, estimator_kw=None if state is None else {"state": state})
+    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
+    res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
+                lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
+                seed=seed, device=dev, graph_every=0, progress=False, analysis_labels=labels,
+                param_path_norms=mode != "frozen")
+    h = res.history
+    e2e = slice(warm, None)
+    # graph measures on the scored model (weights at the best joint epoch), the hard kNN sets of the
+    # backbone's features: the same measure for every row (a stochastic estimator's graph is a sample)
+    run = {"row": name, "seed": seed, "mode": mode, "estimator": est, "tau": tau,
+           "test_acc": res.test_acc_at_best_val, "best_epoch": res.best_epoch,
+           "best_val_acc": res.best_val_acc, "final_test_acc": res.final["test_acc"],
+           **run_measures(res, warm, init_state, images, labels, cfg["k"], dev),
+           "time_per_epoch": float(np.mean(h.time[e2e])), "time_per_step": float(np.mean(h.time_step[e2e])),
+           "loss_last": h.loss[-1]}
+    if state is not None:
+        run.update({"perturbed_rows_changed": state.changed_rows, "perturbed_swaps_per_row": state.swaps})
+    if mode != "frozen":
+        t0 = time.perf_counter()
+        run.update(gradient_variance(res.model, images.to(dev), labels.to(dev), tr.to(dev), cfg["grad_repeats"], seed))
+        run["time_grad_variance"] = time.perf_counter() - t0
+    return run
 
 
 def _estimator_defaults() -> dict:
-    import inspect
-
-    from .topk import ESTIMATORS
-    from .estimators import SELECTION_ESTIMATORS
 
     out = {}
-    for name in SELECTION_ESTIMATORS:
+    for name in E.SELECTION_ESTIMATORS:
         sig = inspect.signature(ESTIMATORS[name])
         out[name] = {p.name: p.default for p in sig.parameters.values()
                      if p.kind == p.KEYWORD_ONLY and p.name not in ("exclude_self", "generator", "state")
@@ -388,11 +370,9 @@ def summarize(runs: list[dict], names: Sequence[str]) -> list[dict]:
             continue
         row = {"row": name, "n_seeds": len(rs)}
         for key in keys:
-            vals = np.array([r[key] for r in rs if r.get(key) is not None and not
-                             (isinstance(r[key], float) and math.isnan(r[key]))], dtype=float)
-            if vals.size:
-                row[key] = float(vals.mean())
-                row[key + "_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+            m, sd, count = mean_std(r.get(key) for r in rs)
+            if count:
+                row[key], row[key + "_std"] = m, sd
         out.append(row)
     return out
 
@@ -464,12 +444,6 @@ def _readme(cfg: dict, quick: bool) -> str:
             f"The runs are deterministic on the CPU for a given seed; wall times depend on the machine and its load.\n\n"
             f"Settings: {json.dumps({k: cfg[k] for k in ('labels_per_class', 'seeds', 'epochs', 'warmup_epochs', 'backbone', 'pretrain_epochs', 'lr_backbone', 'lr_gcn', 'k', 'grad_repeats')})}\n")
 
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ Taught in: chapter 08 (chapters/08_end_to_end.md).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -59,9 +60,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .utils import json_safe as _json_safe
+from . import __version__
+from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
+from .data import label_masks, load_dataset
+from .experiments.common import Partial, fixed_subset
+from .graph import edge_change_fraction, edge_homophily
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .model import build_model
+from .similarity import cosine_similarity, knn_indices
+from .stats import mean_std, paired_difference as _paired, paired_runs
+from .temperature import suggest_tau
+from .train import pretrain_backbone, progress_enabled, train
+from .utils import get_device, seed_everything, versions
 
-__all__ = ["METHODS", "run_experiment", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
+__all__ = ["METHODS", "run_experiment", "sk_baselines", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
            "FULL", "paired_difference", "run_measures", "hard_knn", "rows_changed"]
 
 #: GCN rows: name -> (mode, estimator, tau ("1" or "data"), backbone init ("random"/"pretrained"))
@@ -86,18 +98,16 @@ QUICK = {"labels_per_class": [10], "seeds": 1, "epochs": 4, "warmup_epochs": 2, 
          "pretrain_epochs": 1, "max_images": 400, "lr_backbone": 3e-4, "lr_gcn": 2e-2}
 
 
-def _subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
-    """The first ``max_images`` images in a class-balanced, seed-independent order (all when None)."""
-    n = labels.shape[0]
-    if max_images is None or max_images >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(12345)
-    perm = torch.randperm(n, generator=g)
-    return perm[:max_images].sort().values
+def sk_baselines(feats: np.ndarray, pixels: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 k: int) -> dict[str, dict]:
+    """The scikit-learn rows of a table: k-NN on the pixels, k-NN on the features (cosine, distance
+    weights, k neighbours or fewer when fewer images are labelled) and label spreading on the kNN
+    graph of the L2-normalised features; test accuracy and wall time of each.
 
+    Shapes: feats (N, D), pixels (N, P), labels (N,), train/test (N,) bool -> {row: {"test_acc", "time_total"}}
 
-def _sk_baselines(feats: np.ndarray, pixels: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                  k: int) -> dict[str, dict]:
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.semi_supervised import LabelSpreading
 
@@ -116,6 +126,10 @@ def _sk_baselines(feats: np.ndarray, pixels: np.ndarray, labels: np.ndarray, tra
     out["label_spreading"] = {"test_acc": float((ls.transduction_[test] == labels[test]).mean()),
                               "time_total": time.perf_counter() - t0}
     return out
+
+
+#: the name run_experiment calls (tests patch it to interrupt a run)
+_sk_baselines = sk_baselines
 
 
 def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seeds: int | None = None,
@@ -144,72 +158,25 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    from . import __version__
-    from .backbone import create_backbone, extract_features
-    from .utils import versions
-    from .data import label_masks, load_dataset
-    from .model import build_model
-    from .similarity import cosine_similarity
-    from .temperature import suggest_tau
-    from .train import pretrain_backbone, progress_enabled, train
-    from .utils import get_device, seed_everything
-
-    cfg = dict(QUICK if quick else FULL)
-    for key, val in (("seeds", seeds), ("labels_per_class", labels_per_class), ("epochs", epochs),
-                     ("backbone", backbone), ("pretrain_epochs", pretrain_epochs), ("max_images", max_images),
-                     ("warmup_epochs", warmup_epochs), ("lr_backbone", lr_backbone)):
-        if val is not None:
-            cfg[key] = list(val) if key == "labels_per_class" else val
-    rows = list(ROWS if methods is None else methods)
-    bad = [m for m in rows if m not in ROWS]
-    if bad:
-        raise ValueError(f"unknown method(s) {bad}; valid: {list(ROWS)}")
-    cfg.update({"k": k, "device": str(get_device(device)), "quick": quick, "methods": rows,
-                "threads": torch.get_num_threads(),
-                "val_per_class": "= labels_per_class", "weight_decay": 5e-4, "hidden": 64, "dropout": 0.5,
-                "selection": "test accuracy at the epoch of best validation accuracy among the joint epochs "
-                             "(after the warm-up) for end-to-end rows"})
+    cfg, rows = _settings(quick, {"seeds": seeds, "labels_per_class": labels_per_class, "epochs": epochs,
+                                  "backbone": backbone, "pretrain_epochs": pretrain_epochs,
+                                  "max_images": max_images, "warmup_epochs": warmup_epochs,
+                                  "lr_backbone": lr_backbone}, k, device, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     show = progress_enabled(progress)
     t_all = time.perf_counter()
 
     ds = load_dataset("digits")
-    keep = _subset(ds.labels, cfg["max_images"])
+    keep = fixed_subset(ds.labels, cfg["max_images"])
     images, labels = ds.images[keep], ds.labels[keep]
-    num_classes = int(labels.max()) + 1
     cfg["num_images"] = int(images.shape[0])
 
-    # ---- resume? -----------------------------------------------------------------------------------
-    partial_path = out / "experiment.partial.json"
-    same = {key: cfg[key] for key in cfg if key not in ("device", "threads", "quick")}
-    done_runs: list[dict] = []
-    pre = None
-    if resume and partial_path.is_file():
-        old = json.loads(partial_path.read_text())
-        if old.get("settings") == json.loads(json.dumps(_json_safe(same))):
-            done_runs, pre = old["runs"], old["pretrain"]
-        else:
-            raise ValueError(f"cannot resume from {str(partial_path)!r}: its settings differ; delete it or use "
-                             f"another --out")
-
-    # ---- pre-training (label-free, once) ---------------------------------------------------------
-    seed_everything(0)
-    bb = create_backbone(cfg["backbone"])
-    pre_path = out / f"pretrained_{cfg['backbone']}.pt"
-    if pre is not None and pre_path.is_file():
-        from .backbone import load_backbone_weights
-
-        load_backbone_weights(bb, pre_path)
-        bb.to(get_device(device))
-    elif cfg["pretrain_epochs"] > 0:
-        pre = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=device, progress=show,
-                                save_to=pre_path)
-    else:
-        from .backbone import save_backbone_weights
-
-        save_backbone_weights(bb, pre_path)
-        pre = {"loss": [], "time": 0.0, "path": str(pre_path)}
+    partial = Partial(out / "experiment.partial.json",
+                      {key: cfg[key] for key in cfg if key not in ("device", "threads", "quick")}, resume)
+    done_runs: list[dict] = partial.runs
+    pre, pre_path, bb = _pretrain_once(cfg, images, out, device, show,
+                                       partial.extra.get("pretrain") if partial.resumed else None)
     feats = extract_features(bb, images, device=get_device(device), to_cpu=True)
     tau_data = float(suggest_tau(cosine_similarity(feats), k, method="mass", target_mass=0.5))
     feats_np = feats.numpy().astype(np.float64)
@@ -230,50 +197,92 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
                     runs.append({"method": name, "labels_per_class": lpc, "seed": seed, **base[name],
                                  "time_per_epoch": None})
                     continue
-                mode, est, tau_kind, init = METHODS[name]
-                seed_everything(seed)
-                backbone_ = create_backbone(cfg["backbone"], pretrained_file=pre_path if init == "pretrained" else None)
-                init_state = {k_: v.clone() for k_, v in backbone_.state_dict().items()}
-                if tau_kind == "run":  # τ from this run's own initial features (random init)
-                    f0 = extract_features(backbone_, images, device=get_device(device), to_cpu=True)
-                    tau = float(suggest_tau(cosine_similarity(f0), k, method="mass", target_mass=0.5))
-                else:
-                    tau = tau_data if tau_kind == "data" else 1.0
-                model = build_model(backbone_, num_classes, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
-                                    dropout=cfg["dropout"], mode=mode)
-                warm = 0 if mode == "frozen" else min(cfg["warmup_epochs"], cfg["epochs"] - 1)
-                res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
-                            lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                            seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,
-                            param_path_norms=mode != "frozen")
-                h = res.history
-                runs.append({"method": name, "labels_per_class": lpc, "seed": seed, "mode": mode, "estimator": est,
-                             "tau": tau, "init": init, "test_acc": res.test_acc_at_best_val,
-                             "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
-                             "final_test_acc": res.final["test_acc"], "initial_test_acc": h.initial["test_acc"],
-                             # the mode's own epochs (after the warm-up for end-to-end rows)
-                             "time_per_epoch": float(np.mean(h.time[warm:])),
-                             "time_per_epoch_warmup": float(np.mean(h.time[:warm])) if warm else None,
-                             "time_total": res.timings["total"], "warmup_epochs": warm,
-                             **run_measures(res, warm, init_state, images, labels, k, device),
-                             "loss_first": h.loss[0], "loss_last": h.loss[-1]})
+                runs.append(_gcn_run(name, cfg, lpc, seed, images, labels, (tr, va, te), pre_path, tau_data, device))
                 if show:
-                    print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={res.test_acc_at_best_val:.4f} "
+                    print(f"  lpc={lpc} seed={seed} {name:26s} test@bestval={runs[-1]['test_acc']:.4f} "
                           f"({runs[-1]['time_per_epoch']:.3f} s/epoch)", flush=True)
-            _write(partial_path, json.dumps(_json_safe({"settings": same, "runs": runs, "pretrain": {
-                "loss": pre["loss"], "time": pre["time"], "file": pre_path.name}}), indent=1))
+            partial.save(runs, pretrain={"loss": pre["loss"], "time": pre["time"], "file": pre_path.name})
     summary = summarize(runs, rows, cfg["labels_per_class"])
-    table = format_table(summary, rows, cfg["labels_per_class"])
     result = {"config": cfg, "versions": versions(), "bgcn": __version__, "tau_data": tau_data,
               "pretrain": {"loss": pre["loss"], "time": pre["time"], "file": pre_path.name},
               "runs": runs, "summary": summary, "wall_time_s": time.perf_counter() - t_all}
-    _write(out / "experiment.json", json.dumps(_json_safe(result), indent=1))
+    atomic_write_json(out / "experiment.json", result)
     files = [out / "experiment.json"] + write_report(out)
-    if partial_path.exists():
-        partial_path.unlink()
-    result["table_md"] = table
+    partial.finish()
+    result["table_md"] = format_table(summary, rows, cfg["labels_per_class"])
     result["files"] = [str(f) for f in files]
     return result
+
+
+def _settings(quick: bool, overrides: dict, k: int, device, methods: Sequence[str] | None) -> tuple[dict, list[str]]:
+    """The run's settings: :data:`QUICK` or :data:`FULL`, the non-None ``overrides``, the fixed ones."""
+    cfg = dict(QUICK if quick else FULL)
+    for key, val in overrides.items():
+        if val is not None:
+            cfg[key] = list(val) if key == "labels_per_class" else val
+    rows = list(ROWS if methods is None else methods)
+    bad = [m for m in rows if m not in ROWS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; valid: {list(ROWS)}")
+    cfg.update({"k": k, "device": str(get_device(device)), "quick": quick, "methods": rows,
+                "threads": torch.get_num_threads(),
+                "val_per_class": "= labels_per_class", "weight_decay": 5e-4, "hidden": 64, "dropout": 0.5,
+                "selection": "test accuracy at the epoch of best validation accuracy among the joint epochs "
+                             "(after the warm-up) for end-to-end rows"})
+    return cfg, rows
+
+
+def _pretrain_once(cfg: dict, images: torch.Tensor, out: Path, device, show: bool, pre: dict | None):
+    """The label-free pre-trained backbone of every ``"pretrained"`` row (its weights in
+    ``OUT/pretrained_<backbone>.pt``): loaded when resuming, else pre-trained (SimCLR-lite) or saved
+    as initialised (``pretrain_epochs=0``). Returns ``(pretrain record, weights path, backbone)``."""
+    seed_everything(0)
+    bb = create_backbone(cfg["backbone"])
+    pre_path = out / f"pretrained_{cfg['backbone']}.pt"
+    if pre is not None and pre_path.is_file():
+        load_backbone_weights(bb, pre_path)
+        bb.to(get_device(device))
+    elif cfg["pretrain_epochs"] > 0:
+        pre = pretrain_backbone(bb, images, epochs=cfg["pretrain_epochs"], seed=0, device=device, progress=show,
+                                save_to=pre_path)
+    else:
+        save_backbone_weights(bb, pre_path)
+        pre = {"loss": [], "time": 0.0, "path": str(pre_path)}
+    return pre, pre_path, bb
+
+
+def _gcn_run(name: str, cfg: dict, lpc: int, seed: int, images: torch.Tensor, labels: torch.Tensor, masks: tuple,
+             pre_path: Path, tau_data: float, device) -> dict:
+    """One GCN row of :data:`METHODS` for one (labels per class, seed): train, then the results row."""
+    k = cfg["k"]
+    tr, va, te = masks
+    mode, est, tau_kind, init = METHODS[name]
+    seed_everything(seed)
+    backbone_ = create_backbone(cfg["backbone"], pretrained_file=pre_path if init == "pretrained" else None)
+    init_state = {k_: v.clone() for k_, v in backbone_.state_dict().items()}
+    if tau_kind == "run":  # τ from this run's own initial features (random init)
+        f0 = extract_features(backbone_, images, device=get_device(device), to_cpu=True)
+        tau = float(suggest_tau(cosine_similarity(f0), k, method="mass", target_mass=0.5))
+    else:
+        tau = tau_data if tau_kind == "data" else 1.0
+    model = build_model(backbone_, int(labels.max()) + 1, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
+                        dropout=cfg["dropout"], mode=mode)
+    warm = 0 if mode == "frozen" else min(cfg["warmup_epochs"], cfg["epochs"] - 1)
+    res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
+                lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
+                seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,
+                param_path_norms=mode != "frozen")
+    h = res.history
+    return {"method": name, "labels_per_class": lpc, "seed": seed, "mode": mode, "estimator": est,
+            "tau": tau, "init": init, "test_acc": res.test_acc_at_best_val,
+            "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
+            "final_test_acc": res.final["test_acc"], "initial_test_acc": h.initial["test_acc"],
+            # the mode's own epochs (after the warm-up for end-to-end rows)
+            "time_per_epoch": float(np.mean(h.time[warm:])),
+            "time_per_epoch_warmup": float(np.mean(h.time[:warm])) if warm else None,
+            "time_total": res.timings["total"], "warmup_epochs": warm,
+            **run_measures(res, warm, init_state, images, labels, k, device),
+            "loss_first": h.loss[0], "loss_last": h.loss[-1]}
 
 
 def hard_knn(backbone, images: torch.Tensor, k: int, device: str | torch.device = "auto") -> torch.Tensor:
@@ -283,10 +292,6 @@ def hard_knn(backbone, images: torch.Tensor, k: int, device: str | torch.device 
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    from .backbone import extract_features
-    from .similarity import knn_indices
-    from .utils import get_device
-
     f = extract_features(backbone, images, device=get_device(device), to_cpu=True)
     return knn_indices(f.double(), k, exclude_self=True)
 
@@ -320,10 +325,6 @@ def run_measures(res, warm: int, init_state: dict, images: torch.Tensor, labels:
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    import copy
-
-    from .graph import edge_change_fraction, edge_homophily
-
     h = res.history
     backbone0 = copy.deepcopy(res.model.backbone)
     backbone0.load_state_dict(init_state)
@@ -362,26 +363,25 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
             rs = [r for r in runs if r["method"] == name and r["labels_per_class"] == lpc]
             if not rs:
                 continue
-            acc = np.array([r["test_acc"] for r in rs], dtype=float)
+            acc_mean, acc_std, _ = mean_std(r["test_acc"] for r in rs)
             tpe = [r["time_per_epoch"] for r in rs if r.get("time_per_epoch") is not None]
-            row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": float(acc.mean()),
-                   "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                   "time_per_epoch": float(np.mean(tpe)) if tpe else None}
+            row = {"method": name, "labels_per_class": lpc, "n_seeds": len(rs), "test_acc_mean": acc_mean,
+                   "test_acc_std": acc_std, "time_per_epoch": float(np.mean(tpe)) if tpe else None}
             for key in ("grad_node_mean", "grad_graph_mean", "grad_graph_share", "edges_changed", "rows_changed",
                         "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc",
                         "gain_over_warmup", "homophily_before", "homophily_after"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     row[key] = float(np.mean(vals))
-            gains = [r["gain_over_warmup"] for r in rs if r.get("gain_over_warmup") is not None]
-            if len(gains) > 1:
-                row["gain_over_warmup_std"] = float(np.std(gains, ddof=1))
+            _, gain_std, n_gains = mean_std(r.get("gain_over_warmup") for r in rs)
+            if n_gains > 1:
+                row["gain_over_warmup_std"] = gain_std
             out.append(row)
     return out
 
 
-def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_class: int,
-                      key: str = "test_acc") -> dict:
+def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_class: int | None,
+                      key: str = "test_acc", comparisons: int = 1) -> dict:
     r"""Paired difference of one row against another over the seeds they share, with a noise verdict.
 
     .. math::
@@ -393,35 +393,20 @@ def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_c
     sharper than the two rows' ± side by side. "Beyond noise" is a rough two-standard-error rule,
     not a test with a stated level (with 5 seeds, a t-test at 5 % would ask for about 2.8 se).
 
-    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise", "diffs"}`` (differences in accuracy
-    units, ``diffs`` per shared seed in seed order; ``wins`` = seeds with :math:`d_s > 0`); ``n = 0``
+    Returns ``{"mean", "std", "se", "n", "wins", "beyond_noise", "diffs", "seeds", "comparisons"}``
+    (differences in accuracy units, ``diffs`` per shared seed in seed order; ``wins`` = seeds with
+    :math:`d_s > 0`; ``comparisons``: how many differences the caller reads with this rule); ``n = 0``
     and NaNs when no seed is shared. Runs name their row by ``"method"`` (experiment.json) or
     ``"row"`` (estimators.json); runs without ``labels_per_class`` match any setting; missing or NaN
-    values are skipped.
+    values are skipped. The statistics are :func:`bgcn.stats.paired_difference` (their one home).
 
     Shapes: none.
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    def values(name):
-        out = {}
-        for r in runs:
-            v = r.get(key)
-            if (r.get("method", r.get("row")) == name and r.get("labels_per_class", labels_per_class) == labels_per_class
-                    and v is not None and not (isinstance(v, float) and v != v)):
-                out[int(r["seed"])] = float(v)
-        return out
-
-    a, b = values(method), values(baseline)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        nan = float("nan")
-        return {"mean": nan, "std": nan, "se": nan, "n": 0, "wins": 0, "beyond_noise": False, "diffs": []}
-    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-    se = sd / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "std": sd, "se": float(se), "n": len(d), "wins": int((d > 0).sum()),
-            "beyond_noise": bool(len(d) > 1 and abs(d.mean()) > 2 * se), "diffs": d.tolist()}
+    a = paired_runs(runs, method, key, labels_per_class=labels_per_class)
+    b = paired_runs(runs, baseline, key, labels_per_class=labels_per_class)
+    return _paired(a, b, comparisons)
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
@@ -507,15 +492,9 @@ def write_report(out: str | os.PathLike) -> list[Path]:
             "for the backbone's parameters θ, mean over the joint epochs):\n\n"
             + "\n\n".join(format_paths_table(summary, rows, l) for l in lpcs) + "\n")
     files = [out / "results.md", out / "results.csv"]
-    _write(files[0], text)
+    atomic_write_text(files[0], text)
     _write_csv(files[1], summary)
     return files
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, summary: list[dict]) -> None:
@@ -523,10 +502,11 @@ def _write_csv(path: Path, summary: list[dict]) -> None:
             "final_test_acc", "best_epoch", "warmup_test_acc", "warmup_best_test_acc", "gain_over_warmup",
             "gain_over_warmup_std", "homophily_before", "homophily_after", "edges_changed", "rows_changed",
             "grad_node_mean", "grad_graph_mean", "grad_graph_share"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+
+    def write(fh):
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in summary:
             w.writerow({k: r.get(k, "") for k in keys})
-    os.replace(tmp, path)
+
+    atomic_write(path, write, "w", newline="")

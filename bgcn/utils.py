@@ -1,7 +1,8 @@
-"""Small shared helpers: device choice, seeding and argument checks with actionable errors.
+"""Small shared helpers: device choice, seeding, JSON-safe values, versions, peak memory.
 
-Every public function of :mod:`bgcn` validates its input with these helpers so that bad input
-raises a ``ValueError``/``TypeError`` naming the argument and the fix, never a deep traceback.
+The argument checks live in :mod:`bgcn._checks` (their one home); the public ones are re-exported
+here (``from bgcn.utils import check_k`` keeps working), so that bad input raises a
+``ValueError``/``TypeError`` naming the argument and the fix, never a deep traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ._checks import check_finite, check_k, check_positive, check_seed, check_tau, check_tensor
 
 __all__ = [
     "NotFoundError",
@@ -82,21 +85,6 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def check_seed(seed: Any, name: str = "seed") -> int:
-    """Check that a seed is an int in ``[0, 2**64)`` (what ``torch.manual_seed`` takes) and return it.
-
-    Shapes: none (a scalar).
-
-    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
-    """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name}={seed} is out of range; a seed must be an int in [0, 2**64 - 1]")
-    return seed
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded the same.
 
@@ -114,94 +102,6 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def check_tensor(x: Any, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = True,
-                 floating: bool = True) -> torch.Tensor:
-    """Check that ``x`` is a tensor with the expected number of dimensions, floating and finite.
-
-    Raises ``TypeError`` (not a tensor, not floating) or ``ValueError`` (wrong ``x.dim()``, NaN/Inf),
-    naming ``name`` and the fix; returns ``x`` unchanged.
-
-    Shapes: x: any shape whose number of dimensions is in ``ndim``.
-
-    Taught in: no chapter (argument checking used by every public function; see CONTRIBUTING.md).
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor(...)")
-    if ndim is not None:
-        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if x.dim() not in dims:
-            want = " or ".join(str(d) for d in dims)
-            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    if floating and not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; call .float()")
-    if finite and x.numel() and floating:
-        check_finite(x, name)
-    return x
-
-
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (says how many); return ``x``.
-
-    Shapes: x: any.
-
-    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
-    """
-    bad = ~torch.isfinite(x.detach())
-    if bool(bad.any()):
-        n = int(bad.sum())
-        raise ValueError(f"{name} contains {n} NaN/Inf value(s); clean the input (e.g. torch.nan_to_num) first")
-    return x
-
-
-def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
-    """Check ``1 <= k <= n`` (``n - 1`` when the node itself is excluded) and return ``int(k)``.
-
-    Shapes: none (k and n are counts: k neighbours among n candidates per row).
-
-    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
-    k = int(k)
-    hi = n - 1 if exclude_self else n
-    if k <= 0:
-        raise ValueError(f"{name}={k} must be positive; choose 1 <= {name} <= {hi}")
-    if k > hi:
-        extra = " (the node itself is excluded)" if exclude_self else ""
-        raise ValueError(f"{name}={k} is larger than the {hi} candidates per row{extra}; choose 1 <= {name} <= {hi}")
-    return k
-
-
-def check_positive(value: Any, name: str) -> float:
-    """Check that a hyper-parameter is a finite number > 0 and return it as float.
-
-    A one-element tensor is accepted and converted with ``float``.
-
-    Shapes: none (a scalar).
-
-    Taught in: no chapter (argument checking; see CONTRIBUTING.md).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = float(value)
-        else:
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value} must be a finite number > 0")
-    return value
-
-
-def check_tau(tau: Any, name: str = "tau") -> float:
-    """Temperature check: finite and > 0 (τ → 0 is the hard limit; pass the hard estimator instead).
-
-    Shapes: none (τ is a scalar).
-
-    Taught in: chapter 05 (chapters/05_temperature.md).
-    """
-    return check_positive(tau, name)
 
 
 def json_safe(obj: Any) -> Any:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bgcn.backbone import create_backbone, extract_features  # noqa: E402
+from bgcn.io import atomic_write_text  # noqa: E402
 
 FASHION = Path(os.environ.get("BGCN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
@@ -227,10 +227,7 @@ def main(argv=None) -> dict:
         res["e2e"] = e2e(ei, el, ("eval", "train", "frozen"), a.e2e_img_size, warmup=10, joint=15)
 
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as fh:
-        json.dump(res, fh, indent=1)
-    os.replace(fh.name, out)
+    atomic_write_text(out, json.dumps(res, indent=1))
 
     tm, tb, pr = res["train_mode_full_batch"], res["train_mode_batch64"], \
         res["probe_fit_eval_apply_train_mode_full_batch"]

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import bgcn
 from bgcn.backbone import extract_features
 from bgcn.data import make_nuisance_shapes
 from bgcn.graph import edge_homophily
+from bgcn.io import atomic_write_text
 
 K = 10
 
@@ -146,10 +146,7 @@ def main(argv=None) -> int:
                    "command": "OMP_NUM_THREADS=1 python scripts/nuisance_probe.py " + " ".join(sys.argv[1:]),
                    "wall_s": round(time.perf_counter() - t0, 1)}
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(res, f, indent=2)
-    os.replace(f.name, out)
+    atomic_write_text(out, json.dumps(res, indent=2))
 
     print(f"nuisance-shapes n={a.n}: chance shape {1 / c:.3f}, nuisance {1 / m:.3f}; {K}-NN cosine graph")
     for key in ("pixels", "efficientnet_lite0_imagenet"):

@@ -1,6 +1,13 @@
 """Shared fixtures. ``built_book`` builds the Jupyter Book once per test session, into ``_build/``,
 for tests/test_book.py (marker ``book``) and tests/test_browser.py (marker ``browser``).
 
+The library tests share three small ones (instead of a copy in every file):
+  digits      the 1797 digits (``load_dataset("digits")``), loaded once per session: do not modify it
+  tiny_data   ``tiny_data(n=120, classes=4, seed=0, labels_per_class=5, double=False)`` ->
+              (images, labels, train_mask, val_mask, test_mask) of the synthetic set, fresh tensors
+  tiny_model  ``tiny_model(estimator="masked_softmax", mode="end2end", classes=4, k=5, ...)`` -> a
+              seeded ``build_model(create_backbone("mlp_digits"), ...)``, a new model each call
+
 Environment:
   BGCN_BOOK_CACHE=keep   reuse _build/.jupyter_cache (default: start from a clean cache, so every
                          chapter is executed by this run)
@@ -84,6 +91,59 @@ def built_book() -> BookBuild:
     log += f"\n[test] jupyter-book build took {seconds:.1f} s (exit {rc})\n"
     LOG.write_text(log)
     return BookBuild(rc, log, seconds, problems=[m.group(0) for m in SPHINX_PROBLEM.finditer(log)])
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits data set (1797 images (1, 8, 8) in [0, 1], labels 0..9), loaded once per session.
+
+    Shared by every test of the session: read it, never modify it in place (clone first)."""
+    from bgcn.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """A factory: ``tiny_data(n=120, classes=4, seed=0, labels_per_class=5, double=False)`` ->
+    ``(images, labels, train_mask, val_mask, test_mask)`` of ``load_dataset("synthetic", n, classes,
+    seed)`` and ``label_masks(labels, labels_per_class, seed=0)``; fresh tensors each call (cached
+    per setting, cloned), float64 images with ``double=True``."""
+    from bgcn.data import label_masks, load_dataset
+
+    cache: dict[tuple, tuple] = {}
+
+    def make(n: int = 120, classes: int = 4, seed: int = 0, labels_per_class: int = 5, double: bool = False):
+        key = (n, classes, seed, labels_per_class)
+        if key not in cache:
+            ds = load_dataset("synthetic", n=n, num_classes=classes, seed=seed)
+            cache[key] = (ds.images, ds.labels, *label_masks(ds.labels, labels_per_class, seed=0))
+        images, *rest = (t.clone() for t in cache[key])
+        return (images.double() if double else images, *rest)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model():
+    """A factory: ``tiny_model(estimator="masked_softmax", mode="end2end", classes=4, k=5, tau=0.1,
+    hidden=16, seed=0, double=False, **kw)`` -> ``build_model(create_backbone("mlp_digits"), classes,
+    k=k, estimator=estimator, tau=tau, hidden=hidden, mode=mode, **kw)`` built right after
+    ``torch.manual_seed(seed)`` (so two calls with one seed give equal weights), in float64 with
+    ``double=True``. The model of about twenty test files, written once."""
+    import torch
+
+    from bgcn.backbone import create_backbone
+    from bgcn.model import build_model
+
+    def make(estimator: str = "masked_softmax", mode: str = "end2end", classes: int = 4, k: int = 5,
+             tau: float = 0.1, hidden: int = 16, seed: int = 0, double: bool = False, **kw):
+        torch.manual_seed(seed)
+        model = build_model(create_backbone("mlp_digits"), classes, k=k, estimator=estimator, tau=tau,
+                            hidden=hidden, mode=mode, **kw)
+        return model.double() if double else model
+
+    return make
 
 
 @pytest.fixture

@@ -1,42 +1,73 @@
 """What every committed experiment shares: partial results that resume, an atomic write, the
 mean ± std summary of runs.
 
+The three experiments (:mod:`bgcn.experiment`, :mod:`bgcn.estimator_experiment`,
+:mod:`bgcn.experiments.real`) and ``scripts/merge_partial.py`` keep their partial results with
+:class:`Partial` (one format: ``{"settings": ..., "runs": [...], <extra keys>}``), write through
+:mod:`bgcn.io` and summarise with :mod:`bgcn.stats`.
+
 Taught in: chapter 12 (chapters/12_real_extractor.md).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-import numpy as np
+import torch
 
+from ..io import atomic_write_text
+from ..stats import mean_std
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "Partial", "mean_std"]
+__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset"]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through ``path.tmp`` and ``os.replace``: never half a file.
+    """Write ``text`` to ``path`` atomically (:func:`bgcn.io.atomic_write_text`): never half a file.
 
     Shapes: none.
 
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
+
+
+def fixed_subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
+    """Indices of ``max_images`` images drawn once in a fixed random order (seed 12345, independent of
+    the run's seed), sorted; all images when ``max_images`` is ``None`` or at least N.
+
+    The digits experiments of chapters 08 and 09 run on this subset (``--quick``: 400 and 300).
+
+    Shapes: labels (N,) -> (min(max_images, N),) long
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    n = labels.shape[0]
+    if max_images is None or max_images >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(12345)
+    return torch.randperm(n, generator=g)[:max_images].sort().values
+
+
+def _normalise(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, NaN ``None``, NumPy scalars numbers)."""
+    return json.loads(json.dumps(json_safe(obj)))
+
+
+def _differing_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 class Partial:
-    """Runs saved after each one to ``path`` (JSON), keyed by a tuple; ``resume=True`` reads them
-    back if the saved ``settings`` equal these (else a ``ValueError`` naming the keys that differ),
-    ``resume=False`` starts over. :meth:`done` / :meth:`add` / :meth:`finish` (removes the file).
+    """Runs saved after each one to ``path`` (JSON), so that an interrupted experiment resumes.
+
+    ``resume=True`` reads the runs (and any extra keys, e.g. ``"pretrain"``) back if the saved
+    ``settings`` equal these, else raises a ``ValueError`` naming the keys that differ;
+    ``resume=False`` starts over (the file is overwritten at the first save). :meth:`done` finds a
+    saved run, :meth:`add` appends one and saves, :meth:`save` rewrites the whole file,
+    :meth:`finish` removes it.
 
     Shapes: none.
 
@@ -45,44 +76,100 @@ class Partial:
 
     def __init__(self, path: str | os.PathLike, settings: dict, resume: bool):
         self.path = Path(path)
-        self.settings = json.loads(json.dumps(json_safe(settings)))
+        self.settings = _normalise(settings)
         self.runs: list[dict] = []
+        self.extra: dict = {}
+        self.resumed = False
         if resume and self.path.is_file():
             old = json.loads(self.path.read_text())
             if old.get("settings") != self.settings:
-                keys = sorted(k for k in set(old.get("settings", {})) | set(self.settings)
-                              if old.get("settings", {}).get(k) != self.settings.get(k))
+                keys = _differing_keys(old.get("settings", {}), self.settings)
                 raise ValueError(f"cannot resume from {str(self.path)!r}: its settings differ ({', '.join(keys)}); "
                                  f"use the same options, or delete the file to start over")
             self.runs = list(old.get("runs", []))
+            self.extra = {k: v for k, v in old.items() if k not in ("settings", "runs")}
+            self.resumed = True
 
     @staticmethod
     def key(run: dict, fields: Iterable[str]) -> tuple:
+        """The tuple of ``run``'s values of ``fields`` (what identifies a run).
+
+        Shapes: none.
+
+        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        """
         return tuple(run.get(f) for f in fields)
 
     def done(self, **key: Any) -> dict | None:
+        """The first saved run whose fields equal ``key`` (e.g. ``row="frozen", seed=0``), or ``None``.
+
+        Shapes: none.
+
+        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        """
         for r in self.runs:
             if all(r.get(k) == v for k, v in key.items()):
                 return r
         return None
 
     def add(self, run: dict) -> None:
-        self.runs.append(json.loads(json.dumps(json_safe(run))))
-        write_atomic(self.path, json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
+        """Append ``run`` (as it reads back from JSON) and save the file.
+
+        Shapes: none.
+
+        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        """
+        self.runs.append(_normalise(run))
+        self.save()
+
+    def save(self, runs: Sequence[dict] | None = None, **extra: Any) -> None:
+        """Write the file atomically; ``runs`` replaces the saved runs, ``extra`` adds top-level keys.
+
+        Shapes: none.
+
+        Taught in: chapter 08 (chapters/08_end_to_end.md).
+        """
+        if runs is not None:
+            self.runs = [_normalise(r) for r in runs]
+        self.extra.update(_normalise(extra))
+        write_atomic(self.path, json.dumps({"settings": self.settings, "runs": self.runs, **self.extra}, indent=1))
 
     def finish(self) -> None:
+        """Remove the file (the finished results are written; nothing is left to resume).
+
+        Shapes: none.
+
+        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        """
         if self.path.exists():
             self.path.unlink()
 
 
-def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of the finite values, and their count.
+def merge_partial(target: str | os.PathLike, sources: Iterable[str | os.PathLike],
+                  fields: Sequence[str] = ("row", "seed", "labels_per_class")) -> int:
+    """Append to the partial file ``target`` the runs of ``sources`` it lacks; return the run count.
+
+    Each source is a partial file or a finished results JSON with the same ``"settings"`` (else a
+    ``ValueError`` naming the source and the keys that differ); a run already in ``target`` (the
+    same values of ``fields``) is not added twice. Then ``--resume`` writes the table.
 
     Shapes: none.
 
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+    target = Path(target)
+    data = json.loads(target.read_text())
+    keys = {Partial.key(r, fields) for r in data["runs"]}
+    for src in sources:
+        other = json.loads(Path(src).read_text())
+        if other.get("settings") != data.get("settings"):
+            diff = _differing_keys(other.get("settings", {}), data.get("settings", {}))
+            raise ValueError(f"{src}: settings differ from {target} ({', '.join(diff)}); merge only runs of the "
+                             f"same options")
+        for r in other["runs"]:
+            key = Partial.key(r, fields)
+            if key not in keys:
+                data["runs"].append(r)
+                keys.add(key)
+    write_atomic(target, json.dumps(data, indent=1))
+    return len(data["runs"])

@@ -34,7 +34,6 @@ Taught in: chapter 12 (chapters/12_real_extractor.md).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -45,8 +44,18 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..utils import json_safe, versions
-from .common import Partial, mean_std, write_atomic
+from .._checks import check_int
+from ..io import atomic_write_json, atomic_write_text
+from ..backbone import create_backbone
+from ..data import label_masks, load_dataset
+from ..experiment import sk_baselines
+from ..graph import edge_homophily
+from ..minibatch import embed_images, train_minibatch
+from ..model import build_model
+from ..temperature import suggest_tau_features
+from ..train import progress_enabled
+from ..utils import get_device, versions
+from .common import Partial, mean_std
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
            "load_real_dataset"]
@@ -77,8 +86,6 @@ def load_real_dataset(name: str, n: int, seed: int = 0):
 
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
-    from ..data import load_dataset
-
     if name == "fashion-mnist":
         ds = load_dataset("fashion-mnist", split="train", subset=n, seed=seed)
         return ds.images, ds.labels, {}
@@ -113,9 +120,6 @@ def supervised_finetune(backbone: torch.nn.Module, images: torch.Tensor, labels:
 
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
-    from ..minibatch import embed_images
-    from ..utils import get_device
-
     dev = get_device(device)
     g = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
@@ -151,8 +155,6 @@ def supervised_finetune(backbone: torch.nn.Module, images: torch.Tensor, labels:
 
 
 def _backbone(img_size: int, bn_policy: str = "eval"):
-    from ..backbone import create_backbone
-
     return create_backbone("efficientnet_lite0_imagenet", img_size=img_size, bn_policy=bn_policy)
 
 
@@ -166,10 +168,6 @@ def _best_joint(history, warm: int, key: str):
 
 
 def _gcn_row(row: str, images, labels, masks, cfg: dict, seed: int, tau: float, extra: dict, device) -> dict:
-    from ..graph import edge_homophily
-    from ..minibatch import train_minibatch
-    from ..model import build_model
-
     mode, est, policy = {"frozen": ("frozen", "hard", "eval"),
                          "end2end_features": ("end2end-features", "hard", "eval"),
                          "end2end_softmax": ("end2end", "softmax", "eval"),
@@ -220,30 +218,10 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
 
     Taught in: chapter 12 (chapters/12_real_extractor.md).
     """
-    from ..data import label_masks
-    from ..experiment import _sk_baselines
-    from ..minibatch import embed_images
-    from ..temperature import suggest_tau_features
-    from ..train import progress_enabled
-    from ..utils import get_device
-
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: use one of {list(DATASETS)}")
-    cfg = dict(QUICK if quick else FULL)
-    for key, v in (("seeds", seeds), ("labels_per_class", None if labels_per_class is None else list(labels_per_class)),
-                   ("n", n), ("epochs", epochs), ("warmup_epochs", warmup_epochs), ("batch_size", batch_size),
-                   ("img_size", img_size), ("rows", None if rows is None else list(rows)),
-                   ("lr_backbone", lr_backbone), ("k", k)):
-        if v is not None:
-            cfg[key] = v
-    bad = [r for r in cfg["rows"] if r not in ROWS]
-    if bad:
-        raise ValueError(f"unknown rows {bad}; the rows are {list(ROWS)}")
-    if cfg["warmup_epochs"] >= cfg["epochs"]:
-        raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
-    todo = list(range(cfg["seeds"])) if only_seeds is None else list(only_seeds)
-    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < cfg["seeds"] for x in todo):
-        raise ValueError(f"only_seeds={todo} must be seeds in [0, {cfg['seeds']}) (--seeds is {cfg['seeds']})")
+    cfg, todo = _settings(dataset, quick, {
+        "seeds": seeds, "labels_per_class": None if labels_per_class is None else list(labels_per_class), "n": n,
+        "epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size, "img_size": img_size,
+        "rows": None if rows is None else list(rows), "lr_backbone": lr_backbone, "k": k}, only_seeds)
     dev = get_device(device)
     show = progress_enabled(progress)
     out = Path(out)
@@ -257,27 +235,16 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
     feats = embed_images(bb, images, 256, dev).cpu()
     t_feat = time.perf_counter() - t0
     tau = float(suggest_tau_features(feats, cfg["k"]))
-    pixels = images.reshape(images.shape[0], -1).numpy()
-    f_np = feats.numpy()
-    y = labels.numpy()
+    arrays = (feats.numpy(), images.reshape(images.shape[0], -1).numpy(), labels.numpy())
     for seed in todo:
         for lpc in cfg["labels_per_class"]:
-            tr, va, te = label_masks(labels, lpc, cfg["val_per_class"], seed=seed)
-            base = None
+            masks = label_masks(labels, lpc, cfg["val_per_class"], seed=seed)
+            base: dict = {}
             for row in cfg["rows"]:
                 if partial.done(row=row, seed=seed, labels_per_class=lpc):
                     continue
                 t0 = time.perf_counter()
-                if row in BASELINES:
-                    base = base or _sk_baselines(f_np, pixels, y, tr.numpy(), te.numpy(), cfg["k"])
-                    rec = dict(base[row])
-                elif row == "finetune":
-                    torch.manual_seed(seed)
-                    rec = supervised_finetune(_backbone(cfg["img_size"]), images, labels, tr, va, te,
-                                              epochs=cfg["finetune_epochs"], lr_backbone=cfg["lr_backbone"],
-                                              seed=seed, device=dev)
-                else:
-                    rec = _gcn_row(row, images, labels, (tr, va, te), cfg, seed, tau, extra, dev)
+                rec = _run_row(row, images, labels, masks, cfg, seed, tau, extra, dev, arrays, base)
                 rec.update(row=row, seed=seed, labels_per_class=lpc, wall_s=time.perf_counter() - t0)
                 partial.add(rec)
                 if show:
@@ -291,12 +258,47 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
                        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv),
                        "date": time.strftime("%Y-%m-%d")}}
     table = format_table(summary, cfg["rows"], cfg["labels_per_class"])
-    files = [write_atomic(out / f"{dataset}.json", json.dumps(json_safe(result), indent=1)),
-             write_atomic(out / f"{dataset}.md", table + "\n")]
+    files = [atomic_write_json(out / f"{dataset}.json", result), atomic_write_text(out / f"{dataset}.md", table + "\n")]
     partial.finish()
     result["table_md"] = table
     result["files"] = [str(f) for f in files]
     return result
+
+
+def _settings(dataset: str, quick: bool, overrides: dict, only_seeds) -> tuple[dict, list[int]]:
+    """The run's settings (:data:`QUICK` or :data:`FULL` with the non-None ``overrides``), checked
+    before any work, and the seeds this process runs."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}: use one of {list(DATASETS)}")
+    cfg = dict(QUICK if quick else FULL)
+    cfg.update({key: v for key, v in overrides.items() if v is not None})
+    bad = [r for r in cfg["rows"] if r not in ROWS]
+    if bad:
+        raise ValueError(f"unknown rows {bad}; the rows are {list(ROWS)}")
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
+    todo = list(range(cfg["seeds"])) if only_seeds is None else list(only_seeds)
+    for x in todo:
+        check_int(x, "only_seeds", 0, cfg["seeds"] - 1, hint=f"a seed of the run: --seeds is {cfg['seeds']}")
+    return cfg, todo
+
+
+def _run_row(row: str, images, labels, masks: tuple, cfg: dict, seed: int, tau: float, extra: dict, dev,
+             arrays: tuple, base: dict) -> dict:
+    """One row for one (seed, labels per class): a scikit-learn baseline (computed once per split
+    into ``base``; ``arrays`` = features, pixels, labels as NumPy), plain fine-tuning or a GCN row."""
+    tr, va, te = masks
+    if row in BASELINES:
+        if not base:
+            f_np, pixels, y = arrays
+            base.update(sk_baselines(f_np, pixels, y, tr.numpy(), te.numpy(), cfg["k"]))
+        return dict(base[row])
+    if row == "finetune":
+        torch.manual_seed(seed)
+        return supervised_finetune(_backbone(cfg["img_size"]), images, labels, tr, va, te,
+                                   epochs=cfg["finetune_epochs"], lr_backbone=cfg["lr_backbone"], seed=seed,
+                                   device=dev)
+    return _gcn_row(row, images, labels, masks, cfg, seed, tau, extra, dev)
 
 
 def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> list[dict]:
