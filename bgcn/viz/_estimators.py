@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..estimators import SELECTION_ESTIMATORS, plackett_luce_log_prob, reinforce_surrogate, row_std
+from ..stats import paired_difference, paired_runs
 from ..topk import ESTIMATORS
 from ..utils import check_k
 
@@ -239,14 +240,12 @@ def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_ac
     NaN for one seed) and the standard error :math:`\text{std}/\sqrt n`. ``runs`` is the
     ``"runs"`` list of ``estimators.json`` (dicts with ``row``, ``seed`` and ``key``); runs whose
     ``key`` is missing or ``None`` are skipped. Each row is one call of
-    :func:`bgcn.experiment.paired_difference` (the same computation as chapter 08's tables), scaled.
+    :func:`bgcn.stats.paired_difference` (the same computation as chapter 08's tables), scaled.
 
     Shapes: runs: list of dicts -> dict of dicts.
 
     Taught in: chapter 09 (chapters/09_estimators_digits.md).
     """
-    from ..experiment import paired_difference
-
     rows = []
     for r in runs:
         v = r.get(key)
@@ -255,8 +254,8 @@ def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_ac
     if reference not in rows:
         raise ValueError(f"reference={reference!r} has no runs with {key!r}; rows present: {sorted(rows)}")
     out = {}
-    for row in rows:  # the one paired-difference computation, bgcn.experiment.paired_difference
-        p = paired_difference(runs, row, reference, None, key=key)
+    for row in rows:  # the one paired-difference computation, bgcn.stats.paired_difference
+        p = paired_difference(paired_runs(runs, row, key), paired_runs(runs, reference, key))
         if not p["n"]:
             continue
         n = p["n"]
