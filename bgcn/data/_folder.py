@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..utils import NotFoundError
-from ._checks import check_int
+from .._checks import check_int
 from ._dataset import Dataset
 from ._registry import register_dataset
 from ._sources import ImageSource

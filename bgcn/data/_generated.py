@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..utils import check_seed
-from ._checks import check_int
+from .._checks import check_int
 from ._dataset import Dataset
 from ._registry import register_dataset
 

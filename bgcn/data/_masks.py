@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from ..utils import check_seed
-from ._checks import check_int
+from .._checks import check_int
 
 __all__ = ["check_labels", "label_masks", "check_every_class_labelled"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from ._checks import check_int
+from .._checks import check_int
 
 __all__ = ["ImageSource", "TensorImages", "as_image_source"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..utils import check_seed
-from ._checks import check_int
+from .._checks import check_int
 from ._masks import check_labels
 from ._registry import load_dataset
 
