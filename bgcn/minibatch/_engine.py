@@ -7,6 +7,7 @@ Taught in: chapter 11 (chapters/11_minibatch.md).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -67,6 +68,18 @@ def _allreduce_mean_(params: list) -> None:
         m = p.numel()
         p.grad.copy_(flat[off:off + m].view_as(p.grad))
         off += m
+
+
+@contextlib.contextmanager
+def _diverged_features(where: str):
+    """The bank refuses NaN/Inf rows with a ``ValueError`` (its input check); inside training that is
+    divergence (the images were checked), reported as such, not as bad input."""
+    try:
+        yield
+    except ValueError as e:
+        if "NaN/Inf" not in str(e):
+            raise
+        raise FloatingPointError(f"the backbone's features {where} became NaN/Inf") from None
 
 
 class _Callback(Plugin):
@@ -256,23 +269,20 @@ class MinibatchEngine:
 
     def _batch_loss(self, batch: torch.Tensor, fixed: bool):
         cfg = self.cfg
-        try:
+        with _diverged_features("of a batch (an earlier step of this epoch diverged)"):
             return minibatch_loss(self.model, self.images, batch, self.bank, self.labels, self.masks["train_mask"],
                                   chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk, fixed=fixed,
                                   write_bank=self.ema is None, use_neighbours=cfg.cache_neighbours,
                                   backbone=None if fixed else self.ddp_backbone)
-        except ValueError as e:  # the bank refuses NaN/Inf rows: an earlier step of this epoch diverged
-            if "NaN/Inf" not in str(e):
-                raise
-            raise FloatingPointError("the backbone's features of a batch became NaN/Inf (an earlier step of this "
-                                     "epoch diverged)") from None
 
     def evaluate(self, epoch: int):
         cfg = self.cfg
-        logp, graph, self._eval_feats = evaluate_full(
-            self.model, self.images, fixed=self._fixed, chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
-            batch_size=cfg.embed_batch_size, device=self.device,
-            features=self.bank.features if self._fixed and self.ema is None else None, num_workers=cfg.num_workers)
+        with _diverged_features("of the evaluation pass (the epoch's steps diverged)"):
+            logp, graph, self._eval_feats = evaluate_full(
+                self.model, self.images, fixed=self._fixed, chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
+                batch_size=cfg.embed_batch_size, device=self.device,
+                features=self.bank.features if self._fixed and self.ema is None else None,
+                num_workers=cfg.num_workers)
         return logp, graph
 
     def end_epoch(self, epoch: int, evaluated) -> None:
