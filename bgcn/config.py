@@ -122,6 +122,12 @@ class TrainConfig:
         for name in ("lr_backbone", "lr_gcn"):
             put(name, _num(name, getattr(self, name), 0.0, MAX_LR))
         put("weight_decay", _num("weight_decay", self.weight_decay))
+        shrink = max(self.lr_backbone, self.lr_gcn) * self.weight_decay
+        if shrink >= 1:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} with a learning rate of "
+                             f"{max(self.lr_backbone, self.lr_gcn):g}: AdamW multiplies the weights by 1 - lr * "
+                             f"weight_decay = {1 - shrink:g} a step, which must stay in (0, 1]; use weight_decay < "
+                             f"{1 / max(self.lr_backbone, self.lr_gcn):g}")
         put("seed", _int("seed", self.seed, 0, 2**64))
         if not isinstance(self.device, str):
             raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0', got "

@@ -210,3 +210,9 @@ def test_no_python_or_numpy_random_state_is_written_and_old_checkpoints_resume(d
     save_checkpoint(ck, state)
     res = train(_model(), images, labels, tr, va, te, **kw, checkpoint=ck, resume=True)
     assert res.history.loss == whole.history.loss and res.history.val_acc == whole.history.val_acc
+
+
+def test_a_weight_decay_that_flips_the_weights_is_refused():
+    with pytest.raises(ValueError, match=r"weight_decay=1e\+300 .*use weight_decay < 100"):
+        TrainConfig(lr_gcn=0.01, weight_decay=1e300)
+    assert TrainConfig(lr_gcn=0.0, lr_backbone=0.0, weight_decay=1e6).weight_decay == 1e6  # nothing moves
