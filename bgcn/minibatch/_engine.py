@@ -20,10 +20,10 @@ from .. import distributed as bd
 from ..bank import FeatureBank, _bank_estimator, ema_backbone, momentum_update
 from ..config import TrainConfig
 from ..model import EndToEnd
-from ..train import (Homophily, LoopSettings, NonFiniteImages, Plugin, TrainingDiverged, TrainResult,
-                     check_analysis_labels, check_finite_images, check_labels, check_masks, check_model, default_mode,
-                     deterministic_algorithms, make_optimizer, merge_extra, progress_enabled, restore_state, run)
-from ..utils import check_k, get_device, peak_memory_bytes, reset_peak_memory, seed_everything
+from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainResult, analysis_plugins,
+                     check_finite_images, check_labels, check_masks, check_model, default_mode, make_optimizer,
+                     merge_extra, restore_state, train_with)
+from ..utils import check_k, get_device, peak_memory_bytes, reset_peak_memory
 from ._sampler import stratified_batches
 from ._step import _place, embed_images, evaluate_full, minibatch_loss
 
@@ -95,7 +95,7 @@ class _Callback(Plugin):
             self.fn(epoch, eng.model, eng.bank)
 
 
-class MinibatchEngine:
+class MinibatchEngine(Engine):
     """How the mini-batch engine makes an epoch's steps and an evaluation (the loop is :func:`bgcn.train.run`).
 
     Holds the bank (:class:`~bgcn.bank.FeatureBank`, filled by :meth:`prepare`, refreshed by
@@ -434,14 +434,5 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     dev = get_device(cfg.device)
     labels = labels.to(dev).long()
     masks = check_masks(labels, train_mask, val_mask, test_mask, getattr(model.gcn, "out_channels", None), dev)
-    analysis_labels = check_analysis_labels(analysis_labels, n)
-    plugins = ([] if analysis_labels is None else [Homophily(analysis_labels)]) + \
-        ([] if callback is None else [_Callback(callback)])
-    with deterministic_algorithms(cfg.deterministic, dev):
-        seed_everything(cfg.seed)
-        engine = MinibatchEngine(model, images, labels, masks, cfg, dev)
-        settings = LoopSettings(mode=cfg.mode, epochs=cfg.epochs, warm=engine.warm, eval_every=cfg.eval_every,
-                                checkpoint=None if cfg.checkpoint is None else Path(cfg.checkpoint),
-                                checkpoint_every=cfg.checkpoint_every, resume=cfg.resume,
-                                progress=progress_enabled(cfg.progress))
-        return run(engine, settings, plugins)
+    plugins = analysis_plugins(analysis_labels, n) + ([] if callback is None else [_Callback(callback)])
+    return train_with(cfg, dev, lambda: MinibatchEngine(model, images, labels, masks, cfg, dev), plugins)

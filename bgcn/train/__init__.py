@@ -28,8 +28,8 @@ from ._checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_che
 from ._fullbatch import FullBatchEngine, ParamPathNorms, train
 from ._checks import (check_analysis_labels, check_finite_images, check_labels, check_masks, check_model,
                       default_mode)
-from ._loop import (GraphSnapshots, Homophily, LoopSettings, Plugin, deterministic_algorithms, make_optimizer,
-                    merge_extra, restore_state, run, snapshot)
+from ._loop import (Engine, GraphSnapshots, Homophily, LoopSettings, Plugin, analysis_plugins,
+                    deterministic_algorithms, make_optimizer, merge_extra, restore_state, run, snapshot, train_with)
 from ._pretrain import augment_images, nt_xent_loss, pretrain_backbone
 from ._progress import progress_enabled
 from ._result import History, NonFiniteImages, TrainingDiverged, TrainResult, accuracy
@@ -54,6 +54,9 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "run",
+    "train_with",
+    "Engine",
+    "analysis_plugins",
     "LoopSettings",
     "Plugin",
     "Homophily",

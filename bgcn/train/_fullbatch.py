@@ -27,12 +27,10 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..model import EndToEnd, score_function_surrogate
-from ..utils import check_k, check_tensor, get_device, seed_everything
+from ..utils import check_k, check_tensor, get_device
 from ._checkpoint import CHECKPOINT_FORMAT
-from ._checks import check_analysis_labels, check_finite_images, check_labels, check_masks, check_model, default_mode
-from ._loop import (GraphSnapshots, Homophily, LoopSettings, Plugin, deterministic_algorithms, make_optimizer,
-                    merge_extra, run)
-from ._progress import progress_enabled
+from ._checks import check_finite_images, check_labels, check_masks, check_model, default_mode
+from ._loop import Engine, GraphSnapshots, analysis_plugins, make_optimizer, merge_extra, train_with
 from ._result import TrainResult, TrainingDiverged
 
 __all__ = ["train", "FullBatchEngine", "ParamPathNorms"]
@@ -75,7 +73,7 @@ def _grad_norm(params) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
-class FullBatchEngine:
+class FullBatchEngine(Engine):
     """How the full-batch engine makes a step and an evaluation (the loop is :func:`bgcn.train._loop.run`).
 
     In ``"frozen"`` mode and during a warm-up the features and the hard kNN graph are computed once
@@ -89,7 +87,7 @@ class FullBatchEngine:
 
     kind, checkpoint_format, resume_free, required_keys = "full-batch", CHECKPOINT_FORMAT, _RESUME_FREE, ()
     resume_hint = "a mini-batch run resumes with bgcn.minibatch.train_minibatch"
-    graphs_apart, rank = True, 0
+    graphs_apart = True
 
     def __init__(self, model: EndToEnd, images, labels, masks: dict, cfg: TrainConfig, dev: torch.device,
                  loss_hooks=()):
@@ -124,9 +122,6 @@ class FullBatchEngine:
         return config
 
     # -- checkpoint ----------------------------------------------------------------------------------
-    def before_resume(self, path: Path) -> None:
-        return None
-
     def state_dict(self) -> dict:
         return {"loss_ema": self.loss_ema}
 
@@ -202,17 +197,6 @@ class FullBatchEngine:
         self.loss_ema = loss_value if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss_value
         return row
 
-    def end_epoch(self, epoch: int, evaluated) -> None:
-        return None
-
-    def postfix(self, t_step: float) -> dict:
-        return {}
-
-    def timings(self, history) -> dict:
-        return {}
-
-    def finish(self, result: TrainResult) -> TrainResult:
-        return result
 
 
 def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor,
@@ -336,18 +320,8 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     check_k(model.k, n, exclude_self=model.exclude_self)
     images, labels = images.to(dev), labels.to(dev).long()
     masks = check_masks(labels, train_mask, val_mask, test_mask, getattr(model.gcn, "out_channels", None), dev)
-    plugins: list[Plugin] = [GraphSnapshots(cfg.graph_every)]
-    analysis_labels = check_analysis_labels(analysis_labels, n)
-    if analysis_labels is not None:
-        plugins.append(Homophily(analysis_labels))
+    plugins = [GraphSnapshots(cfg.graph_every), *analysis_plugins(analysis_labels, n)]
     model.configure(cfg.mode)
     model.amp = cfg.amp
-    with deterministic_algorithms(cfg.deterministic, dev):
-        seed_everything(cfg.seed)
-        engine = FullBatchEngine(model, images, labels, masks, cfg, dev,
-                                 loss_hooks=[ParamPathNorms()] if cfg.param_path_norms else [])
-        settings = LoopSettings(mode=cfg.mode, epochs=cfg.epochs, warm=engine.warm, eval_every=cfg.eval_every,
-                                checkpoint=None if cfg.checkpoint is None else Path(cfg.checkpoint),
-                                checkpoint_every=cfg.checkpoint_every, resume=cfg.resume,
-                                progress=progress_enabled(cfg.progress))
-        return run(engine, settings, plugins)
+    hooks = [ParamPathNorms()] if cfg.param_path_norms else []
+    return train_with(cfg, dev, lambda: FullBatchEngine(model, images, labels, masks, cfg, dev, hooks), plugins)

@@ -7,15 +7,9 @@ warm-up recorded apart, the best joint epoch by validation accuracy), resume (se
 state restore), divergence (:class:`TrainingDiverged`), the history and the :class:`TrainResult`.
 Chapter measurements (homophily, graph snapshots, a user callback) are :class:`Plugin` objects.
 
-An engine has: ``model``, ``optimizer``, ``generator`` (the run's random generator, checkpointed),
-``labels`` and ``masks`` (train/val/test on the device), ``kind`` ("full-batch"/"mini-batch"),
-``checkpoint_format``, ``resume_free`` (settings that may change on resume), ``required_keys``,
-``graphs_apart``, ``rank``, ``desc``, ``config`` and ``t_feat``; and the methods ``load_state_dict``,
-``prepare(start_epoch)``, ``initial() -> (logp, graph)``, ``step(epoch) -> dict``,
-``evaluate(epoch) -> (logp, graph)``, ``end_epoch(epoch, evaluated)``, ``state_dict()``,
-``postfix(t_step)``, ``timings(history)``, ``finish(result)`` and ``before_resume(path)``.
-A NaN/Inf found by ``step``/``evaluate`` is raised as ``FloatingPointError(what)``; the loop
-reports it as :class:`TrainingDiverged` with the last good checkpoint.
+An engine is an :class:`Engine`; a NaN/Inf its ``step``/``evaluate`` finds is raised as
+``FloatingPointError(what)``, which the loop reports as :class:`TrainingDiverged` with the last
+good checkpoint.
 
 Taught in: chapter 08 (chapters/08_end_to_end.md).
 """
@@ -33,12 +27,15 @@ import numpy as np
 import torch
 
 from .. import distributed as bd
+from ..config import TrainConfig
 from ..graph import edge_change_fraction, edge_homophily
+from ._checks import check_analysis_labels
 from ._checkpoint import history_apart, load_checkpoint, load_graph_files, rng_state, save_checkpoint, set_rng_state
-from ._progress import pbar
+from ._progress import pbar, progress_enabled
 from ._result import History, TrainingDiverged, TrainResult, accuracy
+from ..utils import seed_everything
 
-__all__ = ["LoopSettings", "Plugin", "Homophily", "GraphSnapshots", "run", "make_optimizer",
+__all__ = ["Engine", "LoopSettings", "Plugin", "train_with", "analysis_plugins", "Homophily", "GraphSnapshots", "run", "make_optimizer",
            "deterministic_algorithms", "merge_extra", "snapshot", "restore_state"]
 
 #: what every checkpoint holds (an engine adds its own ``required_keys``)
@@ -62,6 +59,62 @@ class LoopSettings:
     checkpoint_every: int = 1
     resume: bool = False
     progress: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, warm: int) -> "LoopSettings":
+        """The loop's settings of a validated config (``warm``: the engine's warm-up, 0 when frozen)."""
+        return cls(mode=cfg.mode, epochs=cfg.epochs, warm=warm, eval_every=cfg.eval_every,
+                   checkpoint=None if cfg.checkpoint is None else Path(cfg.checkpoint),
+                   checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, progress=progress_enabled(cfg.progress))
+
+
+class Engine:
+    """What the loop needs of an engine; the hooks with a body here are optional.
+
+    Attributes: ``model``, ``optimizer``, ``generator`` (the run's random generator, checkpointed),
+    ``device``, ``labels`` and ``masks`` (``{"train_mask", "val_mask", "test_mask"}`` on the device),
+    ``warm`` (warm-up epochs, 0 when frozen), ``config`` (the recorded settings; a resume must
+    match them except ``resume_free``), ``kind`` and ``resume_hint`` (for the error when a
+    checkpoint is another engine's), ``checkpoint_format``, ``required_keys`` (its own checkpoint
+    entries), ``graphs_apart`` (graph snapshots in files next to the checkpoint), ``rank``,
+    ``desc`` (the progress bar's) and ``t_feat`` (seconds of the initial feature pass).
+
+    Methods: ``prepare(start_epoch)`` before the first epoch (fresh or resumed), ``initial()`` ->
+    ``(logp, graph)`` of the untrained model, ``step(epoch)`` -> the history entries of the epoch's
+    step(s) (``loss`` at least), ``evaluate(epoch)`` -> ``(logp (N, C), graph)``.
+
+    Shapes: logp (N, C); graph.indices (N, k).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+
+    kind, resume_hint, checkpoint_format, required_keys, resume_free = "", "", None, (), frozenset()
+    graphs_apart, rank, t_feat = False, 0, 0.0
+
+    def before_resume(self, path: Path) -> None:
+        """Called before a checkpoint is looked for (e.g. every rank must see it)."""
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Restore the engine's own checkpoint entries (model and optimizer are the loop's)."""
+
+    def state_dict(self) -> dict:
+        """The engine's own checkpoint entries."""
+        return {}
+
+    def end_epoch(self, epoch: int, evaluated) -> None:
+        """After the epoch's evaluation (``evaluated``: its ``(logp, graph)`` or None)."""
+
+    def postfix(self, t_step: float) -> dict:
+        """Extra entries for the progress bar."""
+        return {}
+
+    def timings(self, history: History) -> dict:
+        """Extra entries for ``TrainResult.timings``."""
+        return {}
+
+    def finish(self, result: TrainResult) -> TrainResult:
+        """The result, with anything the engine adds."""
+        return result
 
 
 class Plugin:
@@ -121,6 +174,17 @@ class GraphSnapshots(Plugin):
         if self.every and epoch % self.every == 0 and epoch != run.settings.epochs:
             run.history.graphs.append(snapshot(graph, epoch))
         return {}
+
+
+def analysis_plugins(analysis_labels, n: int) -> list:
+    """``[Homophily(analysis_labels)]`` after checking them (every node's class, (N,)); ``[]`` for None.
+
+    Shapes: analysis_labels (N,).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    labels = check_analysis_labels(analysis_labels, n)
+    return [] if labels is None else [Homophily(labels)]
 
 
 def snapshot(graph, epoch: int) -> dict:
@@ -413,3 +477,17 @@ def run(engine, settings: LoopSettings, plugins=()) -> TrainResult:
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     return _Run(engine, settings, plugins).fit()
+
+
+def train_with(cfg: TrainConfig, dev: torch.device, build, plugins=()) -> TrainResult:
+    """Seed, make the engine (``build()``) and :func:`run` it, with deterministic algorithms as
+    ``cfg.deterministic`` says (restored after): the common tail of both engines' functions.
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    with deterministic_algorithms(cfg.deterministic, dev):
+        seed_everything(cfg.seed)
+        engine = build()
+        return run(engine, LoopSettings.from_config(cfg, engine.warm), plugins)
