@@ -21,7 +21,7 @@ from ..bank import FeatureBank, _bank_estimator, ema_backbone, momentum_update
 from ..config import TrainConfig
 from ..model import EndToEnd
 from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainResult, analysis_plugins,
-                     check_finite_images, check_labels, check_masks, check_model, default_mode, make_optimizer,
+                     check_images, check_labels, check_masks, check_model, default_mode, make_optimizer,
                      merge_extra, restore_state, train_with)
 from ..utils import check_k, get_device, peak_memory_bytes, reset_peak_memory
 from ._sampler import stratified_batches
@@ -32,25 +32,6 @@ __all__ = ["MinibatchEngine", "train_minibatch", "MINIBATCH_CHECKPOINT_FORMAT"]
 #: mini-batch checkpoints: what may change between a run and its resume
 _MB_RESUME_FREE = frozenset({"epochs", "device", "checkpoint_every", "world_size", "num_workers"})
 MINIBATCH_CHECKPOINT_FORMAT = "bgcn-minibatch-1"
-
-
-def _check_images_arg(images):
-    """A float/uint8 (N, C, H, W) tensor, or an image source with ``take`` and ``__len__``."""
-    if isinstance(images, torch.Tensor):
-        if images.dim() < 2 or images.shape[0] == 0:
-            raise ValueError(f"images must have shape (N, C_in, H, W) with N >= 1, got {tuple(images.shape)}")
-        if not (images.is_floating_point() or images.dtype == torch.uint8):
-            raise TypeError(f"images must be a floating-point tensor with values in [0, 1] (or uint8 in "
-                            f"0..255, divided by 255 batch by batch), got dtype {images.dtype}; convert with "
-                            f"images.float()")
-        return images
-    if isinstance(images, torch.utils.data.Dataset) and callable(getattr(images, "take", None)):
-        if len(images) == 0:
-            raise ValueError("images (an image source) holds no image")
-        return images
-    raise TypeError(f"images must be a torch.Tensor (N, C_in, H, W) or an image source "
-                    f"(bgcn.data.ImageSource, e.g. bgcn.data.ImageFolderSource for a folder read lazily), "
-                    f"got {type(images).__name__}")
 
 
 def _allreduce_mean_(params: list) -> None:
@@ -424,8 +405,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(epoch, model, bank) or None, got "
                         f"{type(callback).__name__}")
-    images = check_finite_images(_check_images_arg(images)) if isinstance(images, torch.Tensor) \
-        else _check_images_arg(images)
+    check_images(images, lazy=True)
     n = len(images)
     check_labels(labels, n)
     check_k(model.k, n, exclude_self=True)

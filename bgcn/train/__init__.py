@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from ._checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ._fullbatch import FullBatchEngine, ParamPathNorms, train
-from ._checks import (check_analysis_labels, check_finite_images, check_labels, check_masks, check_model,
-                      default_mode)
+from ._checks import (check_analysis_labels, check_finite_images, check_images, check_labels, check_masks,
+                      check_model, default_mode)
 from ._loop import (Engine, GraphSnapshots, Homophily, LoopSettings, Plugin, analysis_plugins,
                     deterministic_algorithms, make_optimizer, merge_extra, restore_state, run, snapshot, train_with)
 from ._pretrain import augment_images, nt_xent_loss, pretrain_backbone
@@ -70,6 +70,7 @@ __all__ = [
     "restore_state",
     "check_model",
     "default_mode",
+    "check_images",
     "check_finite_images",
     "check_labels",
     "check_masks",

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from ..model import EndToEnd
+from ..utils import check_tensor
 from ._result import NonFiniteImages
 
-__all__ = ["check_model", "default_mode", "check_finite_images", "check_labels", "check_masks",
+__all__ = ["check_model", "default_mode", "check_images", "check_finite_images", "check_labels", "check_masks",
            "check_analysis_labels"]
 
 
@@ -42,6 +43,35 @@ def default_mode(model: EndToEnd, mode: str | None) -> str | None:
     if mode is None:
         mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
     return mode
+
+
+def check_images(images: Any, *, lazy: bool = False):
+    """The images of a run: a floating (N, C_in, H, W) tensor with N >= 1 and no NaN/Inf.
+
+    ``lazy=True`` (the mini-batch engine, which reads images batch by batch) also accepts a uint8
+    tensor (each batch divided by 255) and an image source (:class:`bgcn.data.ImageSource`:
+    a ``Dataset`` with ``take``), whose images are checked when read.
+
+    Shapes: images (N, C_in, H, W) (2 to 5 dimensions) -> unchanged.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    if lazy and not isinstance(images, torch.Tensor):
+        if isinstance(images, torch.utils.data.Dataset) and callable(getattr(images, "take", None)):
+            if len(images) == 0:
+                raise ValueError("images (an image source) holds no image")
+            return images
+        raise TypeError(f"images must be a torch.Tensor (N, C_in, H, W) or an image source "
+                        f"(bgcn.data.ImageSource, e.g. bgcn.data.ImageFolderSource for a folder read lazily), "
+                        f"got {type(images).__name__}")
+    check_tensor(images, "images", ndim=(2, 3, 4, 5), finite=False, floating=False)
+    if images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C_in, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not (images.is_floating_point() or (lazy and images.dtype == torch.uint8)):
+        also = " (or uint8 in 0..255, divided by 255 batch by batch)" if lazy else ""
+        raise TypeError(f"images must be a floating-point tensor with values in [0, 1]{also}, got dtype "
+                        f"{images.dtype}; convert with images.float() / 255 (uint8) or images.float()")
+    return check_finite_images(images)
 
 
 def check_finite_images(images: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..model import EndToEnd, score_function_surrogate
-from ..utils import check_k, check_tensor, get_device
+from ..utils import check_k, get_device
 from ._checkpoint import CHECKPOINT_FORMAT
-from ._checks import check_finite_images, check_labels, check_masks, check_model, default_mode
+from ._checks import check_images, check_labels, check_masks, check_model, default_mode
 from ._loop import Engine, GraphSnapshots, analysis_plugins, make_optimizer, merge_extra, train_with
 from ._result import TrainResult, TrainingDiverged
 
@@ -310,11 +310,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
                       reinforce_reward=reinforce_reward, max_grad_norm=max_grad_norm,
                       param_path_norms=param_path_norms, extra={} if extra_config is None else extra_config)
     dev = get_device(cfg.device)
-    check_tensor(images, "images", ndim=(2, 3, 4, 5), finite=False, floating=False)
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}; "
-                        f"convert with images.float() / 255 (uint8) or images.float()")
-    check_finite_images(images)
+    check_images(images)
     n = images.shape[0]
     check_labels(labels, n)
     check_k(model.k, n, exclude_self=model.exclude_self)
