@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 __all__ = ["TrainConfig", "fit", "ENGINES", "MAX_LR"]
 
 ENGINES = ("full", "minibatch")
@@ -106,7 +108,7 @@ class TrainConfig:
     graph_every: int = 1
     reinforce_reward: str = "node"
     param_path_norms: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict | None = field(default_factory=dict)
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -129,8 +131,11 @@ class TrainConfig:
                              f"weight_decay = {1 - shrink:g} a step, which must stay in (0, 1]; use weight_decay < "
                              f"{1 / max(self.lr_backbone, self.lr_gcn):g}")
         put("seed", _int("seed", self.seed, 0, 2**64))
+        if self.device is None or isinstance(self.device, torch.device):
+            put("device", "auto" if self.device is None else str(self.device))
         if not isinstance(self.device, str):
-            raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0', got "
+            raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0' (a torch.device "
+                            f"or None = 'auto' are stored as one), got "
                             f"{type(self.device).__name__}")
         if self.max_grad_norm is not None:
             put("max_grad_norm", _num("max_grad_norm", self.max_grad_norm))
@@ -155,6 +160,8 @@ class TrainConfig:
             put("bank_chunk", _int("bank_chunk", self.bank_chunk, 1))
         if self.reinforce_reward not in ("node", "global"):
             raise ValueError(f"TrainConfig.reinforce_reward={self.reinforce_reward!r}: use 'node' or 'global'")
+        if self.extra is None:
+            put("extra", {})
         if not isinstance(self.extra, dict):
             raise TypeError(f"TrainConfig.extra (extra_config= of the engines) must be a dict of plain values, got "
                             f"{type(self.extra).__name__}")

@@ -216,3 +216,10 @@ def test_a_weight_decay_that_flips_the_weights_is_refused():
     with pytest.raises(ValueError, match=r"weight_decay=1e\+300 .*use weight_decay < 100"):
         TrainConfig(lr_gcn=0.01, weight_decay=1e300)
     assert TrainConfig(lr_gcn=0.0, lr_backbone=0.0, weight_decay=1e6).weight_decay == 1e6  # nothing moves
+
+
+def test_device_and_extra_are_normalised_once():
+    assert TrainConfig(device=None).device == "auto" and TrainConfig(device=torch.device("cpu")).device == "cpu"
+    assert TrainConfig(extra=None).extra == {}
+    with pytest.raises(TypeError, match="TrainConfig.device"):
+        TrainConfig(device=0)

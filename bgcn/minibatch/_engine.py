@@ -392,13 +392,12 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     """
     check_model(model)
     cfg = TrainConfig(mode=default_mode(model, mode), epochs=epochs, warmup_epochs=warmup_epochs,
-                      lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=weight_decay, seed=seed,
-                      device=str(device) if isinstance(device, torch.device) else device, batch_size=batch_size,
-                      bank_refresh=bank_refresh, bank_momentum=bank_momentum, eval_every=eval_every,
+                      lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=weight_decay, seed=seed, device=device,
+                      batch_size=batch_size, bank_refresh=bank_refresh, bank_momentum=bank_momentum, eval_every=eval_every,
                       chunk_size=chunk_size, bank_chunk=bank_chunk, cache_neighbours=cache_neighbours,
                       embed_batch_size=embed_batch_size, deterministic=deterministic, max_grad_norm=max_grad_norm,
                       progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                      num_workers=num_workers, extra={} if extra_config is None else extra_config)
+                      num_workers=num_workers, extra=extra_config)
     if cfg.batch_size == 0:
         raise ValueError("batch_size=0 must be a positive int (>= N for one full batch); the full-batch engine is "
                          "bgcn.train.train")
@@ -413,6 +412,6 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     _bank_estimator(model)  # refuses an estimator the bank cannot compute
     dev = get_device(cfg.device)
     labels = labels.to(dev).long()
-    masks = check_masks(labels, train_mask, val_mask, test_mask, getattr(model.gcn, "out_channels", None), dev)
+    masks = check_masks(model, labels, train_mask, val_mask, test_mask, dev)
     plugins = analysis_plugins(analysis_labels, n) + ([] if callback is None else [_Callback(callback)])
     return train_with(cfg, dev, lambda: MinibatchEngine(model, images, labels, masks, cfg, dev), plugins)

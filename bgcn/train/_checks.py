@@ -118,12 +118,12 @@ def _check_mask(mask: Any, n: int, name: str, required: bool = False) -> torch.T
     return mask
 
 
-def check_masks(labels: torch.Tensor, train_mask: Any, val_mask: Any, test_mask: Any, num_classes: int | None,
+def check_masks(model: EndToEnd, labels: torch.Tensor, train_mask: Any, val_mask: Any, test_mask: Any,
                 device: torch.device) -> dict:
     """The three masks checked and moved to ``device``, with the label checks of a run.
 
     Each is a (N,) bool tensor (``train_mask`` required and non-empty); train and validation are
-    disjoint; labels in the masks lie in 0..C-1; every class seen in val/test has a labelled node;
+    disjoint; labels in the masks lie in 0..C-1 (C: the GCN's ``out_channels``); every class seen in val/test has a labelled node;
     a warning when the validation set is too small to select an epoch on (< 5 nodes a class).
     Returns ``{"train_mask", "val_mask", "test_mask"}`` (None where not given).
 
@@ -141,7 +141,7 @@ def check_masks(labels: torch.Tensor, train_mask: Any, val_mask: Any, test_mask:
         raise ValueError(f"train_mask and val_mask share {int(both.sum())} node(s) (the first: node "
                          f"{int(torch.nonzero(both)[0])}): a validation accuracy on training nodes selects nothing; "
                          f"make them disjoint (bgcn.label_masks does)")
-    _check_label_values(labels, masks, num_classes)
+    _check_label_values(labels, masks, getattr(model.gcn, "out_channels", None))
     return masks
 
 

@@ -303,19 +303,18 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     """
     check_model(model)
     cfg = TrainConfig(mode=default_mode(model, mode), epochs=epochs, warmup_epochs=warmup_epochs,
-                      lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=weight_decay, seed=seed,
-                      device=str(device) if isinstance(device, torch.device) else device, amp=amp,
-                      deterministic=deterministic, graph_every=graph_every, eval_every=eval_every,
+                      lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=weight_decay, seed=seed, device=device,
+                      amp=amp, deterministic=deterministic, graph_every=graph_every, eval_every=eval_every,
                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                       reinforce_reward=reinforce_reward, max_grad_norm=max_grad_norm,
-                      param_path_norms=param_path_norms, extra={} if extra_config is None else extra_config)
+                      param_path_norms=param_path_norms, extra=extra_config)
     dev = get_device(cfg.device)
     check_images(images)
     n = images.shape[0]
     check_labels(labels, n)
     check_k(model.k, n, exclude_self=model.exclude_self)
     images, labels = images.to(dev), labels.to(dev).long()
-    masks = check_masks(labels, train_mask, val_mask, test_mask, getattr(model.gcn, "out_channels", None), dev)
+    masks = check_masks(model, labels, train_mask, val_mask, test_mask, dev)
     plugins = [GraphSnapshots(cfg.graph_every), *analysis_plugins(analysis_labels, n)]
     model.configure(cfg.mode)
     model.amp = cfg.amp
