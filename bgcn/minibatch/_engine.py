@@ -358,6 +358,14 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     resume (more ``epochs``: exact when the first run's last epoch is one the longer run
     evaluates too, see :func:`bgcn.train.train`'s ``eval_every``).
 
+    **Settings** are checked once, by the :class:`~bgcn.config.TrainConfig` built from the keyword
+    arguments; the loop (model selection, resume, divergence, history) is the one
+    :func:`bgcn.train.train` shares (:func:`bgcn.train.run`), around :class:`MinibatchEngine`'s
+    steps and evaluations. Images with NaN/Inf are refused as on the full-batch engine
+    (:class:`~bgcn.train.NonFiniteImages`, a ``ValueError``; an image source's when its features
+    are first computed); a checkpoint without its optimizer state or bank, or with tensors of
+    another shape, is a one-line ``ValueError`` naming the file.
+
     **Several processes.** Under ``torchrun`` (``bgcn.distributed.init_distributed`` called
     first) every rank draws the same global batches, embeds its shard of each one through the
     backbone wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, and the fresh
@@ -393,7 +401,8 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     check_model(model)
     cfg = TrainConfig(mode=default_mode(model, mode), epochs=epochs, warmup_epochs=warmup_epochs,
                       lr_backbone=lr_backbone, lr_gcn=lr_gcn, weight_decay=weight_decay, seed=seed, device=device,
-                      batch_size=batch_size, bank_refresh=bank_refresh, bank_momentum=bank_momentum, eval_every=eval_every,
+                      batch_size=batch_size, bank_refresh=bank_refresh, bank_momentum=bank_momentum,
+                      eval_every=eval_every,
                       chunk_size=chunk_size, bank_chunk=bank_chunk, cache_neighbours=cache_neighbours,
                       embed_batch_size=embed_batch_size, deterministic=deterministic, max_grad_norm=max_grad_norm,
                       progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,

@@ -123,8 +123,8 @@ def check_masks(model: EndToEnd, labels: torch.Tensor, train_mask: Any, val_mask
     """The three masks checked and moved to ``device``, with the label checks of a run.
 
     Each is a (N,) bool tensor (``train_mask`` required and non-empty); train and validation are
-    disjoint; labels in the masks lie in 0..C-1 (C: the GCN's ``out_channels``); every class seen in val/test has a labelled node;
-    a warning when the validation set is too small to select an epoch on (< 5 nodes a class).
+    disjoint; labels in the masks lie in 0..C-1 (C: the GCN's ``out_channels``); every class seen
+    in val/test has a labelled node; a warning when the validation set is too small to select an epoch on (< 5 nodes a class).
     Returns ``{"train_mask", "val_mask", "test_mask"}`` (None where not given).
 
     Shapes: labels (N,) on ``device``; masks (N,) bool.
@@ -151,10 +151,12 @@ def _check_label_values(labels: torch.Tensor, masks: dict, num_classes: int | No
             continue
         lo, hi = int(labels[m].min()), int(labels[m].max())
         if lo < 0:
-            raise ValueError(f"labels of the {mname} nodes must be >= 0, got {lo}; leave unlabelled nodes out of the mask")
+            raise ValueError(f"labels of the {mname} nodes must be >= 0, got {lo}; leave unlabelled nodes out of the "
+                             f"mask")
         if num_classes is not None and hi >= int(num_classes):
-            raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = {num_classes}; "
-                             f"labels must lie in 0..{int(num_classes) - 1} (build the model with num_classes={hi + 1})")
+            raise ValueError(f"labels of the {mname} nodes go up to {hi} but the GCN has out_channels C = "
+                             f"{num_classes}; labels must lie in 0..{int(num_classes) - 1} (build the model with "
+                             f"num_classes={hi + 1})")
     trained = set(labels[masks["train_mask"]].unique().tolist())
     for mname in ("val_mask", "test_mask"):
         m = masks[mname]

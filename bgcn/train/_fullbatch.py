@@ -253,14 +253,23 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     differs) and starts afresh otherwise, with a warning. A checkpoint's random generator state is
     restored only on the device it was saved from. A NaN/Inf loss or feature matrix raises
     :class:`TrainingDiverged` before the bad step is applied; the last checkpoint stays as it was.
+    A checkpoint that lacks a part or holds tensors of another shape is a one-line ``ValueError``.
+
+    **Settings** are checked once, by the :class:`~bgcn.config.TrainConfig` built from the keyword
+    arguments (its errors name the field; e.g. a learning rate lies in [0, 10]). The loop (model
+    selection, resume, divergence, history) is the one :func:`bgcn.minibatch.train_minibatch` shares
+    (:func:`bgcn.train.run`); ``param_path_norms``, ``graph_every`` and ``analysis_labels`` install
+    its plug-ins (:class:`ParamPathNorms`, :class:`GraphSnapshots`, :class:`Homophily`).
 
     Args:
         model: the model; moved to ``device``.
-        images: (N, C_in, H, W) all images (labelled or not).
+        images: (N, C_in, H, W) all images (labelled or not), floating point in [0, 1]; an image
+            with NaN/Inf is refused (:class:`NonFiniteImages`, a ``ValueError`` naming it).
         labels: (N,) long; only entries in the masks are read.
-        train_mask, val_mask, test_mask: (N,) bool. Model selection is by best validation accuracy
-            (among the joint epochs when there is a warm-up); a warning says when the validation
-            set is too small to select on (fewer than 5 nodes a class).
+        train_mask, val_mask, test_mask: (N,) bool, train and validation disjoint. Model selection
+            is by best validation accuracy (among the joint epochs when there is a warm-up); a
+            warning says when the validation set is too small to select on (fewer than 5 nodes a
+            class).
         mode: ``"frozen"``, ``"end2end-features"`` or ``"end2end"``.
         epochs: total number of epochs (a resumed run counts the ones already done).
         warmup_epochs: for the end-to-end modes, train only the GCN for this many first epochs on

@@ -35,7 +35,8 @@ from ._progress import pbar, progress_enabled
 from ._result import History, TrainingDiverged, TrainResult, accuracy
 from ..utils import seed_everything
 
-__all__ = ["Engine", "LoopSettings", "Plugin", "train_with", "analysis_plugins", "Homophily", "GraphSnapshots", "run", "make_optimizer",
+__all__ = ["Engine", "LoopSettings", "Plugin", "train_with", "analysis_plugins", "Homophily", "GraphSnapshots", "run",
+           "make_optimizer",
            "deterministic_algorithms", "merge_extra", "snapshot", "restore_state"]
 
 #: what every checkpoint holds (an engine adds its own ``required_keys``)
@@ -407,7 +408,8 @@ class _Run:
         state = load_checkpoint(path, map_location="cpu")
         self._check_resumable(state)
         restore_state(eng.model, state["model"], path, "its model weights do not fit this model")
-        restore_state(eng.optimizer, state["optimizer"], path, "its optimizer state does not fit this model's parameters")
+        restore_state(eng.optimizer, state["optimizer"], path,
+                      "its optimizer state does not fit this model's parameters")
         eng.load_state_dict(state, path)
         self.history = History.from_state_dict(state["history"])
         files = load_graph_files(path, state["history"])
