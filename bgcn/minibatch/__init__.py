@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from ._engine import MINIBATCH_CHECKPOINT_FORMAT, MinibatchEngine, train_minibatch
 from ._sampler import stratified_batches
-from ._step import _rows, embed_images, evaluate_full, minibatch_loss  # noqa: F401 - _rows: bgcn.cli reads it
+from ._step import _rows, embed_images, evaluate_full, image_rows, minibatch_loss  # noqa: F401 - _rows: bgcn.cli
 
-__all__ = ["stratified_batches", "minibatch_loss", "embed_images", "evaluate_full", "train_minibatch",
+__all__ = ["stratified_batches", "minibatch_loss", "embed_images", "evaluate_full", "image_rows", "train_minibatch",
            "MinibatchEngine", "MINIBATCH_CHECKPOINT_FORMAT"]

@@ -18,7 +18,7 @@ from ..graph import KNNGraph, rankings_to_edges
 from ..model import EndToEnd
 from ..similarity import normalize_rows
 
-__all__ = ["minibatch_loss", "embed_images", "evaluate_full"]
+__all__ = ["minibatch_loss", "embed_images", "evaluate_full", "image_rows"]
 
 
 def _place() -> tuple[int, int]:
@@ -29,13 +29,21 @@ def _place() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def _rows(images, idx: torch.Tensor) -> torch.Tensor:
-    """The images ``idx`` (in that order) as a float tensor: a tensor is indexed, an image source
-    (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them."""
+def image_rows(images, idx: torch.Tensor) -> torch.Tensor:
+    """The images ``idx`` (in that order) as a float tensor: a tensor is indexed (uint8 divided by
+    255), an image source (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them.
+
+    Shapes: images (N, C_in, H, W) or an image source, idx (b,) long -> (b, C_in, H, W) float
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
     if not isinstance(images, torch.Tensor):
         return images.take(idx)
     x = images[idx]
     return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+_rows = image_rows  # the name of before (embed_images and bgcn.cli read it)
 
 
 def _fresh_features(model: EndToEnd, x: torch.Tensor, backbone=None) -> torch.Tensor:
