@@ -90,7 +90,6 @@ class MinibatchEngine(Engine):
 
     kind, checkpoint_format, resume_free = "mini-batch", MINIBATCH_CHECKPOINT_FORMAT, _MB_RESUME_FREE
     resume_hint = "a full-batch run resumes with bgcn.train.train"
-    graphs_apart = False
 
     def __init__(self, model: EndToEnd, images, labels, masks: dict, cfg: TrainConfig, dev: torch.device):
         self.model, self.images, self.labels, self.masks, self.device, self.cfg = model, images, labels, masks, dev, cfg

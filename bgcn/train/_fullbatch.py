@@ -87,7 +87,6 @@ class FullBatchEngine(Engine):
 
     kind, checkpoint_format, resume_free, required_keys = "full-batch", CHECKPOINT_FORMAT, _RESUME_FREE, ()
     resume_hint = "a mini-batch run resumes with bgcn.minibatch.train_minibatch"
-    graphs_apart = True
 
     def __init__(self, model: EndToEnd, images, labels, masks: dict, cfg: TrainConfig, dev: torch.device,
                  loss_hooks=()):

@@ -77,8 +77,8 @@ class Engine:
     ``warm`` (warm-up epochs, 0 when frozen), ``config`` (the recorded settings; a resume must
     match them except ``resume_free``), ``kind`` and ``resume_hint`` (for the error when a
     checkpoint is another engine's), ``checkpoint_format``, ``required_keys`` (its own checkpoint
-    entries), ``graphs_apart`` (graph snapshots in files next to the checkpoint), ``rank``,
-    ``desc`` (the progress bar's) and ``t_feat`` (seconds of the initial feature pass).
+    entries), ``rank``, ``desc`` (the progress bar's) and ``t_feat`` (seconds of the initial
+    feature pass). Graph snapshots are stored apart from every checkpoint (``<checkpoint>.graphs/``).
 
     Methods: ``prepare(start_epoch)`` before the first epoch (fresh or resumed), ``initial()`` ->
     ``(logp, graph)`` of the untrained model, ``step(epoch)`` -> the history entries of the epoch's
@@ -90,7 +90,7 @@ class Engine:
     """
 
     kind, resume_hint, checkpoint_format, required_keys, resume_free = "", "", None, (), frozenset()
-    graphs_apart, rank, t_feat = False, 0, 0.0
+    rank, t_feat = 0, 0.0
 
     def before_resume(self, path: Path) -> None:
         """Called before a checkpoint is looked for (e.g. every rank must see it)."""
@@ -382,8 +382,7 @@ class _Run:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
         eng = self.engine
-        hist = (history_apart(self.path, self.history, self.written) if eng.graphs_apart
-                else self.history.state_dict())
+        hist = history_apart(self.path, self.history, self.written)
         return {"format": eng.checkpoint_format, "epoch": int(epoch), "model": eng.model.state_dict(),
                 "optimizer": eng.optimizer.state_dict(), "history": hist, "best": dict(self.best),
                 "best_model": self.best_state, "rng": rng_state(eng.generator), "warmup": self.warm_info,
