@@ -326,7 +326,7 @@ class _Run:
                                 str(self.path) if kept else None)
 
     def _initial(self) -> None:
-        logp, graph = self.engine.initial()
+        logp, graph = self._guard(0, self.engine.initial)
         self.history.initial = {**self._accuracies(logp), "homophily": float("nan")}
         for p in self.plugins:
             self.history.initial.update(p.on_initial(self, graph))
