@@ -17,29 +17,40 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "fit", "ENGINES"]
+import torch
+
+__all__ = ["TrainConfig", "fit", "ENGINES", "MAX_LR"]
 
 ENGINES = ("full", "minibatch")
 _MODES = ("frozen", "end2end-features", "end2end")
 # settings only the mini-batch engine has, with their defaults (a full-batch config must keep them)
 _MINIBATCH_ONLY = {"bank_refresh": 1, "bank_momentum": None, "cache_neighbours": False, "num_workers": 0,
-                   "embed_batch_size": 512}
+                   "embed_batch_size": 512, "bank_chunk": None}
 # settings only the full-batch engine has
 _FULL_ONLY = {"amp": False, "graph_every": 1, "reinforce_reward": "node", "param_path_norms": False}
 
 
-def _int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"TrainConfig.{name}={v!r} must be an int >= {lo}")
-    return v
+#: the largest learning rate accepted: AdamW's update is lr-sized, and far above 1 the weights leave
+#: the float range within a step (1e300 overflowed inside the optimizer)
+MAX_LR = 10.0
+
+
+def _int(name: str, v: Any, lo: int, hi: float = math.inf) -> int:
+    """``v`` as a Python int (NumPy integers are ints), refused below ``lo`` / at or above ``hi``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or v >= hi:
+        upper = "" if math.isinf(hi) else f" and < {'2**64' if hi == 2**64 else hi}"
+        raise ValueError(f"TrainConfig.{name}={v!r} must be an int >= {lo}{upper}")
+    return int(v)
 
 
 def _num(name: str, v: Any, lo: float = 0.0, hi: float = math.inf, open_hi: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo \
+    """``v`` as a Python float (NumPy numbers too), finite and in range."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < lo \
             or (v >= hi if open_hi else v > hi):
         rng = f">= {lo:g}" + (f" and {'<' if open_hi else '<='} {hi:g}" if math.isfinite(hi) else "")
         raise ValueError(f"TrainConfig.{name}={v!r} must be a finite number {rng}")
@@ -58,6 +69,12 @@ class TrainConfig:
     ``embed_batch_size``) belong to the mini-batch engine and ``amp``, ``graph_every``,
     ``reinforce_reward``, ``param_path_norms`` to the full-batch one: setting one for the other
     engine is an error, not silently ignored. ``mode=None`` follows the model's own mode.
+    ``bank_chunk`` (mini-batch; None = the whole bank) is the bank columns of one search block.
+
+    This is the only place a setting is checked: :func:`bgcn.train.train` and
+    :func:`bgcn.minibatch.train_minibatch` build one from their keyword arguments. Numbers are
+    stored as Python ``int``/``float`` (NumPy integers and floats are accepted); a learning rate
+    lies in [0, :data:`MAX_LR`].
 
     Shapes: none.
 
@@ -86,37 +103,49 @@ class TrainConfig:
     cache_neighbours: bool = False
     num_workers: int = 0
     embed_batch_size: int = 512
+    bank_chunk: int | None = None
     amp: bool = False
     graph_every: int = 1
     reinforce_reward: str = "node"
     param_path_norms: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict | None = field(default_factory=dict)
 
     def __post_init__(self):
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
         if self.mode is not None and self.mode not in _MODES:
             raise ValueError(f"TrainConfig.mode={self.mode!r}: use one of {list(_MODES)} (or None: the model's own)")
-        _int("epochs", self.epochs, 1)
-        _int("warmup_epochs", self.warmup_epochs, 0)
+        for name, lo in (("epochs", 1), ("warmup_epochs", 0), ("eval_every", 1), ("checkpoint_every", 1),
+                         ("batch_size", 0), ("chunk_size", 1), ("bank_refresh", 0), ("num_workers", 0),
+                         ("embed_batch_size", 1), ("graph_every", 0)):
+            put(name, _int(name, getattr(self, name), lo))
         if self.mode not in (None, "frozen") and self.warmup_epochs >= self.epochs:
             raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}: the "
                              f"backbone learns only after the warm-up (mode='frozen' trains only the GCN)")
-        _num("lr_backbone", self.lr_backbone)
-        _num("lr_gcn", self.lr_gcn)
-        _num("weight_decay", self.weight_decay)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
-            raise ValueError(f"TrainConfig.seed={self.seed!r} must be an int in [0, 2**64)")
+        for name in ("lr_backbone", "lr_gcn"):
+            put(name, _num(name, getattr(self, name), 0.0, MAX_LR))
+        put("weight_decay", _num("weight_decay", self.weight_decay))
+        shrink = max(self.lr_backbone, self.lr_gcn) * self.weight_decay
+        if shrink >= 1:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} with a learning rate of "
+                             f"{max(self.lr_backbone, self.lr_gcn):g}: AdamW multiplies the weights by 1 - lr * "
+                             f"weight_decay = {1 - shrink:g} a step, which must stay in (0, 1]; use weight_decay < "
+                             f"{1 / max(self.lr_backbone, self.lr_gcn):g}")
+        put("seed", _int("seed", self.seed, 0, 2**64))
+        if self.device is None or isinstance(self.device, torch.device):
+            put("device", "auto" if self.device is None else str(self.device))
         if not isinstance(self.device, str):
-            raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0', got "
+            raise TypeError(f"TrainConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0' (a torch.device "
+                            f"or None = 'auto' are stored as one), got "
                             f"{type(self.device).__name__}")
-        if self.max_grad_norm is not None and _num("max_grad_norm", self.max_grad_norm) == 0:
-            raise ValueError("TrainConfig.max_grad_norm=0 would clip every gradient to zero; use a positive norm "
-                             "or None")
-        _int("eval_every", self.eval_every, 1)
-        _int("checkpoint_every", self.checkpoint_every, 1)
+        if self.max_grad_norm is not None:
+            put("max_grad_norm", _num("max_grad_norm", self.max_grad_norm))
+            if self.max_grad_norm == 0:
+                raise ValueError("TrainConfig.max_grad_norm=0 would clip every gradient to zero; use a positive "
+                                 "norm or None")
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise TypeError(f"TrainConfig.checkpoint must be a path or None, got {type(self.checkpoint).__name__}")
         if self.checkpoint is not None:
-            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+            put("checkpoint", os.fspath(self.checkpoint))
         for name in ("resume", "cache_neighbours", "amp", "param_path_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -125,18 +154,17 @@ class TrainConfig:
                 raise TypeError(f"TrainConfig.{name} must be True, False or None, got {getattr(self, name)!r}")
         if self.resume and self.checkpoint is None:
             raise ValueError("TrainConfig.resume=True needs checkpoint= (the file to continue from)")
-        _int("batch_size", self.batch_size, 0)
-        _int("chunk_size", self.chunk_size, 1)
-        _int("bank_refresh", self.bank_refresh, 0)
         if self.bank_momentum is not None:
-            _num("bank_momentum", self.bank_momentum, 0.0, 1.0, open_hi=True)
-        _int("num_workers", self.num_workers, 0)
-        _int("embed_batch_size", self.embed_batch_size, 1)
-        _int("graph_every", self.graph_every, 0)
+            put("bank_momentum", _num("bank_momentum", self.bank_momentum, 0.0, 1.0, open_hi=True))
+        if self.bank_chunk is not None:
+            put("bank_chunk", _int("bank_chunk", self.bank_chunk, 1))
         if self.reinforce_reward not in ("node", "global"):
             raise ValueError(f"TrainConfig.reinforce_reward={self.reinforce_reward!r}: use 'node' or 'global'")
+        if self.extra is None:
+            put("extra", {})
         if not isinstance(self.extra, dict):
-            raise TypeError(f"TrainConfig.extra must be a dict of plain values, got {type(self.extra).__name__}")
+            raise TypeError(f"TrainConfig.extra (extra_config= of the engines) must be a dict of plain values, got "
+                            f"{type(self.extra).__name__}")
         clash = sorted(set(self.extra) & {f.name for f in dataclasses.fields(self)})
         if clash:
             raise ValueError(f"TrainConfig.extra keys {clash} clash with the config's own fields; rename them")

@@ -1,0 +1,242 @@
+r"""One mini-batch step and the full no-grad passes: :func:`minibatch_loss`, :func:`embed_images`,
+:func:`evaluate_full` (chapter 11; the module docstring of :mod:`bgcn.minibatch` derives the step).
+
+Taught in: chapter 11 (chapters/11_minibatch.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed as bd
+from ..bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _estimator_weights, _param_dtype,
+                    computation_subgraph, subgraph_log_probs)
+from ..graph import KNNGraph, rankings_to_edges
+from ..model import EndToEnd
+from ..similarity import normalize_rows
+
+__all__ = ["minibatch_loss", "embed_images", "evaluate_full", "image_rows"]
+
+
+def _place() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one (even under torchrun:
+    the collectives need the group, so an uninitialised run is one process)."""
+    if not bd.is_initialized():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def image_rows(images, idx: torch.Tensor) -> torch.Tensor:
+    """The images ``idx`` (in that order) as a float tensor: a tensor is indexed (uint8 divided by
+    255), an image source (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them.
+
+    Shapes: images (N, C_in, H, W) or an image source, idx (b,) long -> (b, C_in, H, W) float
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    if not isinstance(images, torch.Tensor):
+        return images.take(idx)
+    x = images[idx]
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+_rows = image_rows  # the name of before (embed_images and bgcn.cli read it)
+
+
+def _fresh_features(model: EndToEnd, x: torch.Tensor, backbone=None) -> torch.Tensor:
+    """F = f_θ(x) with gradient, through ``backbone`` (a DDP wrapper of ``model.backbone``) when given."""
+    if backbone is None or backbone is model.backbone:
+        return model.features(x)
+    p0 = next(iter(model.backbone.parameters()), None)
+    if p0 is not None and p0.is_floating_point() and x.dtype != p0.dtype:
+        x = x.to(p0.dtype)
+    f = backbone(x)
+    return f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+
+
+def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, bank: FeatureBank,
+                   labels: torch.Tensor, train_mask: torch.Tensor, *, chunk_size: int = 4096,
+                   bank_chunk: int | None = None, fixed: bool = False, write_bank: bool = True,
+                   use_neighbours: bool = False, backbone=None) -> tuple[torch.Tensor, dict]:
+    r"""The loss of one mini-batch step (module docstring, steps 1–4), ready for ``backward()``.
+
+    ``fixed=True`` (frozen mode, warm-up): no backbone pass; the batch's features are its bank
+    rows and the graph is hard with unit weights (what :func:`bgcn.train.train` trains on then).
+    ``write_bank=False`` leaves the bank alone (a momentum bank is written by its EMA backbone).
+    ``use_neighbours=True``: out-of-batch rows from ``bank.neighbours`` (see
+    :func:`bgcn.bank.computation_subgraph`).
+
+    **Several processes** (``torch.distributed`` initialised, W ranks; every rank calls this with
+    the same global batch Q): rank r embeds only its shard :math:`Q_r`
+    (:func:`bgcn.distributed.shard`) through ``backbone`` (its DDP wrapper), the shards are
+    gathered *with* gradient (:func:`bgcn.distributed.all_gather_with_grad`), every rank builds
+    the same subgraph and GCN output, and rank r's loss is its shard's share of the global one,
+
+    .. math:: L_r = W\,\frac{1}{|Q\cap M|}\sum_{i\in Q_r\cap M} -\log p_{i,y_i},
+
+    so that the average over ranks (DDP's for the backbone, an all-reduce for the GCN) is the
+    gradient of :math:`L_Q` exactly as one process computes it.
+
+    Returns ``(loss, info)`` with ``info`` = ``{"labelled", "nodes", "hop1", "hop2", "search_s",
+    "features", "loss"}``: ``features`` the fresh (b, D) tensor (the whole global batch's) or
+    None; ``loss`` the detached :math:`L_Q` (a tensor on the device: no host sync here);
+    ``labelled`` = :math:`|Q\cap M|` when ``train_mask`` is on the CPU, else -1 (counting it
+    would wait for the device; the training loop counts on its CPU copy).
+
+    Shapes:
+        - images: (N, C_in, H, W) tensor or image source (any device; batches are moved);
+          batch: (b,) sorted long on the CPU
+        - labels, train_mask: (N,) on the bank's device
+        - loss: ()
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    dev = bank.device
+    b_dev = batch.to(dev)
+    rank, world = _place()
+    if fixed:
+        feats = bank.features[b_dev]
+        est, use_w = "hard", False
+    else:
+        mine = bd.shard(batch, rank, world) if world > 1 else batch
+        # several ranks: a backbone that draws random numbers (dropout) draws them for its own
+        # shard; forking the generator keeps every rank's later draws (the GCN's dropout) identical
+        keep = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if world > 1 \
+            else contextlib.nullcontext()
+        with keep:
+            feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
+        if world > 1:
+            feats = bd.all_gather_with_grad(feats)
+        if feats.dtype != bank.dtype:
+            feats = feats.to(bank.dtype)
+        if write_bank:
+            bank.update(b_dev, feats)
+        est, use_w = _bank_estimator(model), model.use_graph_weights
+    t0 = time.perf_counter()
+    sub = computation_subgraph(bank, feats, model.k, query_ids=b_dev, estimator=est, tau=model.tau,
+                               use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk,
+                               use_neighbours=use_neighbours)
+    t_search = time.perf_counter() - t0
+    logp = subgraph_log_probs(model, sub)
+    lab = train_mask[b_dev]
+    y = labels[b_dev].clamp_min(0)
+    if world == 1:
+        loss = F.nll_loss(logp[lab], y[lab])
+        reported = loss.detach()
+    else:
+        nll = F.nll_loss(logp, y, reduction="none")
+        labf = lab.to(nll.dtype)
+        total = labf.sum()
+        reported = ((nll * labf).sum() / total).detach()
+        lo = sum(t.numel() for t in torch.tensor_split(batch, world)[:rank])
+        hi = lo + torch.tensor_split(batch, world)[rank].numel()
+        own = torch.zeros_like(labf)
+        own[lo:hi] = 1.0
+        loss = world * (nll * labf * own).sum() / total
+    labelled = int(train_mask[b_dev].sum()) if train_mask.device.type == "cpu" else -1
+    return loss, {"labelled": labelled, "nodes": sub.num_nodes, "hop1": sub.num_hop1,
+                  "hop2": sub.num_hop2, "search_s": t_search, "features": None if fixed else feats,
+                  "loss": reported}
+
+
+@torch.no_grad()
+def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, device=None,
+                 indices: torch.Tensor | None = None, num_workers: int = 0) -> torch.Tensor:
+    r"""Features :math:`F = f_\theta(X)` of every image (or of ``indices``), eval mode, no gradient.
+
+    ``batch_size`` images go through the backbone at a time (its train/eval mode is restored
+    after). In several processes each rank embeds its :func:`bgcn.distributed.shard` of the rows
+    and the parts are gathered (:func:`bgcn.distributed.all_gather_rows`), so a bank fill or an
+    evaluation costs N / W backbone passes a rank and every rank ends with the same (N, D) table.
+    For an image source (:class:`bgcn.data.ImageSource`) in one process, ``num_workers`` > 0
+    decodes the images in that many ``DataLoader`` worker processes (pinned memory on CUDA).
+
+    Shapes: images (N, C_in, H, W) tensor or image source -> F (N, D) (or (len(indices), D))
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    n = len(images) if indices is None else int(indices.numel())
+    idx = torch.arange(n) if indices is None else indices.detach().cpu().long()
+    rank, world = _place()
+    mine = bd.shard(idx, rank, world) if world > 1 else idx
+    was = backbone.training
+    backbone.eval()
+    dt = _param_dtype(backbone)
+    contiguous = indices is None and isinstance(images, torch.Tensor) and images.dtype != torch.uint8
+    dev = torch.device(device) if device is not None else None
+    def batches():  # a generator function: nothing (no DataLoader iterator) starts before the loop
+        if num_workers and indices is None and world == 1 and not isinstance(images, torch.Tensor):
+            for _, x in images.loader(batch_size, num_workers=num_workers,
+                                      pin_memory=dev is not None and dev.type == "cuda"):
+                yield x
+        else:
+            for p in torch.split(mine, batch_size):
+                yield images[int(p[0]):int(p[-1]) + 1] if contiguous else _rows(images, p)  # a slice, not a copy
+    keep_rng = torch.random.fork_rng(devices=[]) if num_workers else contextlib.nullcontext()
+    try:
+        outs = []
+        with keep_rng:  # a DataLoader with workers draws its base seed from the global RNG: keep the run's
+            for x in batches():  # random draws (dropout, noise) the same with and without workers
+                x = x.to(dev, non_blocking=True) if dev is not None else x
+                if dt is not None and x.dtype != dt:
+                    x = x.to(dt)
+                f = backbone(x)
+                if not isinstance(f, torch.Tensor) or f.dim() != 2:
+                    raise ValueError(f"the backbone must return (B, D) features, got "
+                                     f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
+                outs.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
+    finally:
+        backbone.train(was)
+    feats = torch.cat(outs)
+    if world > 1:
+        (feats,) = bd.all_gather_rows(feats)
+    return feats
+
+
+@torch.no_grad()
+def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False, chunk_size: int = 4096,
+                  bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None,
+                  features: torch.Tensor | None = None, num_workers: int = 0):
+    r"""Log-probabilities of every node under the current model, without an N×N matrix.
+
+    One chunked no-grad pass of the backbone (eval mode; :func:`embed_images`, sharded over the
+    ranks in several processes) gives fresh features :math:`F` (or ``features``, when given: e.g.
+    the frozen bank); their kNN graph comes from :meth:`bgcn.bank.FeatureBank.search` (exact,
+    ``chunk_size`` × ``bank_chunk`` blocks) with the k similarities
+    :math:`\hat f_i\cdot\hat f_j` and the estimator's weights (``"hard"`` when ``fixed``), as
+    :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the GCN over all N nodes. Returns
+    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill.
+
+    Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    was = model.training
+    model.eval()
+    try:
+        dev = device if device is not None else next(model.parameters()).device
+        feats = features if features is not None else embed_images(model.backbone, images, batch_size, dev,
+                                                                   num_workers=num_workers)
+        est = "hard" if fixed else _bank_estimator(model)
+        n = feats.shape[0]
+        tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
+        tmp.features = feats
+        ids = torch.arange(n, device=feats.device)
+        idx = tmp.search(feats, model.k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
+        fn = normalize_rows(feats)
+        vals = torch.cat([(fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
+                          for a in range(0, n, chunk_size)])  # (N, k), chunk·k·D at a time
+        lse = _bank_logsumexp(tmp, feats, model.tau, ids, chunk_size, bank_chunk) if est == "softmax" else None
+        w = _estimator_weights(vals, est, model.tau, True, lse)
+        edge_index, edge_weight = rankings_to_edges(idx, w)
+        graph = KNNGraph(edge_index, edge_weight, idx, w, n, None, est)
+        if fixed or not model.use_graph_weights:
+            logp = model.gcn(feats, graph.edge_index)
+        else:
+            logp = model.gcn(feats, graph.edge_index, graph.edge_weight)
+    finally:
+        model.train(was)
+    return logp, graph, feats
