@@ -43,7 +43,7 @@ __all__ = [
 #: The largest learning rate :func:`check_lr` accepts. Above it an optimiser step moves a weight
 #: by more than 1000 times its gradient: every model here diverges in one step, and values near
 #: ``1e38`` overflow float32 inside the optimiser ("value cannot be converted to type float").
-MAX_LR = 1e3
+MAX_LR = 10.0
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -185,7 +185,7 @@ def check_lr(value: Any, name: str = "lr", maximum: float = MAX_LR) -> float:
     """
     if _is_number(value) and math.isfinite(float(value)) and float(value) > maximum:
         raise ValueError(f"{name}={float(value):g} is too large: a learning rate must be a finite number in "
-                         f"[0, {maximum:g}]; use e.g. {name}=1e-3")
+                         f"[0, {maximum:g}] ({name} <= {maximum:g}); use e.g. {name}=1e-3")
     return check_number(value, name, 0.0, maximum)
 
 

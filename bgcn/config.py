@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ._checks import MAX_LR, check_int, check_lr, check_number
 
 __all__ = ["TrainConfig", "fit", "ENGINES", "MAX_LR"]
 
@@ -35,26 +36,14 @@ _MINIBATCH_ONLY = {"bank_refresh": 1, "bank_momentum": None, "cache_neighbours":
 _FULL_ONLY = {"amp": False, "graph_every": 1, "reinforce_reward": "node", "param_path_norms": False}
 
 
-#: the largest learning rate accepted: AdamW's update is lr-sized, and far above 1 the weights leave
-#: the float range within a step (1e300 overflowed inside the optimizer)
-MAX_LR = 10.0
-
-
-def _int(name: str, v: Any, lo: int, hi: float = math.inf) -> int:
-    """``v`` as a Python int (NumPy integers are ints), refused below ``lo`` / at or above ``hi``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or v >= hi:
-        upper = "" if math.isinf(hi) else f" and < {'2**64' if hi == 2**64 else hi}"
-        raise ValueError(f"TrainConfig.{name}={v!r} must be an int >= {lo}{upper}")
-    return int(v)
+def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
+    """``v`` as a Python int (NumPy integers are ints) in [lo, hi]: :func:`bgcn._checks.check_int`."""
+    return check_int(v, f"TrainConfig.{name}", lo, hi)
 
 
 def _num(name: str, v: Any, lo: float = 0.0, hi: float = math.inf, open_hi: bool = False) -> float:
-    """``v`` as a Python float (NumPy numbers too), finite and in range."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < lo \
-            or (v >= hi if open_hi else v > hi):
-        rng = f">= {lo:g}" + (f" and {'<' if open_hi else '<='} {hi:g}" if math.isfinite(hi) else "")
-        raise ValueError(f"TrainConfig.{name}={v!r} must be a finite number {rng}")
-    return float(v)
+    """``v`` as a Python float (NumPy numbers too), finite and in range: :func:`bgcn._checks.check_number`."""
+    return check_number(v, f"TrainConfig.{name}", lo, hi, open_max=open_hi)
 
 
 @dataclass(frozen=True)
@@ -122,7 +111,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}: the "
                              f"backbone learns only after the warm-up (mode='frozen' trains only the GCN)")
         for name in ("lr_backbone", "lr_gcn"):
-            put(name, _num(name, getattr(self, name), 0.0, MAX_LR))
+            put(name, check_lr(getattr(self, name), f"TrainConfig.{name}"))
         put("weight_decay", _num("weight_decay", self.weight_decay))
         shrink = max(self.lr_backbone, self.lr_gcn) * self.weight_decay
         if shrink >= 1:
@@ -130,7 +119,7 @@ class TrainConfig:
                              f"{max(self.lr_backbone, self.lr_gcn):g}: AdamW multiplies the weights by 1 - lr * "
                              f"weight_decay = {1 - shrink:g} a step, which must stay in (0, 1]; use weight_decay < "
                              f"{1 / max(self.lr_backbone, self.lr_gcn):g}")
-        put("seed", _int("seed", self.seed, 0, 2**64))
+        put("seed", _int("seed", self.seed, 0, 2**64 - 1))
         if self.device is None or isinstance(self.device, torch.device):
             put("device", "auto" if self.device is None else str(self.device))
         if not isinstance(self.device, str):

@@ -50,7 +50,8 @@ from ..backbone import create_backbone
 from ..data import label_masks, load_dataset
 from ..experiment import sk_baselines
 from ..graph import edge_homophily
-from ..minibatch import embed_images, train_minibatch
+from ..backbone import embed_images
+from ..minibatch import train_minibatch
 from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled

@@ -28,9 +28,10 @@ Taught in: chapter 11 (chapters/11_minibatch.md).
 """
 from __future__ import annotations
 
+from ..backbone import embed_images, image_rows  # noqa: F401 - the one embedding loop (documented in bgcn.backbone)
 from ._engine import MINIBATCH_CHECKPOINT_FORMAT, MinibatchEngine, train_minibatch
 from ._sampler import stratified_batches
-from ._step import _rows, embed_images, evaluate_full, image_rows, minibatch_loss  # noqa: F401 - _rows: bgcn.cli
+from ._step import evaluate_full, minibatch_loss
 
-__all__ = ["stratified_batches", "minibatch_loss", "embed_images", "evaluate_full", "image_rows", "train_minibatch",
+__all__ = ["stratified_batches", "minibatch_loss", "evaluate_full", "train_minibatch",
            "MinibatchEngine", "MINIBATCH_CHECKPOINT_FORMAT"]

@@ -25,7 +25,8 @@ from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainRes
                      merge_extra, restore_state, train_with)
 from ..utils import check_k, get_device, peak_memory_bytes, reset_peak_memory
 from ._sampler import stratified_batches
-from ._step import _place, embed_images, evaluate_full, minibatch_loss
+from ..backbone import embed_images
+from ._step import _place, evaluate_full, minibatch_loss
 
 __all__ = ["MinibatchEngine", "train_minibatch", "MINIBATCH_CHECKPOINT_FORMAT"]
 

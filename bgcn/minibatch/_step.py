@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as bd
-from ..bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _estimator_weights, _param_dtype,
-                    computation_subgraph, subgraph_log_probs)
+from ..backbone import embed_images, image_rows
+from ..bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _estimator_weights, computation_subgraph,
+                    subgraph_log_probs)
 from ..graph import KNNGraph, rankings_to_edges
 from ..model import EndToEnd
 from ..similarity import normalize_rows
 
-__all__ = ["minibatch_loss", "embed_images", "evaluate_full", "image_rows"]
+__all__ = ["minibatch_loss", "evaluate_full"]
 
 
 def _place() -> tuple[int, int]:
@@ -27,23 +28,6 @@ def _place() -> tuple[int, int]:
     if not bd.is_initialized():
         return 0, 1
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
-def image_rows(images, idx: torch.Tensor) -> torch.Tensor:
-    """The images ``idx`` (in that order) as a float tensor: a tensor is indexed (uint8 divided by
-    255), an image source (:class:`bgcn.data.ImageSource`, anything with ``.take``) reads them.
-
-    Shapes: images (N, C_in, H, W) or an image source, idx (b,) long -> (b, C_in, H, W) float
-
-    Taught in: chapter 11 (chapters/11_minibatch.md).
-    """
-    if not isinstance(images, torch.Tensor):
-        return images.take(idx)
-    x = images[idx]
-    return x.float() / 255 if x.dtype == torch.uint8 else x
-
-
-_rows = image_rows  # the name of before (embed_images and bgcn.cli read it)
 
 
 def _fresh_features(model: EndToEnd, x: torch.Tensor, backbone=None) -> torch.Tensor:
@@ -107,7 +91,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
         keep = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if world > 1 \
             else contextlib.nullcontext()
         with keep:
-            feats = _fresh_features(model, _rows(images, mine).to(dev), backbone)
+            feats = _fresh_features(model, image_rows(images, mine).to(dev), backbone)
         if world > 1:
             feats = bd.all_gather_with_grad(feats)
         if feats.dtype != bank.dtype:
@@ -140,60 +124,6 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     return loss, {"labelled": labelled, "nodes": sub.num_nodes, "hop1": sub.num_hop1,
                   "hop2": sub.num_hop2, "search_s": t_search, "features": None if fixed else feats,
                   "loss": reported}
-
-
-@torch.no_grad()
-def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, device=None,
-                 indices: torch.Tensor | None = None, num_workers: int = 0) -> torch.Tensor:
-    r"""Features :math:`F = f_\theta(X)` of every image (or of ``indices``), eval mode, no gradient.
-
-    ``batch_size`` images go through the backbone at a time (its train/eval mode is restored
-    after). In several processes each rank embeds its :func:`bgcn.distributed.shard` of the rows
-    and the parts are gathered (:func:`bgcn.distributed.all_gather_rows`), so a bank fill or an
-    evaluation costs N / W backbone passes a rank and every rank ends with the same (N, D) table.
-    For an image source (:class:`bgcn.data.ImageSource`) in one process, ``num_workers`` > 0
-    decodes the images in that many ``DataLoader`` worker processes (pinned memory on CUDA).
-
-    Shapes: images (N, C_in, H, W) tensor or image source -> F (N, D) (or (len(indices), D))
-
-    Taught in: chapter 11 (chapters/11_minibatch.md).
-    """
-    n = len(images) if indices is None else int(indices.numel())
-    idx = torch.arange(n) if indices is None else indices.detach().cpu().long()
-    rank, world = _place()
-    mine = bd.shard(idx, rank, world) if world > 1 else idx
-    was = backbone.training
-    backbone.eval()
-    dt = _param_dtype(backbone)
-    contiguous = indices is None and isinstance(images, torch.Tensor) and images.dtype != torch.uint8
-    dev = torch.device(device) if device is not None else None
-    def batches():  # a generator function: nothing (no DataLoader iterator) starts before the loop
-        if num_workers and indices is None and world == 1 and not isinstance(images, torch.Tensor):
-            for _, x in images.loader(batch_size, num_workers=num_workers,
-                                      pin_memory=dev is not None and dev.type == "cuda"):
-                yield x
-        else:
-            for p in torch.split(mine, batch_size):
-                yield images[int(p[0]):int(p[-1]) + 1] if contiguous else _rows(images, p)  # a slice, not a copy
-    keep_rng = torch.random.fork_rng(devices=[]) if num_workers else contextlib.nullcontext()
-    try:
-        outs = []
-        with keep_rng:  # a DataLoader with workers draws its base seed from the global RNG: keep the run's
-            for x in batches():  # random draws (dropout, noise) the same with and without workers
-                x = x.to(dev, non_blocking=True) if dev is not None else x
-                if dt is not None and x.dtype != dt:
-                    x = x.to(dt)
-                f = backbone(x)
-                if not isinstance(f, torch.Tensor) or f.dim() != 2:
-                    raise ValueError(f"the backbone must return (B, D) features, got "
-                                     f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}")
-                outs.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
-    finally:
-        backbone.train(was)
-    feats = torch.cat(outs)
-    if world > 1:
-        (feats,) = bd.all_gather_rows(feats)
-    return feats
 
 
 @torch.no_grad()
