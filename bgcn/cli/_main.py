@@ -52,13 +52,13 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
             _train(args, prog)
         else:
             _experiment(args, prog)
-    except TrainingDiverged as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:  # bad input (a NaN image too): exit 2
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:  # a RuntimeError: the run went wrong, not its input
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
