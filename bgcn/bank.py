@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .similarity import normalize_rows
+from .scaling import similarity_logsumexp
+from .similarity import knn_search, normalize_rows
 from .utils import check_k, check_positive, check_tensor
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
@@ -239,7 +240,8 @@ class FeatureBank:
         ``exclude[r]`` is the bank id of query r (a query that is itself in the bank must not find
         itself); ``None`` for new images. One ``chunk_size`` × N block exists at a time, or, with
         ``bank_chunk``, one ``chunk_size`` × ``bank_chunk`` block whose top-k is merged into a running
-        top-k (then the peak memory does not grow with N at all).
+        top-k (then the peak memory does not grow with N at all): :func:`bgcn.similarity.knn_search`
+        of the query against the bank.
 
         Shapes:
             - query: (M, D); exclude: (M,) long or None
@@ -255,29 +257,9 @@ class FeatureBank:
             exclude = self._check_ids(exclude, "exclude")
             if exclude.shape[0] != m:
                 raise ValueError(f"exclude has {exclude.shape[0]} ids but query has {m} rows; give one per row")
-        n = self.num_nodes
-        bc = n if bank_chunk is None else int(check_positive(bank_chunk, "bank_chunk"))
-        qn = normalize_rows(query.detach())
-        out = torch.empty(m, k, dtype=torch.long, device=self.device)
-        for start in range(0, m, chunk_size):
-            stop = min(start + chunk_size, m)
-            rows = torch.arange(stop - start, device=self.device)
-            best_v = best_i = None
-            for c0 in range(0, n, bc):
-                c1 = min(c0 + bc, n)
-                s = qn[start:stop] @ normalize_rows(self.features[c0:c1]).T
-                if exclude is not None:
-                    e = exclude[start:stop]
-                    inside = (e >= c0) & (e < c1)
-                    s[rows[inside], e[inside] - c0] = float("-inf")
-                v, i = torch.topk(s, min(k, c1 - c0), dim=1)
-                i = i + c0
-                if best_v is not None:
-                    v, j = torch.topk(torch.cat([best_v, v], 1), k, dim=1)
-                    i = torch.cat([best_i, i], 1).gather(1, j)
-                best_v, best_i = v, i
-            out[start:stop] = best_i
-        return out
+        if bank_chunk is not None:
+            bank_chunk = int(check_positive(bank_chunk, "bank_chunk"))
+        return knn_search(query, self.features, k, exclude=exclude, chunk_size=chunk_size, key_chunk=bank_chunk)[1]
 
 
 def _device_of(module: nn.Module, fallback: torch.Tensor) -> torch.device:
@@ -370,46 +352,14 @@ def _estimator_weights(vals: torch.Tensor, estimator: str, tau: float, use_weigh
     return torch.softmax(vals / tau, dim=-1)
 
 
-def _lse_block(qn: torch.Tensor, block: torch.Tensor, tau: float, excl: torch.Tensor) -> torch.Tensor:
-    s = (qn @ normalize_rows(block).T) / tau
-    hit = excl >= 0
-    if bool(hit.any()):
-        mask = torch.zeros_like(s, dtype=torch.bool)
-        mask[torch.nonzero(hit).flatten(), excl[hit]] = True
-        s = s.masked_fill(mask, float("-inf"))
-    return torch.logsumexp(s, dim=1)
-
-
 def _bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: torch.Tensor | None,
                     chunk_size: int, bank_chunk: int | None) -> torch.Tensor:
     r""":math:`A_r = \log\sum_{l \ne e_r} \exp(\hat q_r\cdot\hat B_l/\tau)` over every bank row, in
-    ``chunk_size`` x ``bank_chunk`` blocks; with gradient to ``q`` (blocks recomputed in backward by
-    ``torch.utils.checkpoint``, so only (rows,) values per block are kept)."""
-    from torch.utils.checkpoint import checkpoint
-
-    n = bank.num_nodes
-    bc = n if bank_chunk is None else int(bank_chunk)
-    grad = q.requires_grad and torch.is_grad_enabled()
-    qn = normalize_rows(q)
-    out = []
-    for start in range(0, q.shape[0], chunk_size):
-        stop = min(start + chunk_size, q.shape[0])
-        parts = []
-        for c0 in range(0, n, bc):
-            c1 = min(c0 + bc, n)
-            if exclude is None:
-                excl = torch.full((stop - start,), -1, dtype=torch.long, device=q.device)
-            else:
-                e = exclude[start:stop]
-                excl = torch.where((e >= c0) & (e < c1), e - c0, torch.full_like(e, -1))
-            blk = bank.features[c0:c1]
-            if grad:
-                parts.append(checkpoint(_lse_block, qn[start:stop], blk, tau, excl, use_reentrant=False))
-            else:
-                with torch.no_grad():
-                    parts.append(_lse_block(qn[start:stop], blk, tau, excl))
-        out.append(torch.logsumexp(torch.stack(parts, 1), dim=1))
-    return torch.cat(out) if out else q.new_zeros(0)
+    ``chunk_size`` x ``bank_chunk`` blocks (:func:`bgcn.scaling.similarity_logsumexp`); with gradient
+    to ``q`` (blocks recomputed in backward by ``torch.utils.checkpoint``, so only (rows,) values per
+    block are kept)."""
+    return similarity_logsumexp(normalize_rows(q), bank.features, tau, exclude=exclude, chunk_size=chunk_size,
+                                key_chunk=bank_chunk, checkpoint=True, normalize_keys=True)
 
 
 def _softmax_lse(bank, row_feats, row_ids, query_feats, query_ids, tau, chunk_size, bank_chunk):
