@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .estimators import BASELINES, reinforce_baseline
 from .utils import check_positive, check_tau, check_tensor
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "exact_expected_reward_gradient",
     "BASELINES",
 ]
-
-BASELINES = ("none", "mean", "loo")
 
 
 def _check_last_dim(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -213,15 +212,9 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
                          f"shape {tuple(samples.shape)}")
     rewards = check_tensor(rewards.detach(), "rewards").to(theta.dtype)
 
-    if baseline == "none":
-        b = torch.zeros_like(rewards)
-    elif baseline == "mean":
-        b = rewards.mean(0, keepdim=True).expand_as(rewards)
-    elif baseline == "loo":
-        b = (rewards.sum(0, keepdim=True) - rewards) / (num_samples - 1)
-    else:
-        b = torch.full_like(rewards, float(baseline))
-
+    b = reinforce_baseline(rewards, baseline, dim=0)  # the one baseline rule (bgcn.estimators._score)
+    # the explicit estimate of grad E[R] (ascent on a reward): minus the gradient of the surrogate
+    # bgcn.estimators.score_function_terms(log p, -R, -b), whose convention is descent on a cost
     score = torch.nn.functional.one_hot(samples, n).to(theta.dtype) - p  # (S, ..., n): grad log p(i_s)
     per_sample = (rewards - b).unsqueeze(-1) * score
     return ScoreFunctionEstimate(per_sample.mean(0), per_sample, samples, rewards, b)

@@ -24,16 +24,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .estimators import ESTIMATORS, get_spec, rowwise_names
 from .scaling import similarity_logsumexp
 from .similarity import knn_search, normalize_rows
+from .topk import row_weights
 from .utils import check_k, check_positive, check_tensor
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
            "ema_backbone", "momentum_update", "BANK_ESTIMATORS"]
 
-#: Estimators the bank engine supports: the first three need only the k kept similarities of a
-#: row; ``"softmax"`` (seed 000) also a row's log-sum-exp over all N, computed against the bank.
-BANK_ESTIMATORS = ("hard", "masked_softmax", "values", "softmax")
+#: Estimators the bank engine supports: the row-wise ones (:func:`bgcn.estimators.rowwise_names`,
+#: read from their specs when this module is imported): ``"hard"``, ``"values"``,
+#: ``"masked_softmax"`` need only the k kept similarities of a row; ``"softmax"`` (seed 000) also a
+#: row's log-sum-exp over all N, computed against the bank. A row-wise estimator registered later
+#: is accepted too (the engine asks its spec).
+BANK_ESTIMATORS = rowwise_names()
 
 
 def _check_int(value, name: str, minimum: int = 1) -> int:
@@ -343,13 +348,14 @@ class Subgraph:
 
 def _estimator_weights(vals: torch.Tensor, estimator: str, tau: float, use_weights: bool,
                        lse: torch.Tensor | None = None) -> torch.Tensor:
-    if not use_weights or estimator == "hard":
-        return torch.ones_like(vals).detach()
-    if estimator == "values":
-        return vals.clamp_min(0.0)
-    if estimator == "softmax":
-        return torch.exp(vals / tau - lse.unsqueeze(-1))
-    return torch.softmax(vals / tau, dim=-1)
+    """:func:`bgcn.topk.row_weights`, with unit weights when the graph's weights are unused."""
+    return row_weights(vals, estimator if use_weights else "hard", tau, lse)
+
+
+def _constant_row_sum(estimator: str, k: int) -> float | None:
+    """The row sum of :func:`bgcn.topk.row_weights` when it is the same for every row (``"hard"``: k,
+    ``"masked_softmax"``: 1), else ``None``: then a degree :math:`d_l = 1 + \\sum_j \\tilde w_{lj}` needs row l."""
+    return {"hard": float(k), "masked_softmax": 1.0}.get(estimator)
 
 
 def _bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: torch.Tensor | None,
@@ -426,9 +432,9 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
 
     Taught in: chapter 11 (chapters/11_minibatch.md).
     """
-    if estimator not in BANK_ESTIMATORS:
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS or not get_spec(estimator).rowwise:
         raise ValueError(f"estimator {estimator!r} is not supported over a bank; choose one of "
-                         f"{list(BANK_ESTIMATORS)}")
+                         f"{list(rowwise_names())}")
     bank._check_rows(query_feats, "query_feats")
     m = query_feats.shape[0]
     dev = bank.device
@@ -482,7 +488,7 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     rows = torch.cat([torch.arange(m, device=dev), local(hop1)])
     nbrs = torch.cat([local(idx0), local(idx1)])
     vals = (xn[rows].unsqueeze(1) * xn[nbrs]).sum(-1)  # (m + |H1|, k), O(rows·k·D)
-    soft = use_weights and estimator == "softmax"
+    soft = use_weights and get_spec(estimator).needs_normaliser
     lse = None
     if soft:
         lse_q = _softmax_lse(bank, query_feats, query_ids, query_feats, query_ids, tau, chunk_size, bank_chunk)
@@ -493,7 +499,8 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     src, dst = nbrs.reshape(-1), rows.repeat_interleave(k)
     ew = w.reshape(-1)
     if hop2.numel():
-        if use_weights and estimator in ("values", "softmax"):
+        const = _constant_row_sum(estimator if use_weights else "hard", k)
+        if const is None:  # the row sum depends on the row: search it and weigh it
             idx2 = cache[hop2] if cache is not None else bank.search(
                 bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size, bank_chunk=bank_chunk)
             f2 = normalize_rows(bank.features[hop2])
@@ -502,8 +509,7 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
                                 bank_chunk) if soft else None
             deg = 1.0 + _estimator_weights(v2, estimator, tau, use_weights, lse2).sum(-1)
         else:
-            deg = torch.full((hop2.numel(),), 1.0 + (1.0 if (use_weights and estimator == "masked_softmax")
-                                                    else float(k)), dtype=ew.dtype, device=dev)
+            deg = torch.full((hop2.numel(),), 1.0 + const, dtype=ew.dtype, device=dev)
         l2 = local(hop2)
         src, dst = torch.cat([src, l2]), torch.cat([dst, l2])
         ew = torch.cat([ew, deg.to(ew.dtype)])
@@ -528,9 +534,9 @@ def _bank_estimator(model) -> str:
     if not getattr(model, "exclude_self", True):
         raise ValueError("the bank engine needs exclude_self=True (a node is not its own neighbour)")
     name = model.estimator_name
-    if name not in BANK_ESTIMATORS:
+    if name not in ESTIMATORS or not get_spec(name).rowwise:
         raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
-                         f"N x N selection); use one of {list(BANK_ESTIMATORS)}")
+                         f"N x N selection); use one of {list(rowwise_names())}")
     return name
 
 

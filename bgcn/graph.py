@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .similarity import cosine_similarity, knn_indices, normalize_rows
-from .topk import Selection, get_estimator
+from .estimators import Selection, get_spec, rowwise_names
+from .topk import row_weights
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction",
@@ -262,6 +263,11 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
     return float((lab[idx] == lab[:, None]).double().mean())
 
 
+def _quoted(names) -> str:
+    q = [repr(n) for n in names]
+    return ", ".join(q[:-1]) + " or " + q[-1] if len(q) > 1 else "".join(q)
+
+
 def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 1.0, *, exclude_self: bool = True,
               symmetric: bool = False, self_loops: bool = False, chunk_size: int | None = None,
               generator: torch.Generator | None = None, **estimator_kw) -> KNNGraph:
@@ -274,8 +280,9 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
     The node itself is excluded from its ranking by default (``exclude_self=True``): its cosine
     similarity is 1, so it would always be its own top-1 (the GCN adds self-loops anyway).
 
-    ``chunk_size`` (only for ``"hard"``, ``"values"`` and ``"masked_softmax"``, which need no full
-    rows): the neighbour indices are found chunk by chunk under ``no_grad`` and the k similarities
+    ``chunk_size`` (only for the row-wise estimators without a row normaliser,
+    :func:`bgcn.estimators.rowwise_names` ``(normaliser=False)``: ``"hard"``, ``"values"`` and
+    ``"masked_softmax"``, which need no full rows): the neighbour indices are found chunk by chunk under ``no_grad`` and the k similarities
     per row are recomputed with autograd, so memory is O(N·chunk + N·k·D) instead of O(N²)
     (chapter 10).
 
@@ -299,22 +306,16 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
     n = features.shape[0]
     k = check_k(k, n, exclude_self=exclude_self)
     tau = check_tau(tau)
-    fn = get_estimator(estimator)
-    name = getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+    spec = get_spec(estimator)
+    fn, name = spec.fn, spec.name
     if chunk_size is not None:
-        if name not in ("hard", "values", "masked_softmax"):
-            raise ValueError(f"chunk_size works with estimator 'hard', 'values' or 'masked_softmax' (no full rows "
-                             f"needed), not {name!r}; leave chunk_size=None for it")
+        if not spec.chunkable:
+            raise ValueError(f"chunk_size works with estimator {_quoted(rowwise_names(normaliser=False))} (no full "
+                             f"rows needed), not {name!r}; leave chunk_size=None for it")
         idx = knn_indices(features, k, exclude_self=exclude_self, chunk_size=chunk_size)
         fhat = normalize_rows(features)
         vals = (fhat.unsqueeze(1) * fhat[idx]).sum(-1)  # (N, k), O(N k D) autograd memory
-        if name == "hard":
-            w = torch.ones_like(vals).detach()
-        elif name == "values":
-            w = vals.clamp_min(0.0)
-        else:
-            w = torch.softmax(vals / tau, dim=-1)
-        sel = Selection(idx, w)
+        sel = Selection(idx, row_weights(vals, name, tau))
     else:
         s = cosine_similarity(features)
         sel = fn(s, k, tau, exclude_self=exclude_self, generator=generator, **estimator_kw)

@@ -29,6 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .similarity import knn_indices, normalize_rows
+from .topk import row_weights
 from .utils import check_k, check_positive, check_tau, check_tensor
 
 __all__ = ["saved_tensor_bytes", "peak_memory", "memory_model", "neighbour_similarities", "chunked_logsumexp", "chunked_soft_topk",
@@ -401,4 +402,4 @@ def chunked_soft_topk(features: torch.Tensor, k: int, tau: float = 1.0, *, exclu
     fhat = normalize_rows(features)
     vals = neighbour_similarities(fhat, idx, chunk_size=chunk_size, checkpoint=checkpoint)     # (N, k)
     lse = _lse_from_unit_rows(fhat, tau, exclude_self, chunk_size, checkpoint)                 # (N,)
-    return torch.exp(vals / tau - lse.unsqueeze(1)), idx
+    return row_weights(vals, "softmax", tau, lse), idx
