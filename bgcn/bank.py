@@ -527,6 +527,15 @@ def subgraph_log_probs(model: nn.Module, sub: Subgraph) -> torch.Tensor:
     return model.gcn(sub.x, sub.edge_index, sub.edge_weight)[: sub.num_query]
 
 
+def _check_finite_rows(x: torch.Tensor, name: str, fix: str, offset: int = 0) -> None:
+    """Raise ``ValueError`` naming the first rows (images) of ``x`` that hold NaN/Inf."""
+    bad = ~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).flatten() + offset).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"{name} holds NaN/Inf values in {len(rows)} image(s) (index {shown} of new_images); {fix}")
+
+
 def _bank_estimator(model) -> str:
     if getattr(model, "symmetric", False):
         raise ValueError("a symmetric graph (symmetric=True) has in-edges from every node that chose i, which a "
@@ -573,6 +582,7 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
     if not bank.filled:
         raise ValueError("the bank is empty; fill it first with bank.fill(model, train_images)")
     new_images = _check_images(new_images, "new_images")
+    _check_finite_rows(new_images, "new_images", "images with NaN/Inf pixels have no prediction; drop or repair them")
     batch_size = _check_int(batch_size, "batch_size")
     est = _bank_estimator(model)
     check_k(model.k, bank.num_nodes, exclude_self=True)
@@ -585,6 +595,8 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
             f = model.features(x)
             if f.dtype != bank.dtype:
                 f = f.to(bank.dtype)
+            _check_finite_rows(f, f"the backbone's features of new_images[{start}:{start + x.shape[0]}]",
+                               "the images are finite, so the backbone itself diverged", offset=start)
             sub = computation_subgraph(bank, f, model.k, estimator=est, tau=model.tau,
                                        use_weights=model.use_graph_weights, chunk_size=chunk_size,
                                        bank_chunk=bank_chunk)
