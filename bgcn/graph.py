@@ -87,7 +87,8 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
     With ``symmetric=True`` every edge j -> i is paired with i -> j; a pair present in both
     directions gets the mean of the two weights, a pair present in one direction keeps its weight in
     both (``torch_geometric.utils.to_undirected`` with ``reduce="mean"``). ``self_loops=True``
-    appends (i -> i) with ``self_loop_weight`` (leave it off when the GCN adds its own).
+    appends (i -> i) with ``self_loop_weight`` (``torch_geometric.utils.add_self_loops``; leave it off
+    when the GCN adds its own).
 
     Shapes:
         - indices: (N, k) long
@@ -116,15 +117,14 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
     dst = torch.arange(n, device=indices.device).repeat_interleave(k)
     edge_index = torch.stack([src, dst])
     edge_weight = weights.reshape(-1)
-    if symmetric:
-        from torch_geometric.utils import to_undirected
+    if symmetric or self_loops:
+        from torch_geometric.utils import add_self_loops, to_undirected  # heavy: not imported by `import bgcn`
 
-        edge_index, edge_weight = to_undirected(edge_index, edge_weight, num_nodes=n, reduce="mean")
-    if self_loops:
-        loop = torch.arange(n, device=indices.device)
-        edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
-        edge_weight = torch.cat([edge_weight, torch.full((n,), float(self_loop_weight), dtype=edge_weight.dtype,
-                                                         device=edge_weight.device)])
+        if symmetric:
+            edge_index, edge_weight = to_undirected(edge_index, edge_weight, num_nodes=n, reduce="mean")
+        if self_loops:
+            edge_index, edge_weight = add_self_loops(edge_index, edge_weight, fill_value=float(self_loop_weight),
+                                                     num_nodes=n)
     return edge_index, edge_weight
 
 
@@ -238,6 +238,10 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
 
     .. math::
         h = \frac{1}{Nk}\sum_{i=1}^{N}\sum_{j\in\mathcal N_k(i)} [y_i = y_j]
+
+    The value of ``torch_geometric.utils.homophily(edge_index, labels, method="edge")`` on the
+    edges of :func:`rankings_to_edges`, computed here in float64: PyG averages in float32, which
+    differs in the last bits (e.g. 1/3), and committed results hold these numbers.
 
     An *analysis* quantity: it reads every image's label, so it must never enter training; it says
     whether a graph is a better graph for the task (more same-class neighbours), which "edges
