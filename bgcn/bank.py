@@ -435,85 +435,106 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     if not isinstance(estimator, str) or estimator not in ESTIMATORS or not get_spec(estimator).rowwise:
         raise ValueError(f"estimator {estimator!r} is not supported over a bank; choose one of "
                          f"{list(rowwise_names())}")
-    bank._check_rows(query_feats, "query_feats")
-    m = query_feats.shape[0]
-    dev = bank.device
-    if query_ids is not None:
-        query_ids = bank._check_ids(query_ids, "query_ids")
-        if query_ids.shape[0] != m:
-            raise ValueError(f"query_ids has {query_ids.shape[0]} ids but query_feats has {m} rows")
-        if m > 1 and not bool((query_ids[1:] > query_ids[:-1]).all()):
-            raise ValueError("query_ids must be sorted ascending without repeats (use torch.unique(ids))")
-
-    def in_query(g: torch.Tensor):
-        if query_ids is None:
-            return torch.zeros_like(g, dtype=torch.bool), torch.zeros_like(g)
-        p = torch.searchsorted(query_ids, g).clamp_max(m - 1)
-        return query_ids[p] == g, p
-
-    def lookup(g: torch.Tensor) -> torch.Tensor:
-        """Features of bank ids g: the fresh query feature where g is a query node, else the bank row."""
-        inq, p = in_query(g)
-        out = bank.features[g]
-        if query_ids is None or not bool(inq.any()):
-            return out
-        return torch.where(inq.unsqueeze(-1), query_feats[p], out)
-
-    idx0 = bank.search(query_feats, k, exclude=query_ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
-    hop1 = torch.unique(idx0)
-    if query_ids is not None:
-        hop1 = hop1[~torch.isin(hop1, query_ids)]
+    q = _Query(bank, query_feats, query_ids)
+    search = dict(chunk_size=chunk_size, bank_chunk=bank_chunk)
     cache = bank.neighbours if use_neighbours else None
     if use_neighbours and (cache is None or cache.shape[1] != k):
         raise ValueError(f"use_neighbours=True needs bank.fill_neighbours({k}) first")
-    if cache is not None and query_ids is not None:
-        cache[query_ids] = idx0  # the batch's rows, fresh
-    if hop1.numel() and cache is not None:
-        idx1 = cache[hop1]
-    elif hop1.numel():
-        idx1 = bank.search(bank.features[hop1], k, exclude=hop1, chunk_size=chunk_size, bank_chunk=bank_chunk)
-    else:
-        idx1 = torch.empty(0, k, dtype=torch.long, device=dev)
-    hop2 = torch.unique(idx1)
-    known = hop1 if query_ids is None else torch.cat([query_ids, hop1])
-    hop2 = hop2[~torch.isin(hop2, known)]
-    extra = torch.unique(torch.cat([hop1, hop2]))  # sorted
-
-    def local(g: torch.Tensor) -> torch.Tensor:
-        inq, p = in_query(g)
-        return torch.where(inq, p, m + torch.searchsorted(extra, g))
-
+    idx0 = bank.search(query_feats, k, exclude=q.ids, **search)
+    if cache is not None and q.ids is not None:
+        cache[q.ids] = idx0  # the batch's rows, fresh
+    hop1, idx1, hop2, extra = _two_hops(q, idx0, k, cache, search)
     x = torch.cat([query_feats, bank.features[extra]])
     xn = normalize_rows(x)
-    rows = torch.cat([torch.arange(m, device=dev), local(hop1)])
-    nbrs = torch.cat([local(idx0), local(idx1)])
+    rows = torch.cat([torch.arange(q.m, device=bank.device), q.local(hop1, extra)])
+    nbrs = torch.cat([q.local(idx0, extra), q.local(idx1, extra)])
     vals = (xn[rows].unsqueeze(1) * xn[nbrs]).sum(-1)  # (m + |H1|, k), O(rows·k·D)
     soft = use_weights and get_spec(estimator).needs_normaliser
     lse = None
     if soft:
-        lse_q = _softmax_lse(bank, query_feats, query_ids, query_feats, query_ids, tau, chunk_size, bank_chunk)
-        lse_1 = _softmax_lse(bank, bank.features[hop1], hop1, query_feats, query_ids, tau, chunk_size,
+        lse_q = _softmax_lse(bank, query_feats, q.ids, query_feats, q.ids, tau, chunk_size, bank_chunk)
+        lse_1 = _softmax_lse(bank, bank.features[hop1], hop1, query_feats, q.ids, tau, chunk_size,
                              bank_chunk) if hop1.numel() else lse_q[:0]
         lse = torch.cat([lse_q, lse_1])
     w = _estimator_weights(vals, estimator, tau, use_weights, lse)
     src, dst = nbrs.reshape(-1), rows.repeat_interleave(k)
     ew = w.reshape(-1)
     if hop2.numel():
-        const = _constant_row_sum(estimator if use_weights else "hard", k)
-        if const is None:  # the row sum depends on the row: search it and weigh it
-            idx2 = cache[hop2] if cache is not None else bank.search(
-                bank.features[hop2], k, exclude=hop2, chunk_size=chunk_size, bank_chunk=bank_chunk)
-            f2 = normalize_rows(bank.features[hop2])
-            v2 = (f2.unsqueeze(1) * normalize_rows(lookup(idx2.reshape(-1))).reshape(*idx2.shape, -1)).sum(-1)
-            lse2 = _softmax_lse(bank, bank.features[hop2], hop2, query_feats, query_ids, tau, chunk_size,
-                                bank_chunk) if soft else None
-            deg = 1.0 + _estimator_weights(v2, estimator, tau, use_weights, lse2).sum(-1)
-        else:
-            deg = torch.full((hop2.numel(),), 1.0 + const, dtype=ew.dtype, device=dev)
-        l2 = local(hop2)
+        deg = _hop2_degrees(q, hop2, k, estimator, tau, use_weights, soft, cache, search).to(ew.dtype)
+        l2 = q.local(hop2, extra)
         src, dst = torch.cat([src, l2]), torch.cat([dst, l2])
-        ew = torch.cat([ew, deg.to(ew.dtype)])
-    return Subgraph(x, torch.stack([src, dst]), ew, m, idx0, extra, int(hop1.numel()), int(hop2.numel()))
+        ew = torch.cat([ew, deg])
+    return Subgraph(x, torch.stack([src, dst]), ew, q.m, idx0, extra, int(hop1.numel()), int(hop2.numel()))
+
+
+class _Query:
+    """The query nodes of a subgraph: their fresh features and (optional, sorted) bank ids."""
+
+    def __init__(self, bank: FeatureBank, feats: torch.Tensor, ids: torch.Tensor | None):
+        bank._check_rows(feats, "query_feats")
+        self.bank, self.feats, self.m = bank, feats, feats.shape[0]
+        if ids is not None:
+            ids = bank._check_ids(ids, "query_ids")
+            if ids.shape[0] != self.m:
+                raise ValueError(f"query_ids has {ids.shape[0]} ids but query_feats has {self.m} rows")
+            if self.m > 1 and not bool((ids[1:] > ids[:-1]).all()):
+                raise ValueError("query_ids must be sorted ascending without repeats (use torch.unique(ids))")
+        self.ids = ids
+
+    def position(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(is bank id g a query node?, its query position)."""
+        if self.ids is None:
+            return torch.zeros_like(g, dtype=torch.bool), torch.zeros_like(g)
+        p = torch.searchsorted(self.ids, g).clamp_max(self.m - 1)
+        return self.ids[p] == g, p
+
+    def lookup(self, g: torch.Tensor) -> torch.Tensor:
+        """Features of bank ids g: the fresh query feature where g is a query node, else the bank row."""
+        inq, p = self.position(g)
+        out = self.bank.features[g]
+        if self.ids is None or not bool(inq.any()):
+            return out
+        return torch.where(inq.unsqueeze(-1), self.feats[p], out)
+
+    def local(self, g: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """Local ids of bank ids g: query nodes first, then ``extra`` (sorted)."""
+        inq, p = self.position(g)
+        return torch.where(inq, p, self.m + torch.searchsorted(extra, g))
+
+
+def _two_hops(q: _Query, idx0: torch.Tensor, k: int, cache: torch.Tensor | None, search: dict):
+    r""":math:`H_1 = \mathcal N(Q)\setminus Q`, its rows, :math:`H_2 = \mathcal N(H_1)\setminus(Q\cup H_1)`
+    and ``extra`` = :math:`H_1\cup H_2` sorted."""
+    bank = q.bank
+    hop1 = torch.unique(idx0)
+    if q.ids is not None:
+        hop1 = hop1[~torch.isin(hop1, q.ids)]
+    if hop1.numel() and cache is not None:
+        idx1 = cache[hop1]
+    elif hop1.numel():
+        idx1 = bank.search(bank.features[hop1], k, exclude=hop1, **search)
+    else:
+        idx1 = torch.empty(0, k, dtype=torch.long, device=bank.device)
+    hop2 = torch.unique(idx1)
+    known = hop1 if q.ids is None else torch.cat([q.ids, hop1])
+    hop2 = hop2[~torch.isin(hop2, known)]
+    return hop1, idx1, hop2, torch.unique(torch.cat([hop1, hop2]))
+
+
+def _hop2_degrees(q: _Query, hop2: torch.Tensor, k: int, estimator: str, tau: float, use_weights: bool,
+                  soft: bool, cache: torch.Tensor | None, search: dict) -> torch.Tensor:
+    r"""Degrees :math:`d_l = 1 + \sum_j \tilde w_{lj}` of the nodes :math:`l \in H_2`: a constant when the row
+    rule's row sum is one, else from their own rows (searched, or read from the neighbour lists)."""
+    bank = q.bank
+    const = _constant_row_sum(estimator if use_weights else "hard", k)
+    if const is not None:
+        return torch.full((hop2.numel(),), 1.0 + const, dtype=bank.dtype, device=bank.device)
+    idx2 = cache[hop2] if cache is not None else bank.search(bank.features[hop2], k, exclude=hop2, **search)
+    f2 = normalize_rows(bank.features[hop2])
+    v2 = (f2.unsqueeze(1) * normalize_rows(q.lookup(idx2.reshape(-1))).reshape(*idx2.shape, -1)).sum(-1)
+    lse2 = _softmax_lse(bank, bank.features[hop2], hop2, q.feats, q.ids, tau, search["chunk_size"],
+                        search["bank_chunk"]) if soft else None
+    return 1.0 + _estimator_weights(v2, estimator, tau, use_weights, lse2).sum(-1)
 
 
 def subgraph_log_probs(model: nn.Module, sub: Subgraph) -> torch.Tensor:
