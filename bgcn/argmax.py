@@ -130,6 +130,25 @@ class ScoreFunctionEstimate:
     baselines: torch.Tensor
 
 
+def _check_score_function_args(logits, reward_fn, num_samples, baseline, generator) -> None:
+    _check_last_dim(logits, "logits")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable (indices (S, ...) -> rewards (S, ...)), got {type(reward_fn).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be >= 1")
+    if isinstance(baseline, str):
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES} or a number")
+        if baseline == "loo" and num_samples < 2:
+            raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
+    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+        raise TypeError(f"baseline must be one of {BASELINES} or a number, got {type(baseline).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Tensor], torch.Tensor],
                             num_samples: int, baseline: str | float = "none",
                             generator: torch.Generator | None = None) -> ScoreFunctionEstimate:
@@ -147,7 +166,9 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
     .. math::
         \hat g = \frac1S \sum_{s=1}^S \left(R(i_s) - b_s\right)\left(e_{i_s} - p_\theta\right).
 
-    Baselines :math:`b_s`:
+    Baselines :math:`b_s` (the one rule of :func:`bgcn.estimators.reinforce_baseline`; the estimate is
+    minus the gradient of the surrogate :func:`bgcn.estimators.score_function_terms` with the cost
+    :math:`-R`, the library's one sign convention):
 
     - ``"none"``: :math:`b_s = 0`. Unbiased, high variance.
     - ``"mean"``: :math:`b_s = \frac1S\sum_t R(i_t)`, the batch mean. It includes sample s itself,
@@ -176,23 +197,7 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
 
     Taught in: chapter 03 (chapters/03_argmax_score_function.md).
     """
-    _check_last_dim(logits, "logits")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (indices (S, ...) -> rewards (S, ...)), got {type(reward_fn).__name__}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be >= 1")
-    if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES} or a number")
-        if baseline == "loo" and num_samples < 2:
-            raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
-    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-        raise TypeError(f"baseline must be one of {BASELINES} or a number, got {type(baseline).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
+    _check_score_function_args(logits, reward_fn, num_samples, baseline, generator)
     theta = logits.detach()
     n = theta.shape[-1]
     batch = theta.shape[:-1]

@@ -60,6 +60,7 @@ def reinforce_surrogate(log_prob: torch.Tensor, reward: torch.Tensor, baseline="
     .. math::
         L_{sf} = -\frac{1}{S}\sum_{s=1}^{S}\sum_i \big(R_{s,i} - b_{s,i}\big)\,\log p_i(\text{sample}_s)
 
+    (:func:`score_function_terms` with the cost :math:`-R`: the one sign convention of ``_score.py``)
     with the rewards R and baselines b detached, so that :math:`\nabla L_{sf}` is an unbiased
     estimate of :math:`-\nabla_\theta \mathbb E[\sum_i R_i]` (ascent on the expected reward). **R is a
     reward (higher is better)**: for a per-node loss :math:`\ell_i` pass ``reward = -ℓ_i``. Seed
