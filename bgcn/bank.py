@@ -31,7 +31,7 @@ from .topk import row_weights
 from .utils import check_k, check_positive, check_tensor
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
-           "ema_backbone", "momentum_update", "BANK_ESTIMATORS"]
+           "ema_backbone", "momentum_update", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp"]
 
 #: Estimators the bank engine supports: the row-wise ones (:func:`bgcn.estimators.rowwise_names`,
 #: read from their specs when this module is imported): ``"hard"``, ``"values"``,
@@ -358,12 +358,17 @@ def _constant_row_sum(estimator: str, k: int) -> float | None:
     return {"hard": float(k), "masked_softmax": 1.0}.get(estimator)
 
 
-def _bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: torch.Tensor | None,
-                    chunk_size: int, bank_chunk: int | None) -> torch.Tensor:
+def bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: torch.Tensor | None,
+                   chunk_size: int, bank_chunk: int | None) -> torch.Tensor:
     r""":math:`A_r = \log\sum_{l \ne e_r} \exp(\hat q_r\cdot\hat B_l/\tau)` over every bank row, in
     ``chunk_size`` x ``bank_chunk`` blocks (:func:`bgcn.scaling.similarity_logsumexp`); with gradient
     to ``q`` (blocks recomputed in backward by ``torch.utils.checkpoint``, so only (rows,) values per
-    block are kept)."""
+    block are kept).
+
+    Shapes: q (r, D), exclude (r,) or None -> (r,)
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
     return similarity_logsumexp(normalize_rows(q), bank.features, tau, exclude=exclude, chunk_size=chunk_size,
                                 key_chunk=bank_chunk, checkpoint=True, normalize_keys=True)
 
@@ -374,7 +379,7 @@ def _softmax_lse(bank, row_feats, row_ids, query_feats, query_ids, tau, chunk_si
     :math:`t_{rl} = \operatorname{sg}(\hat q_r)\cdot\hat F_l/\tau`, :math:`p_{rl} = e^{t_{rl} - A_r}`.
     The bank already holds the batch's fresh values, so :math:`A_r` has the right value and the
     gradient to :math:`q_r`; the second term (value 0) adds the gradient to the batch columns."""
-    a = _bank_logsumexp(bank, row_feats, tau, row_ids, chunk_size, bank_chunk)
+    a = bank_logsumexp(bank, row_feats, tau, row_ids, chunk_size, bank_chunk)
     if query_ids is None or query_feats.shape[0] == 0 or not query_feats.requires_grad:
         return a
     qn_rows = normalize_rows(row_feats.detach())
@@ -557,7 +562,14 @@ def _check_finite_rows(x: torch.Tensor, name: str, fix: str, offset: int = 0) ->
         raise ValueError(f"{name} holds NaN/Inf values in {len(rows)} image(s) (index {shown} of new_images); {fix}")
 
 
-def _bank_estimator(model) -> str:
+def bank_estimator(model) -> str:
+    """The estimator name of ``model`` if the bank engine can run it (a row-wise estimator, ``symmetric=False``,
+    ``exclude_self=True``), else a ``ValueError`` saying what to change.
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
     if getattr(model, "symmetric", False):
         raise ValueError("a symmetric graph (symmetric=True) has in-edges from every node that chose i, which a "
                          "batch cannot see without a search over all N; build the model with symmetric=False")
@@ -605,7 +617,7 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
     new_images = _check_images(new_images, "new_images")
     _check_finite_rows(new_images, "new_images", "images with NaN/Inf pixels have no prediction; drop or repair them")
     batch_size = _check_int(batch_size, "batch_size")
-    est = _bank_estimator(model)
+    est = bank_estimator(model)
     check_k(model.k, bank.num_nodes, exclude_self=True)
     was = model.training
     model.eval()
@@ -625,3 +637,8 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
     finally:
         model.train(was)
     return torch.cat(outs)
+
+
+# the names bgcn.minibatch imported before they were public
+_bank_estimator = bank_estimator
+_bank_logsumexp = bank_logsumexp

@@ -28,16 +28,13 @@ from .estimators import ESTIMATORS, Selection, get_estimator, get_spec, register
 from .similarity import mask_diagonal
 from .utils import check_k, check_tau, check_tensor
 
+# Selection, ESTIMATORS, register_estimator, get_estimator (bgcn.estimators) and mask_diagonal
+# (bgcn.similarity) stay importable from here, and are documented once, in their homes.
 __all__ = [
-    "Selection",
-    "ESTIMATORS",
-    "register_estimator",
-    "get_estimator",
     "row_weights",
     "topk_selection_matrix",
     "hard_topk",
     "soft_topk",
-    "mask_diagonal",
     "softmax_jacobian",
     "effective_neighbours",
     "topk_mass",
