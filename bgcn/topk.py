@@ -199,15 +199,15 @@ def _rule_softmax(values: torch.Tensor, tau: float, lse: torch.Tensor | None) ->
 def row_weights(values: torch.Tensor, estimator: str, tau: float = 1.0, lse: torch.Tensor | None = None) -> torch.Tensor:
     r"""Edge weights of a row-wise estimator from the k kept similarities of each row (the one rule).
 
-    ==================  ===============================================================
-    ``estimator``       :math:`\tilde w_{ij},\ j\in\mathcal N_k(i)`
-    ==================  ===============================================================
-    ``"hard"``          1 (no gradient)
-    ``"values"``        :math:`\max(S_{ij}, 0)`
-    ``"masked_softmax"`` :math:`\exp(S_{ij}/\tau) / \sum_{l\in\mathcal N_k(i)} \exp(S_{il}/\tau)`
-    ``"softmax"``       :math:`\exp(S_{ij}/\tau - \ell_i)`, :math:`\ell_i = \log\sum_{l} \exp(S_{il}/\tau)`
-                        over the whole row (seed 000; ``lse`` = :math:`\ell`)
-    ==================  ===============================================================
+    ======================  ===============================================================
+    ``estimator``           :math:`\tilde w_{ij},\ j\in\mathcal N_k(i)`
+    ======================  ===============================================================
+    ``"hard"``              1 (no gradient)
+    ``"values"``            :math:`\max(S_{ij}, 0)`
+    ``"masked_softmax"``    :math:`\exp(S_{ij}/\tau) / \sum_{l\in\mathcal N_k(i)} \exp(S_{il}/\tau)`
+    ``"softmax"``           :math:`\exp(S_{ij}/\tau - \ell_i)`, :math:`\ell_i = \log\sum_{l} \exp(S_{il}/\tau)`
+                            over the whole row (seed 000; ``lse`` = :math:`\ell`)
+    ======================  ===============================================================
 
     Every path that builds these weights from k similarities calls it: the estimators of this
     module, :func:`bgcn.knn_graph` with ``chunk_size``, :func:`bgcn.scaling.chunked_soft_topk` and

@@ -4,17 +4,17 @@ An *estimator* turns a row-wise score matrix :math:`S` (N, M) into a :class:`Sel
 registered estimator has one :class:`EstimatorSpec` that says what the rest of the library may do
 with it, so that no module keeps its own list of names:
 
-==================  =================================================================================
-flag                meaning (who reads it)
-==================  =================================================================================
-``rowwise``         its weights follow from the k kept similarities of a row by
-                    :attr:`EstimatorSpec.row_rule` (:func:`bgcn.topk.row_weights`): the chunked
-                    graph (:func:`bgcn.knn_graph` with ``chunk_size``) and the bank engine can use it
-``needs_normaliser`` the rule also needs the row's log-sum-exp over all N (seed 000's softmax): the
-                    bank computes it, the chunked graph of :func:`bgcn.knn_graph` cannot
-``needs_dense``     its gradient needs the loss gradient at non-edges: the GCN takes the dense mask
-``stochastic``      it samples (takes ``generator``; may carry a ``log_prob`` for a score function)
-==================  =================================================================================
+======================  ===============================================================================
+flag                    meaning (who reads it)
+======================  ===============================================================================
+``rowwise``             its weights follow from the k kept similarities of a row by
+                        :attr:`EstimatorSpec.row_rule` (:func:`bgcn.topk.row_weights`): the chunked
+                        graph (:func:`bgcn.knn_graph` with ``chunk_size``) and the bank engine use it
+``needs_normaliser``    the rule also needs the row's log-sum-exp over all N (seed 000's softmax): the
+                        bank computes it, the chunked graph of :func:`bgcn.knn_graph` cannot
+``needs_dense``         its gradient needs the loss gradient at non-edges: the GCN takes the dense mask
+``stochastic``          it samples (takes ``generator``; may carry a ``log_prob`` for a score function)
+======================  ===============================================================================
 
 Taught in: chapter 06 (chapters/06_rankings_to_graph.md) and chapter 09 (chapters/09_estimators.md).
 """
