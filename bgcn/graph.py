@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .similarity import cosine_similarity, knn_indices, normalize_rows
+from .similarity import cosine_similarity, gather_similarities, knn_indices, normalize_rows
 from .estimators import Selection, get_spec, rowwise_names
 from .topk import row_weights
 from .utils import check_k, check_tau, check_tensor
@@ -318,7 +318,7 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
                              f"rows needed), not {name!r}; leave chunk_size=None for it")
         idx = knn_indices(features, k, exclude_self=exclude_self, chunk_size=chunk_size)
         fhat = normalize_rows(features)
-        vals = (fhat.unsqueeze(1) * fhat[idx]).sum(-1)  # (N, k), O(N k D) autograd memory
+        vals = gather_similarities(fhat, fhat, idx)  # (N, k), O(N k D) autograd memory
         sel = Selection(idx, row_weights(vals, name, tau))
     else:
         s = cosine_similarity(features)

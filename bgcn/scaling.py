@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .similarity import knn_indices, normalize_rows
+from .similarity import gather_similarities, knn_indices, normalize_rows
 from .topk import row_weights
 from .utils import check_k, check_positive, check_tau, check_tensor
 
@@ -276,10 +276,6 @@ def _lse_from_unit_rows(fhat: torch.Tensor, tau: float, exclude_self: bool, chun
     return similarity_logsumexp(fhat, fhat, tau, exclude=exclude, chunk_size=chunk_size, checkpoint=checkpoint)
 
 
-def _gather_dot(block: torch.Tensor, fhat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return (block.unsqueeze(1) * fhat[idx]).sum(-1)
-
-
 def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_size: int = 1024,
                            checkpoint: bool = True) -> torch.Tensor:
     r"""The k similarities per row, :math:`S_{i,\mathcal N_k(i)_m} = \hat f_i \cdot \hat f_{\mathcal N_k(i)_m}`, with autograd.
@@ -319,11 +315,11 @@ def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_s
         raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
     use_ckpt = checkpoint and torch.is_grad_enabled() and fhat.requires_grad
     if not use_ckpt:
-        return _gather_dot(fhat, fhat, indices)
+        return gather_similarities(fhat, fhat, indices)
     parts = []
     for start in range(0, fhat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        parts.append(_checkpoint(_gather_dot, fhat[sl], fhat, indices[sl], use_reentrant=False))
+        parts.append(_checkpoint(gather_similarities, fhat[sl], fhat, indices[sl], use_reentrant=False))
     return torch.cat(parts)
 
 

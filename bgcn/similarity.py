@@ -8,7 +8,7 @@ import torch
 
 from .utils import check_k, check_positive, check_tensor
 
-__all__ = ["cosine_similarity", "normalize_rows", "mask_diagonal", "knn_search", "knn_indices"]
+__all__ = ["cosine_similarity", "normalize_rows", "mask_diagonal", "gather_similarities", "knn_search", "knn_indices"]
 
 
 def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -84,6 +84,26 @@ def mask_diagonal(scores: torch.Tensor, value: float = float("-inf")) -> torch.T
     idx = torch.arange(min(n, scores.shape[-1]), device=scores.device)
     eye[idx, idx] = True
     return scores.masked_fill(eye, value)
+
+
+def gather_similarities(rows: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    r"""The similarities of each row with its k chosen keys, with autograd: :math:`V_{im} = \hat r_i \cdot \hat g_{\,\mathcal N_{im}}`.
+
+    .. math::
+        V_{im} = \sum_{d=1}^{D} R_{id}\, G_{\mathcal N_{im}, d}
+
+    for unit rows R and keys G (:func:`normalize_rows`): the k values that the chunked graphs
+    (:func:`bgcn.knn_graph` with ``chunk_size``, :func:`bgcn.scaling.neighbour_similarities`, the
+    bank's subgraph) recompute with autograd after an index search without it. Autograd keeps the
+    gathered keys: :math:`O(NkD)`. No checks (a building block; callers check).
+
+    Shapes:
+        - rows: (N, D), keys: (M, D), indices: (N, k) long in [0, M)
+        - output: (N, k)
+
+    Taught in: chapter 10 (chapters/10_scaling.md).
+    """
+    return (rows.unsqueeze(1) * keys[indices]).sum(-1)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..estimators import ESTIMATORS, get_spec, rowwise_names
 from ..scaling import similarity_logsumexp
-from ..similarity import normalize_rows
+from ..similarity import gather_similarities, normalize_rows
 from ..topk import row_weights
 from ._table import FeatureBank
 
@@ -152,7 +152,7 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     xn = normalize_rows(x)
     rows = torch.cat([torch.arange(q.m, device=bank.device), q.local(hop1, extra)])
     nbrs = torch.cat([q.local(idx0, extra), q.local(idx1, extra)])
-    vals = (xn[rows].unsqueeze(1) * xn[nbrs]).sum(-1)  # (m + |H1|, k), O(rows·k·D)
+    vals = gather_similarities(xn[rows], xn, nbrs)  # (m + |H1|, k), O(rows·k·D)
     soft = use_weights and get_spec(estimator).needs_normaliser
     lse = None
     if soft:
