@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .estimators import BASELINES, reinforce_baseline
 from .utils import check_positive, check_tau, check_tensor
 
 __all__ = [
@@ -33,10 +34,7 @@ __all__ = [
     "ScoreFunctionEstimate",
     "score_function_gradient",
     "exact_expected_reward_gradient",
-    "BASELINES",
-]
-
-BASELINES = ("none", "mean", "loo")
+]  # BASELINES stays importable from here; it is documented in bgcn.estimators
 
 
 def _check_last_dim(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -131,6 +129,25 @@ class ScoreFunctionEstimate:
     baselines: torch.Tensor
 
 
+def _check_score_function_args(logits, reward_fn, num_samples, baseline, generator) -> None:
+    _check_last_dim(logits, "logits")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable (indices (S, ...) -> rewards (S, ...)), got {type(reward_fn).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be >= 1")
+    if isinstance(baseline, str):
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES} or a number")
+        if baseline == "loo" and num_samples < 2:
+            raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
+    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+        raise TypeError(f"baseline must be one of {BASELINES} or a number, got {type(baseline).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Tensor], torch.Tensor],
                             num_samples: int, baseline: str | float = "none",
                             generator: torch.Generator | None = None) -> ScoreFunctionEstimate:
@@ -148,7 +165,9 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
     .. math::
         \hat g = \frac1S \sum_{s=1}^S \left(R(i_s) - b_s\right)\left(e_{i_s} - p_\theta\right).
 
-    Baselines :math:`b_s`:
+    Baselines :math:`b_s` (the one rule of :func:`bgcn.estimators.reinforce_baseline`; the estimate is
+    minus the gradient of the surrogate :func:`bgcn.estimators.score_function_terms` with the cost
+    :math:`-R`, the library's one sign convention):
 
     - ``"none"``: :math:`b_s = 0`. Unbiased, high variance.
     - ``"mean"``: :math:`b_s = \frac1S\sum_t R(i_t)`, the batch mean. It includes sample s itself,
@@ -177,23 +196,7 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
 
     Taught in: chapter 03 (chapters/03_argmax_score_function.md).
     """
-    _check_last_dim(logits, "logits")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (indices (S, ...) -> rewards (S, ...)), got {type(reward_fn).__name__}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be >= 1")
-    if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES} or a number")
-        if baseline == "loo" and num_samples < 2:
-            raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
-    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-        raise TypeError(f"baseline must be one of {BASELINES} or a number, got {type(baseline).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
+    _check_score_function_args(logits, reward_fn, num_samples, baseline, generator)
     theta = logits.detach()
     n = theta.shape[-1]
     batch = theta.shape[:-1]
@@ -213,15 +216,9 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
                          f"shape {tuple(samples.shape)}")
     rewards = check_tensor(rewards.detach(), "rewards").to(theta.dtype)
 
-    if baseline == "none":
-        b = torch.zeros_like(rewards)
-    elif baseline == "mean":
-        b = rewards.mean(0, keepdim=True).expand_as(rewards)
-    elif baseline == "loo":
-        b = (rewards.sum(0, keepdim=True) - rewards) / (num_samples - 1)
-    else:
-        b = torch.full_like(rewards, float(baseline))
-
+    b = reinforce_baseline(rewards, baseline, dim=0)  # the one baseline rule (bgcn.estimators._score)
+    # the explicit estimate of grad E[R] (ascent on a reward): minus the gradient of the surrogate
+    # bgcn.estimators.score_function_terms(log p, -R, -b), whose convention is descent on a cost
     score = torch.nn.functional.one_hot(samples, n).to(theta.dtype) - p  # (S, ..., n): grad log p(i_s)
     per_sample = (rewards - b).unsqueeze(-1) * score
     return ScoreFunctionEstimate(per_sample.mean(0), per_sample, samples, rewards, b)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .similarity import cosine_similarity, knn_indices, normalize_rows
-from .topk import Selection, get_estimator
+from .similarity import cosine_similarity, gather_similarities, knn_indices, normalize_rows
+from .estimators import Selection, get_spec, rowwise_names
+from .topk import row_weights
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction",
@@ -86,7 +87,8 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
     With ``symmetric=True`` every edge j -> i is paired with i -> j; a pair present in both
     directions gets the mean of the two weights, a pair present in one direction keeps its weight in
     both (``torch_geometric.utils.to_undirected`` with ``reduce="mean"``). ``self_loops=True``
-    appends (i -> i) with ``self_loop_weight`` (leave it off when the GCN adds its own).
+    appends (i -> i) with ``self_loop_weight`` (``torch_geometric.utils.add_self_loops``; leave it off
+    when the GCN adds its own).
 
     Shapes:
         - indices: (N, k) long
@@ -115,15 +117,14 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
     dst = torch.arange(n, device=indices.device).repeat_interleave(k)
     edge_index = torch.stack([src, dst])
     edge_weight = weights.reshape(-1)
-    if symmetric:
-        from torch_geometric.utils import to_undirected
+    if symmetric or self_loops:
+        from torch_geometric.utils import add_self_loops, to_undirected  # heavy: not imported by `import bgcn`
 
-        edge_index, edge_weight = to_undirected(edge_index, edge_weight, num_nodes=n, reduce="mean")
-    if self_loops:
-        loop = torch.arange(n, device=indices.device)
-        edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
-        edge_weight = torch.cat([edge_weight, torch.full((n,), float(self_loop_weight), dtype=edge_weight.dtype,
-                                                         device=edge_weight.device)])
+        if symmetric:
+            edge_index, edge_weight = to_undirected(edge_index, edge_weight, num_nodes=n, reduce="mean")
+        if self_loops:
+            edge_index, edge_weight = add_self_loops(edge_index, edge_weight, fill_value=float(self_loop_weight),
+                                                     num_nodes=n)
     return edge_index, edge_weight
 
 
@@ -238,6 +239,10 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
     .. math::
         h = \frac{1}{Nk}\sum_{i=1}^{N}\sum_{j\in\mathcal N_k(i)} [y_i = y_j]
 
+    The value of ``torch_geometric.utils.homophily(edge_index, labels, method="edge")`` on the
+    edges of :func:`rankings_to_edges`, computed here in float64: PyG averages in float32, which
+    differs in the last bits (e.g. 1/3), and committed results hold these numbers.
+
     An *analysis* quantity: it reads every image's label, so it must never enter training; it says
     whether a graph is a better graph for the task (more same-class neighbours), which "edges
     changed" alone cannot.
@@ -262,6 +267,11 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
     return float((lab[idx] == lab[:, None]).double().mean())
 
 
+def _quoted(names) -> str:
+    q = [repr(n) for n in names]
+    return ", ".join(q[:-1]) + " or " + q[-1] if len(q) > 1 else "".join(q)
+
+
 def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 1.0, *, exclude_self: bool = True,
               symmetric: bool = False, self_loops: bool = False, chunk_size: int | None = None,
               generator: torch.Generator | None = None, **estimator_kw) -> KNNGraph:
@@ -274,8 +284,9 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
     The node itself is excluded from its ranking by default (``exclude_self=True``): its cosine
     similarity is 1, so it would always be its own top-1 (the GCN adds self-loops anyway).
 
-    ``chunk_size`` (only for ``"hard"``, ``"values"`` and ``"masked_softmax"``, which need no full
-    rows): the neighbour indices are found chunk by chunk under ``no_grad`` and the k similarities
+    ``chunk_size`` (only for the row-wise estimators without a row normaliser,
+    :func:`bgcn.estimators.rowwise_names` ``(normaliser=False)``: ``"hard"``, ``"values"`` and
+    ``"masked_softmax"``, which need no full rows): the neighbour indices are found chunk by chunk under ``no_grad`` and the k similarities
     per row are recomputed with autograd, so memory is O(N·chunk + N·k·D) instead of O(N²)
     (chapter 10).
 
@@ -299,22 +310,16 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
     n = features.shape[0]
     k = check_k(k, n, exclude_self=exclude_self)
     tau = check_tau(tau)
-    fn = get_estimator(estimator)
-    name = getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+    spec = get_spec(estimator)
+    fn, name = spec.fn, spec.name
     if chunk_size is not None:
-        if name not in ("hard", "values", "masked_softmax"):
-            raise ValueError(f"chunk_size works with estimator 'hard', 'values' or 'masked_softmax' (no full rows "
-                             f"needed), not {name!r}; leave chunk_size=None for it")
+        if not spec.chunkable:
+            raise ValueError(f"chunk_size works with estimator {_quoted(rowwise_names(normaliser=False))} (no full "
+                             f"rows needed), not {name!r}; leave chunk_size=None for it")
         idx = knn_indices(features, k, exclude_self=exclude_self, chunk_size=chunk_size)
         fhat = normalize_rows(features)
-        vals = (fhat.unsqueeze(1) * fhat[idx]).sum(-1)  # (N, k), O(N k D) autograd memory
-        if name == "hard":
-            w = torch.ones_like(vals).detach()
-        elif name == "values":
-            w = vals.clamp_min(0.0)
-        else:
-            w = torch.softmax(vals / tau, dim=-1)
-        sel = Selection(idx, w)
+        vals = gather_similarities(fhat, fhat, idx)  # (N, k), O(N k D) autograd memory
+        sel = Selection(idx, row_weights(vals, name, tau))
     else:
         s = cosine_similarity(features)
         sel = fn(s, k, tau, exclude_self=exclude_self, generator=generator, **estimator_kw)

@@ -28,10 +28,12 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .similarity import knn_indices, normalize_rows
+from .similarity import gather_similarities, knn_indices, normalize_rows
+from .topk import row_weights
 from .utils import check_k, check_positive, check_tau, check_tensor
 
-__all__ = ["saved_tensor_bytes", "peak_memory", "memory_model", "neighbour_similarities", "chunked_logsumexp", "chunked_soft_topk"]
+__all__ = ["saved_tensor_bytes", "peak_memory", "memory_model", "neighbour_similarities", "chunked_logsumexp", "chunked_soft_topk",
+           "similarity_logsumexp"]
 
 _METHODS = ("dense_softmax", "chunked_masked_softmax", "chunked_softmax")
 
@@ -206,14 +208,63 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
     return {"saved": float(saved), "transient": float(transient), "peak": float(saved + transient)}
 
 
-def _block_logsumexp(block: torch.Tensor, fhat: torch.Tensor, start: int, tau: float, exclude_self: bool) -> torch.Tensor:
-    s = (block @ fhat.T) / tau                                   # (chunk, N)
-    if exclude_self:
-        rows = torch.arange(block.shape[0], device=block.device)
+def _lse_block(q: torch.Tensor, keys: torch.Tensor, tau: float, excl: torch.Tensor, normalize_keys: bool) -> torch.Tensor:
+    """log-sum-exp of one (rows, key block) block of similarities / tau; ``excl[r] >= 0`` masks column excl[r]."""
+    kn = normalize_rows(keys) if normalize_keys else keys
+    s = (q @ kn.T) / tau                                         # (rows, key block)
+    hit = excl >= 0
+    if bool(hit.any()):
         mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
-        mask[rows, rows + start] = True
+        mask[torch.nonzero(hit).flatten(), excl[hit]] = True
         s = s.masked_fill(mask, float("-inf"))
     return torch.logsumexp(s, dim=1)
+
+
+def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *, exclude: torch.Tensor | None = None,
+                         chunk_size: int = 1024, key_chunk: int | None = None, checkpoint: bool = True,
+                         normalize_keys: bool = False) -> torch.Tensor:
+    r"""Row log-normalisers against every key, block by block: :math:`\ell_r = \log\sum_{l\ne e_r}\exp(\hat q_r\cdot\hat g_l/\tau)`.
+
+    The one chunked log-sum-exp of the library (:func:`chunked_logsumexp`, :func:`chunked_soft_topk`
+    and the bank's seed-000 softmax, :func:`bgcn.bank.computation_subgraph`). Query rows are taken
+    ``chunk_size`` at a time against ``key_chunk`` keys at a time (all M with ``None``), and the
+    blocks' log-sum-exps are combined by a log-sum-exp. With ``checkpoint=True`` (and a query or
+    key that requires grad) each block runs under :func:`torch.utils.checkpoint.checkpoint`: only
+    its inputs are kept and its similarities are recomputed in the backward pass, so no more than
+    one block exists at any moment.
+
+    Args:
+        query: (Q, D) unit-norm query rows (:func:`bgcn.normalize_rows`), may require grad.
+        keys: (M, D) key rows: unit-norm, or raw with ``normalize_keys=True`` (normalised a block
+            at a time, inside the checkpoint).
+        tau: temperature τ > 0 (checked by the caller).
+        exclude: (Q,) long, the key id left out of row r's sum (itself), or ``None``.
+        chunk_size, key_chunk: block sizes (checked by the caller).
+
+    Shapes:
+        - query: (Q, D), keys: (M, D), exclude: (Q,) or None
+        - output: (Q,)
+
+    Taught in: chapter 10 (chapters/10_scaling.md); over a bank in chapter 11.
+    """
+    n = keys.shape[0]
+    bc = n if key_chunk is None else int(key_chunk)
+    use_ckpt = checkpoint and torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
+    out = []
+    for start in range(0, query.shape[0], chunk_size):
+        stop = min(start + chunk_size, query.shape[0])
+        parts = []
+        for c0 in range(0, n, bc):
+            c1 = min(c0 + bc, n)
+            if exclude is None:
+                excl = torch.full((stop - start,), -1, dtype=torch.long, device=query.device)
+            else:
+                e = exclude[start:stop]
+                excl = torch.where((e >= c0) & (e < c1), e - c0, torch.full_like(e, -1))
+            args = (query[start:stop], keys[c0:c1], tau, excl, normalize_keys)
+            parts.append(_checkpoint(_lse_block, *args, use_reentrant=False) if use_ckpt else _lse_block(*args))
+        out.append(torch.logsumexp(torch.stack(parts, 1), dim=1))
+    return torch.cat(out) if out else query.new_zeros(0)
 
 
 def _check_chunk(chunk_size) -> int:
@@ -221,19 +272,8 @@ def _check_chunk(chunk_size) -> int:
 
 
 def _lse_from_unit_rows(fhat: torch.Tensor, tau: float, exclude_self: bool, chunk_size: int, checkpoint: bool) -> torch.Tensor:
-    use_ckpt = checkpoint and torch.is_grad_enabled() and fhat.requires_grad
-    parts = []
-    for start in range(0, fhat.shape[0], chunk_size):
-        block = fhat[start:start + chunk_size]
-        if use_ckpt:
-            parts.append(_checkpoint(_block_logsumexp, block, fhat, start, tau, exclude_self, use_reentrant=False))
-        else:
-            parts.append(_block_logsumexp(block, fhat, start, tau, exclude_self))
-    return torch.cat(parts)
-
-
-def _gather_dot(block: torch.Tensor, fhat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return (block.unsqueeze(1) * fhat[idx]).sum(-1)
+    exclude = torch.arange(fhat.shape[0], device=fhat.device) if exclude_self else None
+    return similarity_logsumexp(fhat, fhat, tau, exclude=exclude, chunk_size=chunk_size, checkpoint=checkpoint)
 
 
 def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_size: int = 1024,
@@ -275,11 +315,11 @@ def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_s
         raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
     use_ckpt = checkpoint and torch.is_grad_enabled() and fhat.requires_grad
     if not use_ckpt:
-        return _gather_dot(fhat, fhat, indices)
+        return gather_similarities(fhat, fhat, indices)
     parts = []
     for start in range(0, fhat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        parts.append(_checkpoint(_gather_dot, fhat[sl], fhat, indices[sl], use_reentrant=False))
+        parts.append(_checkpoint(gather_similarities, fhat[sl], fhat, indices[sl], use_reentrant=False))
     return torch.cat(parts)
 
 
@@ -358,4 +398,4 @@ def chunked_soft_topk(features: torch.Tensor, k: int, tau: float = 1.0, *, exclu
     fhat = normalize_rows(features)
     vals = neighbour_similarities(fhat, idx, chunk_size=chunk_size, checkpoint=checkpoint)     # (N, k)
     lse = _lse_from_unit_rows(fhat, tau, exclude_self, chunk_size, checkpoint)                 # (N,)
-    return torch.exp(vals / tau - lse.unsqueeze(1)), idx
+    return row_weights(vals, "softmax", tau, lse), idx

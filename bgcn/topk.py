@@ -1,4 +1,4 @@
-r"""Top-k selection: hard top-k, the selection matrix, seed 000's soft top-k, and the estimator registry.
+r"""Top-k selection: hard top-k, the selection matrix, seed 000's soft top-k, the row rule and four estimators.
 
 An *estimator* turns a row-wise score matrix :math:`S` (N, M) into a :class:`Selection`: for every
 row i the indices of k chosen columns and a weight per chosen column, and (for estimators that learn
@@ -16,122 +16,33 @@ name                    weights :math:`\tilde w_{ij}` for j in top-k          gr
 ======================  ====================================================  ==============================================
 
 Further estimators (straight-through, identity with projection, I-MLE, ...) register themselves from
-:mod:`bgcn.estimators` (chapter 09).
+:mod:`bgcn.estimators` (chapter 09), which also holds what an estimator is (:class:`Selection`, its
+:class:`~bgcn.estimators.EstimatorSpec`, the registry); :func:`row_weights` is the one rule that turns
+the k kept similarities of a row into these weights.
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
+from .estimators import ESTIMATORS, Selection, get_estimator, get_spec, register_estimator, rowwise_names
+from .similarity import mask_diagonal
 from .utils import check_k, check_tau, check_tensor
 
+# Selection, ESTIMATORS, register_estimator, get_estimator (bgcn.estimators) and mask_diagonal
+# (bgcn.similarity) stay importable from here, and are documented once, in their homes.
 __all__ = [
-    "Selection",
-    "ESTIMATORS",
-    "register_estimator",
-    "get_estimator",
+    "row_weights",
     "topk_selection_matrix",
     "hard_topk",
     "soft_topk",
-    "mask_diagonal",
     "softmax_jacobian",
     "effective_neighbours",
     "topk_mass",
 ]
 
 
-@dataclass
-class Selection:
-    """What an estimator returns for a score matrix with N rows and M columns.
-
-    Attributes:
-        indices: (N, k) long, the chosen columns of each row, by decreasing score.
-        weights: (N, k) float, the weight of each chosen column (differentiable or not).
-        dense: (N, M) float or ``None``: a dense mask whose gradient is the estimator's gradient for
-            *every* score, chosen or not (selection estimators, chapter 09). ``None`` when the
-            estimator only re-weights the hard top-k.
-
-    Shapes:
-        - indices, weights: (N, k)
-        - dense: (N, M) or None
-
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); ``dense`` in chapter 09.
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor
-    dense: torch.Tensor | None = None
-
-
-EstimatorFn = Callable[..., Selection]
-ESTIMATORS: dict[str, EstimatorFn] = {}
-
-
-def register_estimator(name: str, needs_dense: bool = False, stochastic: bool = False):
-    """Decorator adding an estimator to :data:`ESTIMATORS` under ``name``.
-
-    The decorated callable has the signature
-    ``fn(scores, k, tau=1.0, *, exclude_self=False, generator=None, **kw) -> Selection``.
-    ``needs_dense=True`` marks estimators whose gradient needs the loss gradient for non-edges too,
-    i.e. a dense adjacency path in the GCN; ``stochastic=True`` marks those that sample.
-
-    Shapes: the estimator maps scores (N, M) to a :class:`Selection` with indices, weights (N, k).
-
-    Taught in: chapter 09 (chapters/09_estimators.md).
-    """
-
-    def deco(fn: EstimatorFn) -> EstimatorFn:
-        fn.estimator_name = name  # type: ignore[attr-defined]
-        fn.needs_dense = needs_dense  # type: ignore[attr-defined]
-        fn.stochastic = stochastic  # type: ignore[attr-defined]
-        ESTIMATORS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_estimator(name: str | EstimatorFn) -> EstimatorFn:
-    """Look an estimator up by name (a callable is returned unchanged); unknown names list the valid ones.
-
-    Shapes: none (returns the estimator callable).
-
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md) and chapter 09 (chapters/09_estimators.md).
-    """
-    if callable(name):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"estimator must be a name (str) or a callable, got {type(name).__name__}")
-    if name not in ESTIMATORS:
-        close = difflib.get_close_matches(name, list(ESTIMATORS), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown estimator={name!r}; valid names are {sorted(ESTIMATORS)}.{hint}")
-    return ESTIMATORS[name]
-
-
 def _check_scores(scores: torch.Tensor, name: str = "scores") -> torch.Tensor:
     return check_tensor(scores, name, ndim=(1, 2))
-
-
-def mask_diagonal(scores: torch.Tensor, value: float = float("-inf")) -> torch.Tensor:
-    """Return a copy of a square-ish (N, M) score matrix with entries (i, i) set to ``value``.
-
-    Used to exclude self-similarity (:math:`S_{ii}=1`, every node is its own top-1). Out of place,
-    so autograd still flows to the other entries.
-
-    Shapes:
-        - scores: (N, M) with N <= M
-        - output: (N, M)
-
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
-    """
-    n = scores.shape[0]
-    eye = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    idx = torch.arange(min(n, scores.shape[-1]), device=scores.device)
-    eye[idx, idx] = True
-    return scores.masked_fill(eye, value)
 
 
 def topk_selection_matrix(y: torch.Tensor, k: int) -> torch.Tensor:
@@ -267,7 +178,63 @@ def topk_mass(w: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(w, k, dim=-1).values.sum(-1)
 
 
-# --------------------------------------------------------------------------- estimators
+# --------------------------------------------------------------------------- the row rule and the estimators
+
+def _rule_hard(values: torch.Tensor, tau: float, lse: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(values).detach()
+
+
+def _rule_values(values: torch.Tensor, tau: float, lse: torch.Tensor | None) -> torch.Tensor:
+    return values.clamp_min(0.0)
+
+
+def _rule_masked_softmax(values: torch.Tensor, tau: float, lse: torch.Tensor | None) -> torch.Tensor:
+    return torch.softmax(values / tau, dim=-1)
+
+
+def _rule_softmax(values: torch.Tensor, tau: float, lse: torch.Tensor | None) -> torch.Tensor:
+    return torch.exp(values / tau - lse.unsqueeze(-1))
+
+
+def row_weights(values: torch.Tensor, estimator: str, tau: float = 1.0, lse: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Edge weights of a row-wise estimator from the k kept similarities of each row (the one rule).
+
+    ======================  ===============================================================
+    ``estimator``           :math:`\tilde w_{ij},\ j\in\mathcal N_k(i)`
+    ======================  ===============================================================
+    ``"hard"``              1 (no gradient)
+    ``"values"``            :math:`\max(S_{ij}, 0)`
+    ``"masked_softmax"``    :math:`\exp(S_{ij}/\tau) / \sum_{l\in\mathcal N_k(i)} \exp(S_{il}/\tau)`
+    ``"softmax"``           :math:`\exp(S_{ij}/\tau - \ell_i)`, :math:`\ell_i = \log\sum_{l} \exp(S_{il}/\tau)`
+                            over the whole row (seed 000; ``lse`` = :math:`\ell`)
+    ======================  ===============================================================
+
+    Every path that builds these weights from k similarities calls it: the estimators of this
+    module, :func:`bgcn.knn_graph` with ``chunk_size``, :func:`bgcn.scaling.chunked_soft_topk` and
+    the bank engine (:func:`bgcn.bank.computation_subgraph`). The rule of each name is its
+    :attr:`bgcn.estimators.EstimatorSpec.row_rule`; a registered row-wise estimator brings its own.
+
+    Args:
+        values: (N, k) the kept similarities :math:`S_{i,\mathcal N_k(i)}`, may require grad.
+        estimator: a row-wise estimator's name (:func:`bgcn.estimators.rowwise_names`).
+        tau: temperature τ > 0.
+        lse: (N,) the row log-normalisers, for estimators that need them (``"softmax"``).
+
+    Shapes:
+        - values: (N, k); lse: (N,) or None
+        - output: (N, k)
+
+    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); chunked in chapters 10 and 11.
+    """
+    spec = get_spec(estimator)
+    if not spec.rowwise:
+        raise ValueError(f"estimator {spec.name!r} has no row rule (it needs the full score rows); "
+                         f"row_weights works for {list(rowwise_names())}")
+    if spec.needs_normaliser and lse is None:
+        raise ValueError(f"estimator {spec.name!r} needs the row log-normalisers: pass lse (N,), e.g. "
+                         f"bgcn.scaling.chunked_logsumexp(features, tau)")
+    return spec.row_rule(values, tau, lse)
+
 
 def _prep(scores: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tensor, int]:
     check_tensor(scores, "scores", ndim=2)
@@ -276,7 +243,7 @@ def _prep(scores: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tenso
     return s, k
 
 
-@register_estimator("hard")
+@register_estimator("hard", row_rule=_rule_hard)
 def hard_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                    generator: torch.Generator | None = None) -> Selection:
     r"""Hard top-k with unit weights: :math:`\tilde w_{ij} = 1`. No gradient reaches the scores.
@@ -286,11 +253,11 @@ def hard_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
     Taught in: chapter 02 (chapters/02_hard_topk.md).
     """
     s, k = _prep(scores, k, exclude_self)
-    idx = torch.topk(s.detach(), k, dim=-1).indices
-    return Selection(idx, torch.ones(idx.shape, dtype=scores.dtype, device=scores.device))
+    vals, idx = torch.topk(s.detach(), k, dim=-1)
+    return Selection(idx, row_weights(vals, "hard"))
 
 
-@register_estimator("values")
+@register_estimator("values", row_rule=_rule_values)
 def values_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                      generator: torch.Generator | None = None) -> Selection:
     r"""The selected similarities as weights: :math:`\tilde w_{ij} = \max(S_{ij}, 0)`, j in top-k.
@@ -305,13 +272,16 @@ def values_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_
     """
     s, k = _prep(scores, k, exclude_self)
     vals, idx = torch.topk(s, k, dim=-1)
-    return Selection(idx, vals.clamp_min(0.0))
+    return Selection(idx, row_weights(vals, "values"))
 
 
-@register_estimator("softmax")
+@register_estimator("softmax", row_rule=_rule_softmax, needs_normaliser=True)
 def softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                       generator: torch.Generator | None = None) -> Selection:
     r"""Seed 000's soft top-k as an estimator (see :func:`soft_topk`, eqs. (9)–(11)).
+
+    Row-wise given the row's log-normaliser (:func:`row_weights`), which the bank engine and
+    :func:`bgcn.scaling.chunked_soft_topk` compute in blocks; here the whole row is at hand.
 
     Shapes: scores (N, M) -> indices, weights (N, k).
 
@@ -322,7 +292,7 @@ def softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude
     return Selection(idx, w)
 
 
-@register_estimator("masked_softmax")
+@register_estimator("masked_softmax", row_rule=_rule_masked_softmax)
 def masked_softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                              generator: torch.Generator | None = None) -> Selection:
     r"""Softmax over the k kept scores only:
@@ -340,4 +310,4 @@ def masked_softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, 
     tau = check_tau(tau)
     s, k = _prep(scores, k, exclude_self)
     vals, idx = torch.topk(s, k, dim=-1)
-    return Selection(idx, torch.softmax(vals / tau, dim=-1))
+    return Selection(idx, row_weights(vals, "masked_softmax", tau))
