@@ -15,8 +15,8 @@ _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated"
 from . import utils
 from .utils import get_device, seed_everything, versions
 from .similarity import cosine_similarity, knn_indices, normalize_rows
-from .topk import (ESTIMATORS, Selection, effective_neighbours, get_estimator, hard_topk, register_estimator,
-                   soft_topk, softmax_jacobian, topk_mass, topk_selection_matrix)
+from .estimators import ESTIMATORS, EstimatorSpec, Selection, get_estimator, get_spec, register_estimator
+from .topk import effective_neighbours, hard_topk, soft_topk, softmax_jacobian, topk_mass, topk_selection_matrix
 from .graph import KNNGraph, edge_change_fraction, knn_graph, rankings_to_edges, to_networkx
 from .data import Dataset, label_masks, load_dataset
 from .backbone import create_backbone, extract_features, list_backbones
@@ -24,7 +24,7 @@ from .gcn import GCN, dense_gcn_norm, edge_index_to_dense
 from . import gcn_spec
 from . import argmax, scaling, temperature
 from .temperature import suggest_tau
-from . import estimators  # registers the selection estimators of chapter 09 in ESTIMATORS
+from . import estimators  # noqa: F401 - the estimator registry (bgcn.ESTIMATORS) and chapter 09's estimators
 from .model import MODES, EndToEnd, build_model
 from .train import History, TrainResult, TrainingDiverged, load_checkpoint, pretrain_backbone, save_checkpoint
 

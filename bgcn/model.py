@@ -28,13 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import KNNGraph, knn_graph
-from .topk import get_estimator
+from .estimators import get_estimator, get_spec, rowwise_names, score_function_surrogate
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["EndToEnd", "MODES", "build_model", "score_function_surrogate"]
-
-#: estimators whose graph needs no full similarity row (the chunked path of knn_graph)
-_CHUNKABLE = frozenset({"hard", "values", "masked_softmax"})
 
 #: Training modes understood by :class:`EndToEnd` and :func:`bgcn.train.train`.
 MODES = ("frozen", "end2end-features", "end2end")
@@ -163,9 +160,9 @@ class EndToEnd(nn.Module):
             raise ValueError(f"mode={mode!r} is not a training mode; choose one of {list(MODES)}")
         if mode == "end2end" and self.chunk_size is not None:
             name = self.configured_estimator_name
-            if name not in _CHUNKABLE:
+            if not get_spec(self.estimator).chunkable:
                 raise ValueError(f"chunk_size={self.chunk_size} needs an estimator without full rows "
-                                 f"({sorted(_CHUNKABLE)}), not {name!r} in mode 'end2end'; use one of "
+                                 f"({sorted(rowwise_names(normaliser=False))}), not {name!r} in mode 'end2end'; use one of "
                                  f"those, or chunk_size=None (dense N×N path)")
         self.mode = mode
         self.use_graph_weights = mode == "end2end"
@@ -188,14 +185,12 @@ class EndToEnd(nn.Module):
     @property
     def estimator_name(self) -> str:
         """Name of the estimator the graph is built with now (``"hard"`` for frozen / end2end-features)."""
-        fn = get_estimator(self.graph_estimator)
-        return getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+        return get_spec(self.graph_estimator).name
 
     @property
     def configured_estimator_name(self) -> str:
         """Name of the estimator given at construction (used by the ``"end2end"`` mode)."""
-        fn = get_estimator(self.estimator)
-        return getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
+        return get_spec(self.estimator).name
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -238,7 +233,8 @@ class EndToEnd(nn.Module):
         Shapes: features (N, D) -> KNNGraph with edge_index (2, E), edge_weight (E,), indices (N, k)
         """
         use = self.graph_estimator if estimator is None else estimator
-        fn = get_estimator(use)
+        spec = get_spec(use)
+        fn = spec.fn
         # the estimator's own keyword arguments go to it only (not to the hard graph of a warm-up)
         est_kw = self.estimator_kw if use is self.estimator else {}
         captured: dict = {}
@@ -247,14 +243,14 @@ class EndToEnd(nn.Module):
             captured["sel"] = sel = fn(scores, k, tau, **kw)
             return sel
 
-        for attr in ("estimator_name", "needs_dense", "stochastic"):
-            if hasattr(fn, attr):
-                setattr(estimator, attr, getattr(fn, attr))
-        name = getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
-        chunk = self.chunk_size if name in _CHUNKABLE else None
+        # knn_graph names the graph after the wrapper's spec (bgcn.estimators.get_spec reads these)
+        estimator.estimator_name, estimator.needs_dense, estimator.stochastic = (spec.name, spec.needs_dense,
+                                                                                 spec.stochastic)
+        name = spec.name
+        chunk = self.chunk_size if spec.chunkable else None
         if self.chunk_size is not None and chunk is None:
             raise ValueError(f"chunk_size={self.chunk_size} does not work with estimator {name!r} (it needs full "
-                             f"rows); use one of {sorted(_CHUNKABLE)} or chunk_size=None")
+                             f"rows); use one of {sorted(rowwise_names(normaliser=False))} or chunk_size=None")
         graph = knn_graph(features, self.k, estimator if chunk is None else name, self.tau,
                           exclude_self=self.exclude_self, symmetric=self.symmetric, chunk_size=chunk,
                           generator=generator, **est_kw)
@@ -364,87 +360,6 @@ class EndToEnd(nn.Module):
         return (f"k={self.k}, estimator={self.estimator_name!r}, tau={self.tau}, "
                 f"use_graph_weights={self.use_graph_weights}, exclude_self={self.exclude_self}, "
                 f"symmetric={self.symmetric}, train_backbone={self.train_backbone}")
-
-
-def score_function_surrogate(log_prob: torch.Tensor, node_loss: torch.Tensor, mask: torch.Tensor,
-                             reward: str = "node", baseline: str | float = "loo") -> torch.Tensor:
-    r"""Score-function (REINFORCE) surrogate for a *sampled* graph (extension point for chapter 09).
-
-    A stochastic estimator (e.g. ``gumbel_reinforce``) that samples node i's neighbour set with
-    log-probability :math:`\log p_i` puts it in ``KNNGraph.info["log_prob"]`` (N,). The training
-    loop (:func:`bgcn.train.train`) then adds to the loss
-
-    .. math::
-        \mathcal L_\text{sf} = \frac{1}{|M|}\sum_{i\in M} (R_i - b_i)\,\log p_i
-        \quad(\texttt{reward="node"}),\qquad
-        \mathcal L_\text{sf} = (R - b)\,\sum_{i=1}^{N} \log p_i
-        \quad(\texttt{reward="global"}),
-
-    (we *minimise* a loss, so the "reward" is the detached loss). ``"global"``: the sampled graph
-    has log-probability :math:`\log p(G) = \sum_i \log p_i` (rows are sampled independently) and
-    is credited with the mean labelled loss :math:`R`; then :math:`\nabla\mathcal L_\text{sf}` is an
-    unbiased estimate of :math:`\nabla_\theta\,\mathbb E_{G\sim p_\theta}[R]` for any constant
-    :math:`b` (``"none"`` = 0, or a float such as a moving average of past losses; ``"loo"`` and
-    ``"mean"`` are refused: one reward has no other to compare with). ``"node"``: labelled node i's
-    choice is credited with its own loss :math:`R_i = \ell_i` only (lower variance; unlabelled
-    nodes' choices get no signal). Its baseline :math:`b_i`:
-
-    - ``"loo"`` (default): leave-one-out, :math:`b_i = \frac{1}{|M|-1}\sum_{j\in M, j\ne i} R_j`
-      (0 when :math:`|M| = 1`). It does not depend on node i's own sample, so when :math:`R_i`
-      depends on node i's choice only, the estimate is unbiased for
-      :math:`\nabla\,\mathbb E[\frac1{|M|}\sum_i R_i]` (tested against the exact expectation);
-    - ``"mean"``: :math:`b = \frac1{|M|}\sum_j R_j`, which contains :math:`R_i` itself and so
-      shrinks the gradient by :math:`(1 - 1/|M|)` — biased, kept for comparison;
-    - ``"none"`` or a float: a constant.
-
-    With rewards that couple nodes (node j's loss depends on node i's neighbours through message
-    passing) the per-node credit drops the cross terms :math:`R_j\nabla\log p_i`: a lower-variance,
-    biased estimator of the full gradient; ``"global"`` keeps them. The surrogate's value is
-    meaningless; only its gradient is.
-
-    Shapes:
-        - log_prob: (N,)
-        - node_loss: (N,) per-node loss (only entries in ``mask`` are used)
-        - mask: (N,) bool, the labelled nodes M
-        - output: () scalar
-
-    Taught in: chapter 08 (chapters/08_end_to_end.md); used in chapter 09.
-    """
-    check_tensor(log_prob, "log_prob", ndim=1, finite=False)
-    if reward not in ("node", "global"):
-        raise ValueError(f"reward={reward!r} must be 'node' or 'global'")
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != log_prob.shape:
-        raise ValueError(f"mask must be a bool tensor of shape {tuple(log_prob.shape)} (the labelled nodes)")
-    if not bool(mask.any()):
-        raise ValueError("mask selects no node: the score-function surrogate needs at least one labelled node")
-    if not isinstance(node_loss, torch.Tensor) or node_loss.shape != log_prob.shape:
-        raise ValueError(f"node_loss must be a tensor of shape {tuple(log_prob.shape)} (one loss per node, like "
-                         f"log_prob), got {tuple(node_loss.shape) if isinstance(node_loss, torch.Tensor) else type(node_loss).__name__}")
-    ell = node_loss.detach().to(log_prob.dtype)
-    if reward == "node":
-        r = ell[mask]
-        m = r.numel()
-        if baseline == "loo":
-            b = (r.sum() - r) / (m - 1) if m > 1 else torch.zeros_like(r)
-        elif baseline == "mean":
-            b = r.mean()
-        elif baseline == "none":
-            b = 0.0
-        elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-            b = float(baseline)
-        else:
-            raise ValueError(f"baseline={baseline!r} must be 'loo', 'mean', 'none' or a number")
-        return ((r - b) * log_prob[mask]).mean()
-    if baseline in ("mean", "loo"):
-        raise ValueError(f"baseline={baseline!r} is meaningless with one global reward (it cancels the signal); "
-                         f"pass 'none' or a float such as a moving average of past losses")
-    if baseline == "none":
-        b = 0.0
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        b = float(baseline)
-    else:
-        raise ValueError(f"baseline={baseline!r} must be 'none' or a number for reward='global'")
-    return (ell[mask].mean() - b) * log_prob.sum()
 
 
 def build_model(backbone: nn.Module, num_classes: int, k: int = 10, estimator: Any = "softmax", tau: float = 1.0,

@@ -208,19 +208,30 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
     return {"saved": float(saved), "transient": float(transient), "peak": float(saved + transient)}
 
 
-def _lse_block(q: torch.Tensor, keys: torch.Tensor, tau: float, excl: torch.Tensor, normalize_keys: bool) -> torch.Tensor:
-    """log-sum-exp of one (rows, key block) block of similarities / tau; ``excl[r] >= 0`` masks column excl[r]."""
+def _lse_block(q: torch.Tensor, keys: torch.Tensor, tau: float, excl: torch.Tensor | None, normalize_keys: bool,
+               diag: int | None = None) -> torch.Tensor:
+    """log-sum-exp of one (rows, key block) block of similarities / tau. ``excl[r] >= 0`` masks column
+    excl[r]; ``diag`` (an int, no tensor to keep for the backward) masks column r + diag of row r."""
     kn = normalize_rows(keys) if normalize_keys else keys
     s = (q @ kn.T) / tau                                         # (rows, key block)
-    hit = excl >= 0
-    if bool(hit.any()):
-        mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
-        mask[torch.nonzero(hit).flatten(), excl[hit]] = True
-        s = s.masked_fill(mask, float("-inf"))
+    if diag is not None:
+        rows = torch.arange(s.shape[0], device=s.device)
+        cols = rows + diag
+        ok = (cols >= 0) & (cols < s.shape[1])
+        if bool(ok.any()):
+            mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+            mask[rows[ok], cols[ok]] = True
+            s = s.masked_fill(mask, float("-inf"))
+    elif excl is not None:
+        hit = excl >= 0
+        if bool(hit.any()):
+            mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+            mask[torch.nonzero(hit).flatten(), excl[hit]] = True
+            s = s.masked_fill(mask, float("-inf"))
     return torch.logsumexp(s, dim=1)
 
 
-def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *, exclude: torch.Tensor | None = None,
+def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *, exclude: torch.Tensor | str | None = None,
                          chunk_size: int = 1024, key_chunk: int | None = None, checkpoint: bool = True,
                          normalize_keys: bool = False) -> torch.Tensor:
     r"""Row log-normalisers against every key, block by block: :math:`\ell_r = \log\sum_{l\ne e_r}\exp(\hat q_r\cdot\hat g_l/\tau)`.
@@ -238,7 +249,9 @@ def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *,
         keys: (M, D) key rows: unit-norm, or raw with ``normalize_keys=True`` (normalised a block
             at a time, inside the checkpoint).
         tau: temperature τ > 0 (checked by the caller).
-        exclude: (Q,) long, the key id left out of row r's sum (itself), or ``None``.
+        exclude: (Q,) long, the key id left out of row r's sum (itself); ``"self"`` when query and keys
+            are the same rows (row r leaves out key r, with no index tensor kept for the backward);
+            or ``None``.
         chunk_size, key_chunk: block sizes (checked by the caller).
 
     Shapes:
@@ -256,14 +269,16 @@ def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *,
         parts = []
         for c0 in range(0, n, bc):
             c1 = min(c0 + bc, n)
-            if exclude is None:
-                excl = torch.full((stop - start,), -1, dtype=torch.long, device=query.device)
+            if isinstance(exclude, str):  # "self": row r leaves out key r (query and keys are the same rows)
+                excl, diag = None, start - c0
+            elif exclude is None:
+                excl, diag = None, None
             else:
                 e = exclude[start:stop]
-                excl = torch.where((e >= c0) & (e < c1), e - c0, torch.full_like(e, -1))
-            args = (query[start:stop], keys[c0:c1], tau, excl, normalize_keys)
+                excl, diag = torch.where((e >= c0) & (e < c1), e - c0, torch.full_like(e, -1)), None
+            args = (query[start:stop], keys[c0:c1], tau, excl, normalize_keys, diag)
             parts.append(_checkpoint(_lse_block, *args, use_reentrant=False) if use_ckpt else _lse_block(*args))
-        out.append(torch.logsumexp(torch.stack(parts, 1), dim=1))
+        out.append(parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts, 1), dim=1))
     return torch.cat(out) if out else query.new_zeros(0)
 
 
@@ -272,8 +287,7 @@ def _check_chunk(chunk_size) -> int:
 
 
 def _lse_from_unit_rows(fhat: torch.Tensor, tau: float, exclude_self: bool, chunk_size: int, checkpoint: bool) -> torch.Tensor:
-    exclude = torch.arange(fhat.shape[0], device=fhat.device) if exclude_self else None
-    return similarity_logsumexp(fhat, fhat, tau, exclude=exclude, chunk_size=chunk_size, checkpoint=checkpoint)
+    return similarity_logsumexp(fhat, fhat, tau, exclude="self" if exclude_self else None, chunk_size=chunk_size, checkpoint=checkpoint)
 
 
 def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_size: int = 1024,

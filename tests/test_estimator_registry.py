@@ -8,7 +8,8 @@ import torch
 
 import bgcn
 import bgcn.estimators as E
-from bgcn.bank import BANK_ESTIMATORS, _estimator_weights
+from bgcn.bank import BANK_ESTIMATORS
+from bgcn.bank._subgraph import _estimator_weights
 from bgcn.estimators import EstimatorSpec, estimator_names, get_spec, register_estimator, rowwise_names
 from bgcn.similarity import mask_diagonal, normalize_rows
 from bgcn.topk import row_weights

@@ -21,9 +21,8 @@ from __future__ import annotations
 from ..estimators import rowwise_names
 from ._momentum import ema_backbone, momentum_update
 from ._predict import bank_estimator, predict
-from ._subgraph import (Subgraph, _estimator_weights, bank_logsumexp, computation_subgraph,  # noqa: F401
-                        subgraph_log_probs)
-from ._table import FeatureBank, _param_dtype  # noqa: F401
+from ._subgraph import Subgraph, bank_logsumexp, computation_subgraph, subgraph_log_probs
+from ._table import FeatureBank
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
            "ema_backbone", "momentum_update", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp"]
@@ -35,6 +34,3 @@ __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_prob
 #: is accepted too (the engine asks its spec).
 BANK_ESTIMATORS = rowwise_names()
 
-# the private names bgcn.minibatch imports (bank_estimator and bank_logsumexp are public now)
-_bank_estimator = bank_estimator
-_bank_logsumexp = bank_logsumexp

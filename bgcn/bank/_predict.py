@@ -10,7 +10,8 @@ from torch import nn
 from ..estimators import ESTIMATORS, get_spec, rowwise_names
 from ..utils import check_k
 from ._subgraph import computation_subgraph, subgraph_log_probs
-from ._table import FeatureBank, _check_images, _check_int
+from .._checks import check_int
+from ._table import FeatureBank, _check_images
 
 
 def _check_finite_rows(x: torch.Tensor, name: str, fix: str, offset: int = 0) -> None:
@@ -76,7 +77,7 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
         raise ValueError("the bank is empty; fill it first with bank.fill(model, train_images)")
     new_images = _check_images(new_images, "new_images")
     _check_finite_rows(new_images, "new_images", "images with NaN/Inf pixels have no prediction; drop or repair them")
-    batch_size = _check_int(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     est = bank_estimator(model)
     check_k(model.k, bank.num_nodes, exclude_self=True)
     was = model.training

@@ -7,33 +7,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_int
+from ..backbone import embed_images
 from ..similarity import knn_search
 from ..utils import check_k, check_positive, check_tensor
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return int(value)
-
-
-def _param_dtype(module: nn.Module) -> torch.dtype | None:
-    p = next(iter(module.parameters()), None)
-    return p.dtype if p is not None and p.is_floating_point() else None
 
 
 def _backbone_of(backbone):
     """The feature extractor: an ``EndToEnd``'s ``.backbone``, else the module itself."""
     inner = getattr(backbone, "backbone", None)
     return inner if isinstance(inner, nn.Module) and hasattr(backbone, "gcn") else backbone
-
-
-def _embed(backbone: nn.Module, images: torch.Tensor, chunk_size: int, device) -> torch.Tensor:
-    """Features of ``images`` in eval mode, chunk by chunk, without gradient (mode restored):
-    :func:`bgcn.minibatch.embed_images` (one copy of the loop)."""
-    from ..minibatch import embed_images  # minibatch imports this package: import at call time
-
-    return embed_images(backbone, images, chunk_size, device)
 
 
 def _check_images(images, name: str = "images") -> torch.Tensor:
@@ -70,8 +53,8 @@ class FeatureBank:
 
     def __init__(self, num_nodes: int, dim: int, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
-        n = _check_int(num_nodes, "num_nodes", 2)
-        d = _check_int(dim, "dim", 1)
+        n = check_int(num_nodes, "num_nodes", 2)
+        d = check_int(dim, "dim", 1)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
         self.features = torch.zeros(n, d, dtype=dtype, device=device)
@@ -92,9 +75,9 @@ class FeatureBank:
         if not isinstance(bb, nn.Module):
             raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
         images = _check_images(images)
-        chunk_size = _check_int(chunk_size, "chunk_size")
+        chunk_size = check_int(chunk_size, "chunk_size")
         dev = device if device is not None else _device_of(bb, images)
-        feats = _embed(bb, images, chunk_size, dev)
+        feats = embed_images(bb, images, chunk_size, dev)
         bank = cls(feats.shape[0], feats.shape[1], feats.dtype, feats.device)
         bank.features.copy_(feats)
         bank.filled = True
@@ -111,9 +94,9 @@ class FeatureBank:
         if images.shape[0] != self.num_nodes:
             raise ValueError(f"images has {images.shape[0]} rows but the bank holds N={self.num_nodes}; "
                              f"fill it with the same N images it was made for")
-        chunk_size = _check_int(chunk_size, "chunk_size")
+        chunk_size = check_int(chunk_size, "chunk_size")
         for start in range(0, self.num_nodes, chunk_size):
-            f = _embed(bb, images[start:start + chunk_size], chunk_size, self.device)
+            f = embed_images(bb, images[start:start + chunk_size], chunk_size, self.device)
             self._check_rows(f, "backbone features", f.shape[0])
             self.features[start:start + f.shape[0]] = f.to(self.dtype)
         self.filled = True

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed as bd
-from ..bank import FeatureBank, _bank_estimator, ema_backbone, momentum_update
+from ..bank import FeatureBank, bank_estimator, ema_backbone, momentum_update
 from ..config import TrainConfig
 from ..model import EndToEnd
 from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainResult, analysis_plugins,
@@ -418,7 +418,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     check_labels(labels, n)
     check_k(model.k, n, exclude_self=True)
     model.configure(cfg.mode)
-    _bank_estimator(model)  # refuses an estimator the bank cannot compute
+    bank_estimator(model)  # refuses an estimator the bank cannot compute
     dev = get_device(cfg.device)
     labels = labels.to(dev).long()
     masks = check_masks(model, labels, train_mask, val_mask, test_mask, dev)

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 
 from .. import distributed as bd
 from ..backbone import embed_images, image_rows
-from ..bank import (FeatureBank, _bank_estimator, _bank_logsumexp, _estimator_weights, computation_subgraph,
+from ..bank import (FeatureBank, bank_estimator, bank_logsumexp, computation_subgraph,
                     subgraph_log_probs)
+from ..estimators import get_spec
 from ..graph import KNNGraph, rankings_to_edges
 from ..model import EndToEnd
 from ..similarity import normalize_rows
+from ..topk import row_weights
 
 __all__ = ["minibatch_loss", "evaluate_full"]
 
@@ -98,7 +100,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
             feats = feats.to(bank.dtype)
         if write_bank:
             bank.update(b_dev, feats)
-        est, use_w = _bank_estimator(model), model.use_graph_weights
+        est, use_w = bank_estimator(model), model.use_graph_weights
     t0 = time.perf_counter()
     sub = computation_subgraph(bank, feats, model.k, query_ids=b_dev, estimator=est, tau=model.tau,
                                use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk,
@@ -150,7 +152,7 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         dev = device if device is not None else next(model.parameters()).device
         feats = features if features is not None else embed_images(model.backbone, images, batch_size, dev,
                                                                    num_workers=num_workers)
-        est = "hard" if fixed else _bank_estimator(model)
+        est = "hard" if fixed else bank_estimator(model)
         n = feats.shape[0]
         tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
         tmp.features = feats
@@ -159,8 +161,9 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         fn = normalize_rows(feats)
         vals = torch.cat([(fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
                           for a in range(0, n, chunk_size)])  # (N, k), chunk·k·D at a time
-        lse = _bank_logsumexp(tmp, feats, model.tau, ids, chunk_size, bank_chunk) if est == "softmax" else None
-        w = _estimator_weights(vals, est, model.tau, True, lse)
+        lse = bank_logsumexp(tmp, feats, model.tau, ids, chunk_size, bank_chunk) \
+            if get_spec(est).needs_normaliser else None
+        w = row_weights(vals, est, model.tau, lse)
         edge_index, edge_weight = rankings_to_edges(idx, w)
         graph = KNNGraph(edge_index, edge_weight, idx, w, n, None, est)
         if fixed or not model.use_graph_weights:

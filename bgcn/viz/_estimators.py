@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..estimators import SELECTION_ESTIMATORS, plackett_luce_log_prob, reinforce_surrogate, row_std
+from ..estimators import (ESTIMATORS, SELECTION_ESTIMATORS, get_spec, plackett_luce_log_prob, reinforce_surrogate,
+                          row_std)
 from ..stats import paired_difference, paired_runs
-from ..topk import ESTIMATORS
 from ..utils import check_k
 
 __all__ = [
@@ -123,7 +123,7 @@ def estimator_row(name: str, theta: Any, k: int, upstream: Any, *, seed: int = 0
     else:
         x = th.unsqueeze(0).clone().requires_grad_(True)
         kw = dict(estimator_kw)
-        if fn.stochastic:
+        if get_spec(name).stochastic:
             kw["generator"] = gen
         sel = fn(x, k, 1.0, **kw)
         idx = sel.indices[0]

@@ -8,8 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..estimators import ESTIMATORS, get_estimator, rowwise_names
 from ..graph import edge_change_fraction, knn_graph
-from ..topk import ESTIMATORS, effective_neighbours, get_estimator, topk_mass
+from ..topk import effective_neighbours, topk_mass
 from ..utils import check_k, check_tau, check_tensor
 from ._common import _check_labels, _check_positions, _np
 from ._graph import _evolution_inputs
@@ -123,7 +124,7 @@ def widget_knn_graph(features: torch.Tensor, labels: Any, positions: Any, k_rang
                      continuous_update=False)
     ts = W.FloatLogSlider(value=min(max(check_tau(tau), lo), hi), base=10, min=math.log10(lo), max=math.log10(hi),
                           step=0.05, description="τ", continuous_update=False)
-    names = [e for e in ("hard", "values", "softmax", "masked_softmax") if e in ESTIMATORS]
+    names = list(rowwise_names())
     menu = W.Dropdown(options=names + sorted(set(ESTIMATORS) - set(names)) if estimator in ESTIMATORS else names,
                       value=estimator, description="estimator")
     image, caption = W.Image(format="png"), W.HTML()
