@@ -4,7 +4,7 @@ Library of the book; see README.md and chapters/. Public API in DESIGN.md.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 import warnings as _warnings
 

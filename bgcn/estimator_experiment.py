@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from ._version import __version__
 from . import estimators as E
 from .backbone import create_backbone, extract_features, save_backbone_weights
 from .data import label_masks, load_dataset

@@ -60,7 +60,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
 from .data import label_masks, load_dataset
 from .experiments.common import Partial, fixed_subset

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import KNNGraph, knn_graph
 from .estimators import get_estimator, get_spec, rowwise_names, score_function_surrogate
+from .gcn import GCN
+from .graph import KNNGraph, knn_graph, symmetrize_dense
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["EndToEnd", "MODES", "build_model", "score_function_surrogate"]
@@ -273,8 +274,6 @@ class EndToEnd(nn.Module):
         if graph.dense is not None:
             adj = graph.dense
             if self.symmetric:
-                from .graph import symmetrize_dense
-
                 adj = symmetrize_dense(adj)
             return self.gcn(x, adj=adj)
         return self.gcn(x, graph.edge_index, graph.edge_weight)
@@ -373,8 +372,6 @@ def build_model(backbone: nn.Module, num_classes: int, k: int = 10, estimator: A
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    from .gcn import GCN
-
     d = getattr(backbone, "num_features", None)
     if not isinstance(d, int) or d <= 0:
         raise TypeError("backbone must have an int .num_features (its feature dimension D); "

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from .similarity import cosine_similarity
 from .topk import effective_neighbours, mask_diagonal, topk_mass
 from .utils import check_k, check_positive, check_tau, check_tensor
 
@@ -291,8 +292,6 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
 
     Taught in: chapter 05 (chapters/05_temperature.md); used at scale in chapter 11.
     """
-    from .similarity import cosine_similarity
-
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from ._checks import check_finite, check_k, check_positive, check_seed, check_tau, check_tensor
 
 __all__ = [
@@ -137,7 +138,6 @@ def versions() -> dict:
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    from . import __version__
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "bgcn": __version__,
            "platform": platform.platform(), "torch_threads": torch.get_num_threads(),

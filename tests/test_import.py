@@ -97,33 +97,114 @@ def test_experiment_modules_reachable_as_attributes():
         bgcn.nope  # noqa: B018
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """(absolute module name, line) of every import in a bgcn source file, relative ones resolved."""
+def _module_name(path: Path) -> str:
+    """bgcn/data/_fashion.py -> bgcn.data._fashion; bgcn/data/__init__.py -> bgcn.data."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, str | None, int]]:
+    """(absolute module, imported name or None, line) of every import in a bgcn source file, at module
+    level and inside functions alike; relative imports resolved against the file's own package."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    mod = _module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(a.name, node.lineno) for a in node.names]
+            out += [(a.name, None, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = "bgcn" if node.level == 1 else None
-                mod = f"{base}.{node.module}" if node.module else base
-                if node.module is None:   # from . import x
-                    out += [(f"bgcn.{a.name}", node.lineno) for a in node.names]
-                    continue
-                out.append((mod, node.lineno))
+                base = package.split(".")
+                base = ".".join(base[:len(base) - (node.level - 1)])
+                target = f"{base}.{node.module}" if node.module else base
             else:
-                out.append((node.module, node.lineno))
-                if node.module == "bgcn":
-                    out += [(f"bgcn.{a.name}", node.lineno) for a in node.names]
+                target = node.module
+            for a in node.names:  # `from . import x` / `from bgcn import x` may name a module
+                sub = f"{target}.{a.name}"
+                is_module = (ROOT / Path(*sub.split("."))).is_dir() or (ROOT / Path(*sub.split("."))).with_suffix(
+                    ".py").is_file()
+                out.append((sub, None, node.lineno) if is_module else (target, a.name, node.lineno))
     return out
 
 
+def _sources() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def test_no_library_module_imports_the_cli():
-    offenders = [f"{p.name}:{line} imports {mod}" for p in sorted(PKG.glob("*.py"))
-                 if p.name not in ("cli.py", "__main__.py")
-                 for mod, line in _imports(p) if mod == "bgcn.cli" or mod.startswith("bgcn.cli.")]
+    offenders = [f"{p.relative_to(ROOT)}:{line} imports {mod}" for p in _sources()
+                 if not _module_name(p).startswith(("bgcn.cli", "bgcn.__main__"))
+                 for mod, _, line in _imports(p) if mod == "bgcn.cli" or mod.startswith("bgcn.cli.")]
     assert not offenders, "; ".join(offenders) + " (the cli sits on top: import from bgcn.utils instead)"
+
+
+# ---- layers -----------------------------------------------------------------------------------------
+# The import graph of bgcn, in the order of the data flow (CONTRIBUTING.md draws it): a unit imports
+# only units listed before it, at module level and inside functions alike, so the graph has no cycle and
+# the layers can be read from the tree. A unit is a module or a package; a package's private parts
+# (bgcn/data/_fashion.py) belong to it, its public sub-modules (bgcn.experiments.real) are units of their
+# own. ``bgcn`` itself (the package's __init__) re-exports everything and comes last.
+LAYERS = (
+    ("foundations", ("bgcn._version", "bgcn._checks", "bgcn.utils", "bgcn.io", "bgcn.stats", "bgcn.distributed")),
+    ("data", ("bgcn.data",)),
+    ("backbone", ("bgcn.backbone",)),
+    ("ops: scores -> selection -> edges", ("bgcn.similarity", "bgcn.estimators", "bgcn.topk", "bgcn.argmax",
+                                           "bgcn.temperature", "bgcn.graph", "bgcn.scaling")),
+    ("gcn", ("bgcn.gcn_spec", "bgcn.gcn")),
+    ("model", ("bgcn.model",)),
+    ("engines", ("bgcn.train", "bgcn.bank", "bgcn.minibatch", "bgcn.config")),
+    ("figures (at the side)", ("bgcn.viz", "bgcn.viz_estimators")),
+    ("experiments and the command line", ("bgcn.experiments.common", "bgcn.experiment", "bgcn.estimator_experiment",
+                                          "bgcn.experiments.real", "bgcn.experiments", "bgcn.cli",
+                                          "bgcn.__main__", "bgcn")),
+)
+ORDER = [unit for _, units in LAYERS for unit in units]
+
+
+def _unit(module: str) -> str | None:
+    """The unit of ORDER a module belongs to: itself, else the closest listed package above it."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in ORDER:
+            return ".".join(parts[:i])
+    return None
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(_module_name(p) for p in _sources() if _unit(_module_name(p)) is None)
+    assert not missing, f"add these modules to LAYERS in tests/test_import.py (and to CONTRIBUTING.md): {missing}"
+
+
+def test_imports_go_down_the_layers():
+    rank = {u: i for i, u in enumerate(ORDER)}
+    offenders = []
+    for p in _sources():
+        me = _unit(_module_name(p))
+        for mod, _, line in _imports(p):
+            if not mod.startswith("bgcn"):
+                continue
+            there = _unit(mod)
+            if there is not None and there != me and rank[there] > rank[me]:
+                offenders.append(f"{p.relative_to(ROOT)}:{line} ({me}) imports {mod} ({there}), a later layer")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_private_name_is_imported_across_units():
+    # a private name (_x) stays in its unit: make it public in its home, or move it
+    offenders = []
+    for p in _sources():
+        me = _unit(_module_name(p))
+        for mod, name, line in _imports(p):
+            if mod.startswith("bgcn") and name and name.startswith("_") and not name.startswith("__") \
+                    and _unit(mod) != me:
+                offenders.append(f"{p.relative_to(ROOT)}:{line} imports {name} from {mod}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_module_is_longer_than_about_600_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 650}
+    assert not long, f"split these into a package of private parts (one concept a file): {long}"
 
 
 def test_versions_is_one_function():
@@ -157,14 +238,14 @@ def test_every_third_party_import_of_bgcn_is_declared():
     stdlib = set(sys.stdlib_module_names)
     declared = _declared()
     missing = {}
-    for p in sorted(PKG.glob("*.py")):
-        for mod, line in _imports(p):
+    for p in _sources():
+        for mod, _, line in _imports(p):
             top = mod.split(".")[0]
             if top in stdlib or top == "bgcn":
                 continue
             dist = DIST.get(top, top).lower()
             if dist not in declared:
-                missing.setdefault(dist, f"{p.name}:{line}")
+                missing.setdefault(dist, f"{p.relative_to(ROOT)}:{line}")
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 

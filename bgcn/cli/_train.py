@@ -23,7 +23,7 @@ from ..utils import get_device, json_safe, peak_memory_bytes, seed_everything, v
 from ._backbone import create_backbone_for, image_shape, sample_images
 from ._dataset import dataset_record, load_data
 from ._parser import ENGINE_FLAGS, train_defaults
-from ._types import LR_BACKBONE_PRETRAINED, LR_BACKBONE_RANDOM, WARMUP_SHARE, _load_estimators
+from ._types import LR_BACKBONE_PRETRAINED, LR_BACKBONE_RANDOM, WARMUP_SHARE
 
 __all__ = ["run_train"]
 
@@ -46,7 +46,6 @@ def run_train(args: argparse.Namespace) -> dict:
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    _load_estimators()
     defaults = train_defaults()
     _check_engine_flags(args, defaults)
     estimator = args.estimator if args.mode == "end2end" else "hard"

@@ -6,7 +6,7 @@ import argparse
 import difflib
 import math
 
-from ..topk import ESTIMATORS
+from ..estimators import ESTIMATORS
 from ..utils import get_device
 
 __all__ = ["TAU_MIN", "SEED_MAX", "LR_BACKBONE_RANDOM", "LR_BACKBONE_PRETRAINED", "WARMUP_SHARE"]
@@ -99,7 +99,6 @@ def _seed(text: str) -> int:
 
 
 def _estimator(text: str) -> str:
-    _load_estimators()
     if text not in ESTIMATORS:
         close = difflib.get_close_matches(text, list(ESTIMATORS), n=2)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -114,11 +113,3 @@ def _device(text: str) -> str:
     except (ValueError, TypeError) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
-
-
-def _load_estimators() -> None:
-    """Register the chapter-09 estimators when that module is present."""
-    try:
-        from .. import estimators  # noqa: F401
-    except ImportError:
-        pass

@@ -18,7 +18,7 @@ import torch
 
 from .. import distributed as bd
 from ..bank import FeatureBank, bank_estimator, ema_backbone, momentum_update
-from ..config import TrainConfig
+from ..train import TrainConfig
 from ..model import EndToEnd
 from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainResult, analysis_plugins,
                      check_images, check_labels, check_masks, check_model, default_mode, make_optimizer,

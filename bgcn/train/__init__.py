@@ -24,6 +24,7 @@ Taught in: chapter 08 (chapters/08_end_to_end.md).
 """
 from __future__ import annotations
 
+from ._config import ENGINES, MAX_LR, TrainConfig
 from ._checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ._fullbatch import FullBatchEngine, ParamPathNorms, train
 from ._checks import (check_analysis_labels, check_finite_images, check_images, check_labels, check_masks,
@@ -38,6 +39,9 @@ from ._result import History, NonFiniteImages, TrainingDiverged, TrainResult, ac
 _rng_state, _set_rng_state = rng_state, set_rng_state
 
 __all__ = [
+    "TrainConfig",
+    "ENGINES",
+    "MAX_LR",
     "TrainingDiverged",
     "NonFiniteImages",
     "History",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ._config import TrainConfig
 from ..model import EndToEnd, score_function_surrogate
 from ..utils import check_k, get_device
 from ._checkpoint import CHECKPOINT_FORMAT

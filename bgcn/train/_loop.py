@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import distributed as bd
-from ..config import TrainConfig
+from ._config import TrainConfig
 from ..graph import edge_change_fraction, edge_homophily
 from ._checks import check_analysis_labels
 from ._checkpoint import history_apart, load_checkpoint, load_graph_files, rng_state, save_checkpoint, set_rng_state
