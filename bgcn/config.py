@@ -20,7 +20,7 @@ from typing import Any
 from .minibatch import train_minibatch
 from .train import ENGINES, MAX_LR, TrainConfig, train
 
-__all__ = ["TrainConfig", "fit", "ENGINES", "MAX_LR"]
+__all__ = ["fit"]  # TrainConfig, ENGINES, MAX_LR: documented in bgcn.train, importable here too
 
 
 def fit(model, images, labels, train_mask, val_mask=None, test_mask=None, config: TrainConfig | None = None,

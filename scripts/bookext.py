@@ -43,9 +43,10 @@ os.environ["PLOTLY_RENDERER"] = "notebook_connected"
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 # planned order of the modules on the API page (DESIGN.md's data flow); others follow by name
-MODULE_ORDER = ["utils", "config", "data", "backbone", "similarity", "topk", "estimators", "graph", "gcn",
-                "gcn_spec", "model", "train", "bank", "minibatch", "distributed", "viz", "experiment", "experiments",
-                "experiments.common", "experiments.real", "cli"]
+MODULE_ORDER = ["utils", "io", "stats", "distributed", "data", "backbone", "similarity", "estimators", "topk",
+                "argmax", "temperature", "graph", "scaling", "gcn_spec", "gcn", "model", "train", "bank", "minibatch",
+                "config", "viz", "viz_estimators", "experiments", "experiments.common", "experiment",
+                "estimator_experiment", "experiments.real", "cli"]
 TAUGHT_RE = re.compile(r"Taught in:?(.*)", re.IGNORECASE)
 CHAPTER_RE = re.compile(r"(?:chapters/)?(\d\d_[A-Za-z0-9_]+)(?:\.md)?")
 AUTOMODULES_MARK = "<!-- bgcn:automodules -->"
@@ -88,6 +89,16 @@ def public_names(module) -> list[str]:
                  and (inspect.isfunction(obj) or inspect.isclass(obj))
                  and getattr(obj, "__module__", None) == module.__name__]
     return list(names)
+
+
+def _lives_in(obj, module) -> bool:
+    """Whether ``obj`` is defined in ``module`` or in one of its private parts (``bgcn.data._fashion``
+    belongs to ``bgcn.data``); data (no ``__module__``) counts as living where it is listed."""
+    home = getattr(obj, "__module__", None)
+    if home is None or _is_data(obj):
+        return True
+    name = module.__name__
+    return home == name or (home.startswith(name + "._") and hasattr(module, "__path__"))
 
 
 def _is_data(obj) -> bool:
@@ -133,6 +144,8 @@ def taught_in_table(found_docs) -> str:
             continue
         for name in public_names(module):
             obj = getattr(module, name, None)
+            if not _lives_in(obj, module):  # a re-export: its row is in the module that defines it
+                continue
             target = f"bgcn.{modname}.{name}"
             short = f"bgcn.{name}" if name in top and getattr(bgcn, name, None) is obj else target
             documented = not _is_data(obj) or ("", name) in _attr_docs(module)
@@ -146,13 +159,23 @@ def taught_in_table(found_docs) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _is_package(modname: str) -> bool:
+    try:
+        module = importlib.import_module(f"bgcn.{modname}")
+    except Exception:  # noqa: BLE001 - autodoc reports it
+        return False
+    return hasattr(module, "__path__") and getattr(module, "__all__", None) is not None
+
+
 def automodules() -> str:
     # the package itself first (its docstring, and a target for :mod:`bgcn`)
     blocks = ["```{eval-rst}\n.. automodule:: bgcn\n```\n"]
     for modname in bgcn_modules():
         # autodoc emits reStructuredText: wrap it in eval-rst (a bare MyST {automodule} renders nothing)
+        # a package documents what its __all__ re-exports from its private parts (timm's layout)
+        imported = "   :imported-members:\n" if _is_package(modname) else ""
         blocks.append(f"## `bgcn.{modname}`\n\n```{{eval-rst}}\n.. automodule:: bgcn.{modname}\n"
-                      "   :members:\n   :undoc-members:\n```\n")
+                      f"   :members:\n   :undoc-members:\n{imported}```\n")
     return "\n".join(blocks) or "The library could not be imported.\n"
 
 
