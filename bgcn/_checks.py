@@ -147,7 +147,7 @@ def check_positive(value: Any, name: str) -> float:
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = float(value)
         else:
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={value} must be a finite number > 0")
@@ -235,7 +235,7 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+        raise ArgumentTypeError(f"{name} must be an int, got {type(seed).__name__}")
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise ValueError(f"{name}={seed} is out of range; a seed must be an int in [0, 2**64 - 1]")
@@ -250,7 +250,7 @@ def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+        raise ArgumentTypeError(f"{name} must be an int, got {type(k).__name__}")
     k = int(k)
     hi = n - 1 if exclude_self else n
     if k <= 0:

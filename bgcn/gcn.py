@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgcn.gcn_spec import normalized_adjacency
-from bgcn.utils import check_tensor
+from bgcn._checks import check_bool, check_int, check_number, check_tensor
 
 __all__ = ["GCN", "dense_gcn_norm", "edge_index_to_dense"]
 
@@ -30,20 +30,6 @@ def _gcn_conv_class():
         from torch_geometric.nn import GCNConv
 
     return GCNConv
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _check_channels(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name}={value} must be a positive number of channels")
-    return value
 
 
 def _check_edge_index(edge_index, num_nodes: int, device: torch.device | None = None) -> torch.Tensor:
@@ -107,8 +93,7 @@ def edge_index_to_dense(edge_index: torch.Tensor, edge_weight: torch.Tensor | No
         if not isinstance(edge_index, torch.Tensor):
             raise TypeError(f"edge_index must be a torch.Tensor of shape (2, E), got {type(edge_index).__name__}")
         num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
-        raise ValueError(f"num_nodes={num_nodes!r} must be an int >= 0 (the number of nodes N)")
+    num_nodes = check_int(num_nodes, "num_nodes", 0, hint="the number of nodes N")
     edge_index = _check_edge_index(edge_index, num_nodes)
     E = edge_index.shape[1]
     if edge_weight is None:
@@ -141,7 +126,7 @@ def dense_gcn_norm(adj: torch.Tensor, add_self_loops: bool = True) -> torch.Tens
     Taught in: chapter 07 (chapters/07_gcn_backward.md)
     """
     _check_adj(adj)
-    _check_bool(add_self_loops, "add_self_loops")
+    check_bool(add_self_loops, "add_self_loops")
     # the same operator as the teaching spec's (chapter 07): one implementation for both
     return normalized_adjacency(adj, add_self_loops)
 
@@ -200,19 +185,18 @@ class GCN(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, dropout: float = 0.5,
                  normalize: bool = True, add_self_loops: bool | None = None, cached: bool = False):
         super().__init__()
-        in_channels = _check_channels(in_channels, "in_channels")
-        hidden_channels = _check_channels(hidden_channels, "hidden_channels")
-        out_channels = _check_channels(out_channels, "out_channels")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1)")
-        normalize = _check_bool(normalize, "normalize")
+        in_channels = check_int(in_channels, "in_channels", 1, hint="a positive number of channels")
+        hidden_channels = check_int(hidden_channels, "hidden_channels", 1, hint="a positive number of channels")
+        out_channels = check_int(out_channels, "out_channels", 1, hint="a positive number of channels")
+        dropout = check_number(dropout, "dropout", 0.0, 1.0, open_max=True, hint="a probability")
+        normalize = check_bool(normalize, "normalize")
         if add_self_loops is None:
             add_self_loops = normalize
-        add_self_loops = _check_bool(add_self_loops, "add_self_loops")
+        add_self_loops = check_bool(add_self_loops, "add_self_loops")
         if add_self_loops and not normalize:
             raise ValueError("add_self_loops=True needs normalize=True (GCNConv adds self-loops only while "
                              "normalising); pass add_self_loops=False or normalize=True")
-        cached = _check_bool(cached, "cached")
+        cached = check_bool(cached, "cached")
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
         self.dropout = float(dropout)
         self.normalize, self.add_self_loops, self.cached = normalize, add_self_loops, cached

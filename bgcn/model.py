@@ -30,18 +30,12 @@ from torch import nn
 from .estimators import get_estimator, get_spec, rowwise_names, score_function_surrogate
 from .gcn import GCN
 from .graph import KNNGraph, knn_graph, symmetrize_dense
-from .utils import check_k, check_tau, check_tensor
+from ._checks import check_bool, check_int, check_k, check_tau, check_tensor
 
 __all__ = ["EndToEnd", "MODES", "build_model", "score_function_surrogate"]
 
 #: Training modes understood by :class:`EndToEnd` and :func:`bgcn.train.train`.
 MODES = ("frozen", "end2end-features", "end2end")
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool (True/False), got {type(value).__name__}")
-    return value
 
 
 class EndToEnd(nn.Module):
@@ -113,26 +107,22 @@ class EndToEnd(nn.Module):
                             f"got {type(backbone).__name__}")
         if not isinstance(gcn, nn.Module):
             raise TypeError(f"gcn must be a torch.nn.Module such as bgcn.GCN, got {type(gcn).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k={k!r} must be a positive int (neighbours per node)")
+        k = check_int(k, "k", 1, hint="neighbours per node")
         get_estimator(estimator)  # raises ValueError listing the valid names
         self.backbone = backbone
         self.gcn = gcn
         self.k = int(k)
         self.estimator = estimator
         self.tau = check_tau(tau)
-        self.use_graph_weights = _check_bool(use_graph_weights, "use_graph_weights")
-        self.exclude_self = _check_bool(exclude_self, "exclude_self")
-        self.symmetric = _check_bool(symmetric, "symmetric")
-        self.train_backbone = _check_bool(train_backbone, "train_backbone")
-        self.amp = _check_bool(amp, "amp")
+        self.use_graph_weights = check_bool(use_graph_weights, "use_graph_weights")
+        self.exclude_self = check_bool(exclude_self, "exclude_self")
+        self.symmetric = check_bool(symmetric, "symmetric")
+        self.train_backbone = check_bool(train_backbone, "train_backbone")
+        self.amp = check_bool(amp, "amp")
         if estimator_kw is not None and not isinstance(estimator_kw, dict):
             raise TypeError(f"estimator_kw must be a dict or None, got {type(estimator_kw).__name__}")
         self.estimator_kw = dict(estimator_kw or {})
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
-            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int (rows per block) or None")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int(chunk_size, "chunk_size", 1, optional=True, hint="rows per block")
         #: training mode (:meth:`configure`); ``None`` = as the flags above say (custom use)
         self.mode: str | None = None
         self.last_graph: KNNGraph | None = None

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .similarity import gather_similarities, knn_indices, normalize_rows
 from .topk import row_weights
-from .utils import check_k, check_positive, check_tau, check_tensor
+from ._checks import check_bool, check_int, check_k, check_positive, check_tau, check_tensor
 
 __all__ = ["saved_tensor_bytes", "peak_memory", "memory_model", "neighbour_similarities", "chunked_logsumexp", "chunked_soft_topk",
            "similarity_logsumexp"]
@@ -188,13 +188,11 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
 
     Taught in: chapter 10 (chapters/10_scaling.md).
     """
-    for name, v in (("n", n), ("d", d), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name}={v!r} must be a positive int")
+    n, d, k = (check_int(v, name, 1) for name, v in (("n", n), ("d", d), ("k", k)))
     if method not in _METHODS:
         raise ValueError(f"method={method!r} is not modelled; choose one of {list(_METHODS)}")
     b = int(check_positive(bytes_per_float, "bytes_per_float"))
-    c = min(int(check_positive(chunk_size, "chunk_size")), n)
+    c = min(check_int(chunk_size, "chunk_size", 1, hint="rows per block"), n)
     common = 2 * b * n * d + 8 * n * k + 2 * b * n
     if method == "dense_softmax":
         saved = (b + 1) * n * n + common
@@ -282,10 +280,6 @@ def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *,
     return torch.cat(out) if out else query.new_zeros(0)
 
 
-def _check_chunk(chunk_size) -> int:
-    return int(check_positive(chunk_size, "chunk_size"))
-
-
 def _lse_from_unit_rows(fhat: torch.Tensor, tau: float, exclude_self: bool, chunk_size: int, checkpoint: bool) -> torch.Tensor:
     return similarity_logsumexp(fhat, fhat, tau, exclude="self" if exclude_self else None, chunk_size=chunk_size, checkpoint=checkpoint)
 
@@ -324,9 +318,8 @@ def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_s
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
         raise ValueError(f"indices must lie in [0, N-1] = [0, {n - 1}]; got values in "
                          f"[{int(indices.min())}, {int(indices.max())}]")
-    chunk_size = _check_chunk(chunk_size)
-    if not isinstance(checkpoint, bool):
-        raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+    chunk_size = check_int(chunk_size, "chunk_size", 1, hint="rows per block")
+    checkpoint = check_bool(checkpoint, "checkpoint")
     use_ckpt = checkpoint and torch.is_grad_enabled() and fhat.requires_grad
     if not use_ckpt:
         return gather_similarities(fhat, fhat, indices)
@@ -368,9 +361,8 @@ def chunked_logsumexp(features: torch.Tensor, tau: float = 1.0, *, exclude_self:
     """
     check_tensor(features, "features", ndim=2)
     tau = check_tau(tau)
-    chunk_size = _check_chunk(chunk_size)
-    if not isinstance(checkpoint, bool):
-        raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+    chunk_size = check_int(chunk_size, "chunk_size", 1, hint="rows per block")
+    checkpoint = check_bool(checkpoint, "checkpoint")
     if exclude_self and features.shape[0] < 2:
         raise ValueError("exclude_self=True needs N >= 2 rows (a single row has nothing left to sum)")
     return _lse_from_unit_rows(normalize_rows(features), tau, exclude_self, chunk_size, checkpoint)
@@ -405,9 +397,8 @@ def chunked_soft_topk(features: torch.Tensor, k: int, tau: float = 1.0, *, exclu
     n = features.shape[0]
     k = check_k(k, n, exclude_self=exclude_self)
     tau = check_tau(tau)
-    chunk_size = _check_chunk(chunk_size)
-    if not isinstance(checkpoint, bool):
-        raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+    chunk_size = check_int(chunk_size, "chunk_size", 1, hint="rows per block")
+    checkpoint = check_bool(checkpoint, "checkpoint")
     idx = knn_indices(features, k, exclude_self=exclude_self, chunk_size=chunk_size)
     fhat = normalize_rows(features)
     vals = neighbour_similarities(fhat, idx, chunk_size=chunk_size, checkpoint=checkpoint)     # (N, k)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .utils import check_k, check_positive, check_tensor
+from ._checks import check_int, check_k, check_tensor
 
 __all__ = ["cosine_similarity", "normalize_rows", "mask_diagonal", "gather_similarities", "knn_search", "knn_indices"]
 
@@ -151,8 +151,8 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
                          f"dtype and device; convert with query.to(keys)")
     m, n = query.shape[0], keys.shape[0]
     k = check_k(k, n, exclude_self=exclude is not None)
-    chunk_size = int(check_positive(chunk_size, "chunk_size"))
-    bc = n if key_chunk is None else int(check_positive(key_chunk, "key_chunk"))
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
+    bc = n if key_chunk is None else check_int(key_chunk, "key_chunk", 1)
     if exclude is not None and (not isinstance(exclude, torch.Tensor) or exclude.shape != (m,)):
         raise ValueError(f"exclude must be a ({m},) long tensor of key ids, one per query row, or None")
     qn = normalize_rows(query.detach())
@@ -203,6 +203,6 @@ def knn_indices(features: torch.Tensor, k: int, exclude_self: bool = True, chunk
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]
     k = check_k(k, n, exclude_self=exclude_self)
-    chunk_size = int(check_positive(chunk_size, "chunk_size"))
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     exclude = torch.arange(n, device=features.device) if exclude_self else None
     return knn_search(features, features, k, exclude=exclude, chunk_size=chunk_size)[1]

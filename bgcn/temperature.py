@@ -16,7 +16,7 @@ import torch
 
 from .similarity import cosine_similarity
 from .topk import effective_neighbours, mask_diagonal, topk_mass
-from .utils import check_k, check_positive, check_tau, check_tensor
+from ._checks import check_int, check_k, check_positive, check_seed, check_tau, check_tensor
 
 __all__ = ["temperature_sweep", "soft_topk_gradient", "gradient_norm_vs_tau", "suggest_tau", "suggest_tau_features",
            "TAU_METHODS"]
@@ -58,7 +58,7 @@ def _rows(scores: torch.Tensor, exclude_self: bool, rows: int | torch.Tensor | N
             if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= s.shape[0]:
                 raise ValueError(f"rows must index into the {s.shape[0]} rows of scores")
         else:
-            r = int(check_positive(rows, "rows"))
+            r = check_int(rows, "rows", 1)
             if r >= s.shape[0]:
                 return s
             idx = torch.randperm(s.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:r].sort().values
@@ -294,12 +294,10 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
     """
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows={max_rows!r} must be a positive int")
+    max_rows = check_int(max_rows, "max_rows", 1)
     if n <= max_rows:
         return suggest_tau(cosine_similarity(features), k, method=method, exclude_self=exclude_self, **kwargs)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an int >= 0")
+    seed = check_seed(seed)
     g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=g)[:max_rows].to(features.device)
     s = cosine_similarity(features[rows], features)

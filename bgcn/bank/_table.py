@@ -210,13 +210,13 @@ class FeatureBank:
         self._check_rows(query, "query")
         m = query.shape[0]
         k = check_k(k, self.num_nodes, exclude_self=exclude is not None)
-        chunk_size = int(check_positive(chunk_size, "chunk_size"))
+        chunk_size = check_int(chunk_size, "chunk_size", 1)
         if exclude is not None:
             exclude = self._check_ids(exclude, "exclude")
             if exclude.shape[0] != m:
                 raise ValueError(f"exclude has {exclude.shape[0]} ids but query has {m} rows; give one per row")
         if bank_chunk is not None:
-            bank_chunk = int(check_positive(bank_chunk, "bank_chunk"))
+            bank_chunk = check_int(bank_chunk, "bank_chunk", 1)
         return knn_search(query, self.features, k, exclude=exclude, chunk_size=chunk_size, key_chunk=bank_chunk)[1]
 
 
