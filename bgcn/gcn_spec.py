@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from bgcn.utils import check_positive, check_tensor
+from bgcn._checks import check_bool, check_int, check_positive, check_tensor
 
 __all__ = [
     "gcn_layer_forward",
@@ -152,8 +152,7 @@ def normalized_adjacency(A: torch.Tensor, add_self_loops: bool = True) -> torch.
     Taught in: chapter 07 (chapters/07_gcn_backward.md)
     """
     n = _check_adjacency(A, "A")
-    if not isinstance(add_self_loops, bool):
-        raise TypeError(f"add_self_loops must be a bool, got {type(add_self_loops).__name__}")
+    add_self_loops = check_bool(add_self_loops, "add_self_loops")
     if add_self_loops:
         A = A + torch.eye(n, dtype=A.dtype, device=A.device)
     deg = A.sum(dim=1)
@@ -218,13 +217,6 @@ class GCN2Grads(NamedTuple):
     X: torch.Tensor
 
 
-def _check_dim(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    check_positive(value, name)
-    return value
-
-
 def init_gcn2_params(in_dim: int, hid_dim: int, out_dim: int, generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> GCN2Params:
     r"""Glorot-uniform weights and zero biases (the initialisation of PyG's ``GCNConv``).
@@ -237,9 +229,8 @@ def init_gcn2_params(in_dim: int, hid_dim: int, out_dim: int, generator: torch.G
 
     Taught in: chapter 07 (chapters/07_gcn_backward.md)
     """
-    in_dim = _check_dim(in_dim, "in_dim")
-    hid_dim = _check_dim(hid_dim, "hid_dim")
-    out_dim = _check_dim(out_dim, "out_dim")
+    in_dim, hid_dim, out_dim = (check_int(v, name, 1) for name, v in
+                                (("in_dim", in_dim), ("hid_dim", hid_dim), ("out_dim", out_dim)))
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 

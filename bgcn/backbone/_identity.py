@@ -22,16 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_int
 from ._pixels import PixelBackbone
 from ._registry import register_backbone
 
 __all__ = ["HEADS", "IdentityLinear", "IdentityDiag", "ResidualMLP", "FeatureHead", "ResidualHead"]
-
-
-def _check_dim(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-    return int(value)
 
 
 class IdentityLinear(nn.Module):
@@ -48,7 +43,7 @@ class IdentityLinear(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        d = _check_dim(dim, "dim")
+        d = check_int(dim, "dim", 1)
         self.weight = nn.Parameter(torch.eye(d))
         self.bias = nn.Parameter(torch.zeros(d))
 
@@ -73,7 +68,7 @@ class IdentityDiag(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(_check_dim(dim, "dim")))
+        self.weight = nn.Parameter(torch.ones(check_int(dim, "dim", 1)))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return f * self.weight
@@ -98,7 +93,7 @@ class ResidualMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()
-        d, h = _check_dim(dim, "dim"), _check_dim(hidden, "hidden")
+        d, h = check_int(dim, "dim", 1), check_int(hidden, "hidden", 1)
         self.fc1 = nn.Linear(d, h)
         self.fc2 = nn.Linear(h, d)
         nn.init.zeros_(self.fc2.weight)

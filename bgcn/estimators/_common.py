@@ -4,24 +4,11 @@ Taught in: chapter 09 (chapters/09_estimators.md).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from .._checks import check_k, check_tau, check_tensor
 from ..similarity import mask_diagonal
-from ..utils import check_k, check_positive, check_tau, check_tensor
 from ._registry import Selection
-
-
-def _check_int(value, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < lo:
-        raise ValueError(f"{name}={int(value)} must be >= {lo}")
-    return int(value)
-
-
-def _check_optional_positive(value, name: str) -> float | None:
-    return None if value is None else check_positive(value, name)
 
 
 def topk_indices(theta: torch.Tensor, k: int) -> torch.Tensor:

@@ -8,8 +8,7 @@ import math
 
 import torch
 
-from ..utils import check_positive
-from ._common import _check_int
+from .._checks import check_int, check_positive
 
 
 EULER_GAMMA = 0.5772156649015329
@@ -64,8 +63,8 @@ def sum_of_gamma_noise(shape, k: int, s: int = 10, tau: float = 1.0, *, dtype: t
 
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
-    k = _check_int(k, "k")
-    s = _check_int(s, "s")
+    k = check_int(k, "k", 1)
+    s = check_int(s, "s", 1)
     tau = check_positive(tau, "tau")
     gen_device = generator.device if generator is not None else device
     shape = tuple(shape)

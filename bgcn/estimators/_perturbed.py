@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from ..utils import check_k, check_positive
-from ._common import (_check_int, _check_optional_positive, _do_sample, _prepare_theta, _safe_rms, _selection,
+from .._checks import check_int, check_k, check_optional_positive, check_positive
+from ._common import (_do_sample, _prepare_theta, _safe_rms, _selection,
                       _topk_indices_mask, row_std, topk_mask)
 from ._noise import sum_of_gamma_noise
 from ._registry import Selection, register_estimator
@@ -88,7 +88,7 @@ class _PerturbedTopK(torch.autograd.Function):
 
 
 def _check_lam(lam, lam_rel) -> tuple[float | None, float]:
-    return _check_optional_positive(lam, "lam"), check_positive(lam_rel, "lam_rel")
+    return check_optional_positive(lam, "lam"), check_positive(lam_rel, "lam_rel")
 
 
 def _check_state(state) -> PerturbationState | None:
@@ -173,9 +173,9 @@ def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     lam, lam_rel = _check_lam(lam, lam_rel)
-    tau_noise = _check_optional_positive(tau_noise, "tau_noise")
+    tau_noise = check_optional_positive(tau_noise, "tau_noise")
     noise_rel = check_positive(noise_rel, "noise_rel")
-    s = _check_int(s, "s")
+    s = check_int(s, "s", 1)
     state = _check_state(state)
     eps = None
     if _do_sample(sample):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import check_positive, check_tensor
-from ._common import _check_int, _check_optional_positive, _do_sample, _prepare_theta, row_std, topk_indices
+from .._checks import check_int, check_optional_positive, check_positive, check_tensor
+from ._common import _do_sample, _prepare_theta, row_std, topk_indices
 from ._noise import gumbel_noise
 from ._registry import Selection, register_estimator
 from ._score import reinforce_baseline, score_function_terms
@@ -125,7 +125,7 @@ class EMABaseline:
     """
 
     def __init__(self, num_nodes: int, decay: float = 0.9):
-        self.num_nodes = _check_int(num_nodes, "num_nodes")
+        self.num_nodes = check_int(num_nodes, "num_nodes", 1)
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay={decay!r} must lie in [0, 1)")
         self.decay = float(decay)
@@ -180,7 +180,7 @@ def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
-    tau_noise = _check_optional_positive(tau_noise, "tau_noise")
+    tau_noise = check_optional_positive(tau_noise, "tau_noise")
     noise_rel = check_positive(noise_rel, "noise_rel")
     scale = tau_noise if tau_noise is not None else noise_rel * row_std(theta)
     logits = theta / scale

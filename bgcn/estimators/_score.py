@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import check_tensor
+from .._checks import check_number, check_tensor
 
 __all__ = ["BASELINES", "reinforce_baseline", "score_function_terms", "score_function_surrogate"]
 
@@ -62,9 +62,7 @@ def reinforce_baseline(values: torch.Tensor, baseline: str | float | torch.Tenso
         raise ValueError(f"baseline={baseline!r} must be one of {BASELINES}, a number or a tensor")
     if isinstance(baseline, torch.Tensor):
         return baseline.detach().to(v.dtype).expand_as(v)
-    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-        raise TypeError(f"baseline must be one of {BASELINES}, a number or a tensor, got {type(baseline).__name__}")
-    return torch.full_like(v, float(baseline))
+    return torch.full_like(v, check_number(baseline, "baseline", hint=f"or one of {BASELINES}, or a tensor"))
 
 
 def score_function_terms(log_prob: torch.Tensor, cost: torch.Tensor,
@@ -135,15 +133,15 @@ def score_function_surrogate(log_prob: torch.Tensor, node_loss: torch.Tensor, ma
     _check_node_inputs(log_prob, node_loss, mask, reward)
     ell = node_loss.detach().to(log_prob.dtype)
     if reward == "node":
-        if isinstance(baseline, str) and baseline not in BASELINES or isinstance(baseline, bool) or \
-                not isinstance(baseline, (str, int, float)):
+        if isinstance(baseline, str) and baseline not in BASELINES:
             raise ValueError(f"baseline={baseline!r} must be 'loo', 'mean', 'none' or a number")
+        if not isinstance(baseline, str):
+            baseline = check_number(baseline, "baseline", hint="or one of 'loo', 'mean', 'none'")
         r = ell[mask]
         return score_function_terms(log_prob[mask], r, reinforce_baseline(r, baseline)).mean()
     if baseline in ("mean", "loo"):
         raise ValueError(f"baseline={baseline!r} is meaningless with one global reward (it cancels the signal); "
                          f"pass 'none' or a float such as a moving average of past losses")
-    if baseline != "none" and (isinstance(baseline, bool) or not isinstance(baseline, (int, float))):
-        raise ValueError(f"baseline={baseline!r} must be 'none' or a number for reward='global'")
-    b = 0.0 if baseline == "none" else float(baseline)
+    b = 0.0 if isinstance(baseline, str) and baseline == "none" else \
+        check_number(baseline, "baseline", hint="or 'none', for reward='global'")
     return score_function_terms(log_prob.sum(), ell[mask].mean(), b)

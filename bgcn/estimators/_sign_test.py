@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from ..utils import check_k, check_positive
-from ._common import _check_int, topk_indices, topk_mask
+from .._checks import check_int, check_k, check_positive
+from ._common import topk_indices, topk_mask
 from ._perturbed import blackbox_argmin_verbatim
 from ._registry import get_estimator
 from ._reinforce import reinforce_surrogate
@@ -57,11 +57,11 @@ def sign_test(estimator: str | Callable = "ste", n: int = 16, k: int = 3, steps:
 
     Taught in: chapter 09 (chapters/09_estimators.md): the figure of the sign test.
     """
-    n = _check_int(n, "n", 2)
+    n = check_int(n, "n", 2)
     k = check_k(k, n)
     if 2 * k > n:
         raise ValueError(f"n={n} must be >= 2k = {2 * k} so that the target can avoid the initial top-k")
-    steps = _check_int(steps, "steps", 0)
+    steps = check_int(steps, "steps", 0)
     lr = check_positive(lr, "lr")
     if loss not in ("mse", "linear"):
         raise ValueError(f"loss={loss!r} must be 'mse' or 'linear'")

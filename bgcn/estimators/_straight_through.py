@@ -4,10 +4,9 @@ Taught in: chapter 09 (chapters/09_estimators.md).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .._checks import check_number
 from ._common import _do_sample, _prepare_theta, _selection, _topk_indices_mask, row_std
 from ._noise import sum_of_gamma_noise
 from ._registry import Selection, register_estimator
@@ -100,8 +99,7 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     Taught in: chapter 09 (chapters/09_estimators.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
-    if isinstance(noise_rel, bool) or not isinstance(noise_rel, (int, float)) or not math.isfinite(noise_rel) or noise_rel < 0:
-        raise ValueError(f"noise_rel={noise_rel!r} must be a number >= 0 (0 switches the noise off)")
+    noise_rel = check_number(noise_rel, "noise_rel", 0, hint="0 switches the noise off")
     valid = torch.isfinite(theta)
     if noise_rel > 0 and _do_sample(sample):
         eps = sum_of_gamma_noise(theta.shape, k, s=s, tau=1.0, dtype=theta.dtype, device=theta.device,
