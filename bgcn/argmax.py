@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from .estimators import BASELINES, reinforce_baseline
-from .utils import check_positive, check_tau, check_tensor
+from ._checks import check_int, check_number, check_positive, check_tau, check_tensor
 
 __all__ = [
     "soft_argmax",
@@ -133,17 +133,14 @@ def _check_score_function_args(logits, reward_fn, num_samples, baseline, generat
     _check_last_dim(logits, "logits")
     if not callable(reward_fn):
         raise TypeError(f"reward_fn must be callable (indices (S, ...) -> rewards (S, ...)), got {type(reward_fn).__name__}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be >= 1")
+    num_samples = check_int(num_samples, "num_samples", 1)
     if isinstance(baseline, str):
         if baseline not in BASELINES:
             raise ValueError(f"baseline={baseline!r} is not one of {BASELINES} or a number")
         if baseline == "loo" and num_samples < 2:
             raise ValueError("baseline='loo' needs num_samples >= 2 (the other samples form the baseline)")
-    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-        raise TypeError(f"baseline must be one of {BASELINES} or a number, got {type(baseline).__name__}")
+    else:
+        check_number(baseline, "baseline", hint=f"or one of {BASELINES}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 

@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ._checks import check_int
+
 __all__ = ["finite_values", "mean_std", "PairedDifference", "paired_difference", "beyond_noise",
            "paired_runs", "NOISE_SE"]
 
@@ -80,9 +82,8 @@ def beyond_noise(mean: float, se: float, n: int, comparisons: int = 1, k: float 
 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
-    if isinstance(comparisons, bool) or not isinstance(comparisons, (int, np.integer)) or comparisons < 1:
-        raise ValueError(f"comparisons={comparisons!r} must be an int >= 1: the number of differences the "
-                         f"table reads with this rule")
+    comparisons = check_int(comparisons, "comparisons", 1,
+                            hint="the number of differences the table reads with this rule")
     return bool(n > 1 and math.isfinite(mean) and math.isfinite(se) and abs(mean) > k * se)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import distributed as bd
+from .._checks import check_int
 from ..utils import check_tensor, get_device
 
 __all__ = ["embed_images", "extract_features", "image_rows", "param_dtype"]
@@ -154,8 +155,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md)
     """
     check_tensor(images, "images", ndim=4)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    batch_size = check_int(batch_size, "batch_size", 1, hint="images per forward pass")
     if device is None:
         p = next(iter(backbone.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ._input import _check_shape, _pair
 from ._registry import register_backbone
 
@@ -35,10 +36,9 @@ class PixelBackbone(nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 8, in_chans: int = 1):
         super().__init__()
         h, w = _pair(img_size)
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1 or h < 1 or w < 1:
-            raise ValueError(f"img_size={img_size!r}, in_chans={in_chans!r}: give positive ints matching the "
-                             f"images (N, in_chans, H, W)")
-        self.img_size, self.in_chans = (h, w), int(in_chans)
+        in_chans = check_int(in_chans, "in_chans", 1, hint="the C of the images (N, C, H, W)")
+        h, w = (check_int(v, "img_size", 1, hint="the H and W of the images (N, C, H, W)") for v in (h, w))
+        self.img_size, self.in_chans = (h, w), in_chans
         self.num_features = self.in_chans * h * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

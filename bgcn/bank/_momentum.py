@@ -9,6 +9,8 @@ import copy
 import torch
 from torch import nn
 
+from .._checks import check_number
+
 
 def ema_backbone(backbone: nn.Module) -> nn.Module:
     r"""A frozen copy :math:`\theta_\text{ema} = \theta` of the backbone, for a momentum bank (MoCo).
@@ -37,8 +39,7 @@ def momentum_update(ema: nn.Module, backbone: nn.Module, momentum: float = 0.99)
 
     Taught in: chapter 11 (chapters/11_minibatch.md).
     """
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum={momentum!r} must be a number in [0, 1] (0 copies the backbone)")
+    momentum = check_number(momentum, "momentum", 0, 1, hint="0 copies the backbone")
     pe, pb = list(ema.parameters()), list(backbone.parameters())
     if len(pe) != len(pb) or any(a.shape != b.shape for a, b in zip(pe, pb)):
         raise ValueError("ema and backbone must have the same architecture (make ema with ema_backbone(backbone))")

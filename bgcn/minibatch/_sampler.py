@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from .._checks import check_int
+
 __all__ = ["stratified_batches"]
 
 
@@ -31,8 +33,7 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
     """
     if not isinstance(train_mask, torch.Tensor) or train_mask.dtype != torch.bool or train_mask.dim() != 1:
         raise TypeError("train_mask must be a (N,) bool tensor")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (>= N for one full batch)")
+    batch_size = check_int(batch_size, "batch_size", 1, hint=">= N for one full batch")
     mask = train_mask.detach().cpu()
     n = mask.shape[0]
     lab = torch.nonzero(mask).flatten()

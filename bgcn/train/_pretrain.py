@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_int
 from ..backbone import save_backbone_weights
 from ..topk import mask_diagonal
 from ..utils import check_positive, check_tensor, get_device, seed_everything
@@ -113,10 +114,8 @@ def pretrain_backbone(backbone: nn.Module, images: torch.Tensor, *, epochs: int 
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     check_tensor(images, "images", ndim=4)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive int")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"batch_size={batch_size!r} must be an int >= 2 (contrastive pairs need two images)")
+    epochs = check_int(epochs, "epochs", 1)
+    batch_size = check_int(batch_size, "batch_size", 2, hint="contrastive pairs need two images")
     lr = check_positive(lr, "lr")
     temperature = check_positive(temperature, "temperature")
     d = getattr(backbone, "num_features", None)
