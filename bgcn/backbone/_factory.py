@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from .._checks import ArgumentTypeError
 from ._identity import FeatureHead
 from ._input import cast_images_hook
 from ._registry import DEFAULT_BACKBONE, _REGISTRY
@@ -40,6 +41,8 @@ def _build_registered(name: str, opts: dict[str, Any], pretrained_file) -> tuple
         cfg["pretrained_file"], pretrained_file = pretrained_file, None  # the builder loads (and maps) it
     try:
         model = builder(**cfg)
+    except ArgumentTypeError:  # a bad value of a known option: its own message names it
+        raise
     except TypeError as e:
         raise TypeError(f"backbone {name!r} does not accept these options: {e}; its options are "
                         f"{', '.join(sorted(defaults))}") from None

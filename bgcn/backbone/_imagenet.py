@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_bool, check_choice, check_int
 from ..utils import NotFoundError
 from ._input import check_image_values
 from ._registry import register_backbone
@@ -141,17 +142,14 @@ class EfficientNetLite0ImageNet(TimmFeatures):
                  bn_policy: str | None = None, antialias: bool = True, check_range: bool = True):
         import timm
 
-        if isinstance(num_classes, bool) or num_classes not in (0, 1000):
-            raise ValueError(f"num_classes={num_classes!r}: the wheel's head has 1000 ImageNet classes; use "
-                             f"num_classes=0 for features (the GCN classifies) or 1000 for ImageNet logits")
+        check_choice(num_classes, "num_classes", (0, 1000),
+                     hint="the wheel's head has 1000 ImageNet classes: 0 for features (the GCN classifies), "
+                          "1000 for ImageNet logits")
         self_size = _check_img_size(img_size)
         for flag, val in (("imagenet", imagenet), ("antialias", antialias), ("check_range", check_range)):
-            if not isinstance(val, bool):
-                raise ValueError(f"{flag}={val!r} must be True or False")
-        if train_blocks is not None and (isinstance(train_blocks, bool) or not isinstance(train_blocks, int)
-                                         or not 0 <= train_blocks <= _LITE0_STAGES):
-            raise ValueError(f"train_blocks={train_blocks!r}: give the number of last stages to train, an int in "
-                             f"0..{_LITE0_STAGES} (0 = only the head conv), or None to train all")
+            check_bool(val, flag)
+        check_int(train_blocks, "train_blocks", 0, _LITE0_STAGES, optional=True,
+                  hint="the number of last stages to train, 0 = only the head conv; None trains all")
         pretrained = imagenet or pretrained_file is not None
         if bn_policy is None:
             bn_policy = "eval" if pretrained else "train"
@@ -238,12 +236,12 @@ class EfficientNetLite0ImageNet(TimmFeatures):
 def _check_img_size(img_size: Any) -> tuple[int, int] | None:
     if img_size is None:
         return None
-    size = (img_size, img_size) if isinstance(img_size, int) and not isinstance(img_size, bool) else img_size
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in size)):
+    size = img_size if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+    if len(size) != 2:
         raise ValueError(f"img_size={img_size!r}: give the side the images are resized to (an int >= 8, or "
                          f"(H, W)), e.g. 64 for 28×28 Fashion-MNIST, or None to keep their size")
-    return int(size[0]), int(size[1])
+    hint = "the side the images are resized to, or (H, W); e.g. 64 for 28×28 Fashion-MNIST; None keeps their size"
+    return check_int(size[0], "img_size", 8, hint=hint), check_int(size[1], "img_size", 8, hint=hint)
 
 
 register_backbone("efficientnet_lite0_imagenet", img_size=64, num_classes=0, imagenet=True, train_blocks=None,

@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from .._checks import ArgumentTypeError
 from ..backbone import backbone_config, backbone_entrypoint, create_backbone, is_backbone
 from ..data import as_image_source
 
@@ -61,6 +62,8 @@ def create_backbone_for(name: str, pretrained_file, images, **opts) -> tuple:
         try:  # timm ViTs are built for one image size: give them the data's
             backbone = create_backbone(name, pretrained_file=pretrained_file, img_size=size, **kw)
             kw["img_size"] = size
+        except ArgumentTypeError:  # a bad value of a known option: its own message names it
+            raise
         except TypeError:  # the architecture takes no img_size (a conv net): any size works
             backbone = create_backbone(name, pretrained_file=pretrained_file, **kw)
     return backbone, images, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..utils import NotFoundError
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from ._dataset import Dataset
 from ._registry import register_dataset
 from ._sources import ImageSource
@@ -233,8 +233,7 @@ class ImageFolderSource(ImageSource):
                  grayscale: bool = False):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
-        if not isinstance(grayscale, bool):
-            raise TypeError(f"grayscale must be True or False, got {grayscale!r}")
+        check_bool(grayscale, "grayscale")
         root, class_dirs, files, labels = _scan_image_folder(path)
         self.root = root
         self.files = files

@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 import torch
 
 from ..utils import check_seed
-from .._checks import check_int
+from .._checks import check_int, check_number
 from ._dataset import Dataset
 from ._registry import register_dataset
 
@@ -51,9 +49,7 @@ def make_synthetic(n: int = 1000, num_classes: int = 10, image_size: int = 8, ch
     channels = check_int(channels, "channels", 1)
     max_shift = check_int(max_shift, "max_shift", 0)
     seed = check_seed(seed)
-    noise = float(noise)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise={noise} must be a finite number >= 0")
+    noise = check_number(noise, "noise", 0)
     if max_shift >= image_size:
         raise ValueError(f"max_shift={max_shift} must be smaller than image_size={image_size}")
 
@@ -201,11 +197,11 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
         raise ValueError(f"nuisance={nuisance!r}: choose one of {', '.join(map(repr, NUISANCE_KINDS))}")
     m = num_classes if num_nuisance is None else check_int(num_nuisance, "num_nuisance", 1)
 
-    object_size = _check_real(object_size, "object_size", 0.0, 0.5)
-    size_jitter = _check_real(size_jitter, "size_jitter", 0.0, 1.0, hi_open=True)
-    contrast = _check_real(contrast, "contrast", 0.0, 1.0)
-    texture = _check_real(texture, "texture", 0.0, 1.0)
-    noise = _check_real(noise, "noise", 0.0, 1.0)
+    object_size = check_number(object_size, "object_size", 0.0, 0.5)
+    size_jitter = check_number(size_jitter, "size_jitter", 0.0, 1.0, open_max=True)
+    contrast = check_number(contrast, "contrast", 0.0, 1.0)
+    texture = check_number(texture, "texture", 0.0, 1.0)
+    noise = check_number(noise, "noise", 0.0, 1.0)
     if object_size == 0.0:
         raise ValueError("object_size=0 draws no object; give the object radius as a share of the image side, "
                          "e.g. 0.2")
@@ -235,16 +231,6 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
     ds.nuisance = torch.from_numpy(nuis.astype(np.int64))
     ds.nuisance_names = [f"{nuisance}_{z}" for z in range(m)]
     return ds
-
-
-def _check_real(value: Any, name: str, lo: float, hi: float, hi_open: bool = False) -> float:
-    """``value`` as a float in [lo, hi] (or [lo, hi) with ``hi_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < lo or value > hi or (hi_open and value == hi):
-        raise ValueError(f"{name}={value} must lie in [{lo:g}, {hi:g}{')' if hi_open else ']'}")
-    return value
 
 
 def _background(nuisance: str, nuis: np.ndarray, m: int, jitter: np.ndarray, phase: np.ndarray, texture: float,

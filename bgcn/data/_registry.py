@@ -20,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .._checks import check_bool
+
 __all__ = ["DatasetSpec", "register_dataset", "list_datasets", "dataset_specs", "dataset_spec", "load_dataset",
            "open_dataset"]
 
@@ -202,8 +204,7 @@ def open_dataset(name_or_path: str | os.PathLike, batched: bool = False, **optio
 
     Taught in: chapter 11 (chapters/11_minibatch.md)
     """
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be True or False, got {batched!r}")
+    check_bool(batched, "batched")
     spec, path = _resolve(name_or_path)
     spec.check_options(options, str(path) if spec.from_path else spec.name)
     args = (path,) if spec.from_path else ()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 
 __all__ = ["ImageSource", "TensorImages", "as_image_source"]
 
@@ -59,10 +59,8 @@ class ImageSource(tud.Dataset):
     def _index(self, i: Any) -> int:
         if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point() and i.dtype != torch.bool:
             i = int(i)
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"an image index must be an int, got {type(i).__name__}; use take(indices) for a batch")
+        i = check_int(i, "index", hint="one image; use take(indices) for a batch")
         n = len(self)
-        i = int(i)
         if not -n <= i < n:
             raise IndexError(f"image index {i} is out of range for {n} images")
         return i % n
@@ -116,8 +114,7 @@ class ImageSource(tud.Dataset):
         """
         batch_size = check_int(batch_size, "batch_size", 1)
         num_workers = check_int(num_workers, "num_workers", 0)
-        if not isinstance(pin_memory, bool):
-            raise TypeError(f"pin_memory must be True or False, got {pin_memory!r}")
+        check_bool(pin_memory, "pin_memory")
         on_cpu = self.device.type == "cpu"
         if num_workers and not on_cpu:
             raise ValueError(f"num_workers={num_workers} needs images on the CPU but this source is on "

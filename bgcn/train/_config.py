@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._checks import MAX_LR, check_int, check_lr, check_number
+from .._checks import MAX_LR, check_bool, check_int, check_lr, check_number
 
 __all__ = ["TrainConfig", "ENGINES", "MAX_LR"]
 
@@ -129,11 +129,9 @@ class TrainConfig:
         if self.checkpoint is not None:
             put("checkpoint", os.fspath(self.checkpoint))
         for name in ("resume", "cache_neighbours", "amp", "param_path_norms"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), f"TrainConfig.{name}")
         for name in ("progress", "deterministic"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
-                raise TypeError(f"TrainConfig.{name} must be True, False or None, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), f"TrainConfig.{name}", optional=True)
         if self.resume and self.checkpoint is None:
             raise ValueError("TrainConfig.resume=True needs checkpoint= (the file to continue from)")
         if self.bank_momentum is not None:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..utils import check_tau
+from .._checks import check_int, check_tau
 
 __all__ = ["QUALITATIVE", "set_plotly_renderer"]
 
@@ -72,11 +72,8 @@ def _slider(labels: Sequence[str], frame_names: Sequence[str], prefix: str, acti
 
 
 def _active(active: Any, n_steps: int) -> int:
-    if isinstance(active, bool) or not isinstance(active, (int, np.integer)):
-        raise TypeError(f"active must be an int (the index of the first slider step), got {type(active).__name__}")
-    a = int(active)
-    if not -n_steps <= a < n_steps:
-        raise ValueError(f"active={a} is not a step index; there are {n_steps} steps")
+    a = check_int(active, "active", -n_steps, n_steps - 1,
+                  hint=f"the index of the first slider step; there are {n_steps} steps")
     return a % n_steps
 
 

@@ -32,7 +32,7 @@ import torch
 from ..estimators import (ESTIMATORS, SELECTION_ESTIMATORS, get_spec, plackett_luce_log_prob, reinforce_surrogate,
                           row_std)
 from ..stats import paired_difference, paired_runs
-from ..utils import check_k
+from .._checks import check_int, check_k
 
 __all__ = [
     "ROW_ESTIMATORS",
@@ -106,8 +106,7 @@ def estimator_row(name: str, theta: Any, k: int, upstream: Any, *, seed: int = 0
         raise ValueError(f"upstream has shape {tuple(g.shape)}; it must match theta's {tuple(th.shape)}")
     n = th.shape[0]
     k = check_k(k, n)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples={samples!r} must be an int >= 2 (the leave-one-out baseline needs two)")
+    samples = check_int(samples, "samples", 2, hint="the leave-one-out baseline needs two")
     gen = torch.Generator().manual_seed(int(seed))
     fn = ESTIMATORS[name]
     exact = None

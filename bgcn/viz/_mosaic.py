@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 
+from .._checks import check_int
 from ..utils import check_tensor
 
 __all__ = ["neighbour_mosaic", "plot_neighbours"]
@@ -37,15 +38,15 @@ def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Seque
                          f"{int(indices.max())}")
     k = indices.shape[1]
     m = k if n_neighbours is None else n_neighbours
-    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= k:
-        raise ValueError(f"n_neighbours={n_neighbours!r} must be an int between 1 and k={k}")
+    m = check_int(m, "n_neighbours", 1, k, hint=f"between 1 and k={k}")
     if isinstance(queries, torch.Tensor):
         queries = queries.tolist() if not queries.is_floating_point() else [float(v) for v in queries]
     if isinstance(queries, (int, str)) or not hasattr(queries, "__iter__"):
         raise TypeError(f"queries must be a sequence of node ids, e.g. [0, 5, 9], got {queries!r}")
     queries = list(queries)
-    if not queries or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n for v in queries):
+    if not queries:
         raise ValueError(f"queries must be 1 or more int node ids in [0, {n}), got {queries!r}")
+    queries = [check_int(v, "queries", 0, n - 1, hint="node ids") for v in queries]
     q = torch.tensor(queries, dtype=torch.long)
     rows = torch.cat([q[:, None], indices[q, :m].long().cpu()], 1)          # (Q, 1 + m)
     tiles = images.detach().cpu()[rows.flatten()].reshape(q.numel(), 1 + m, c, h, w)
