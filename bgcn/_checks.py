@@ -143,7 +143,7 @@ def check_positive(value: Any, name: str) -> float:
 
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not _is_number(value):
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = float(value)
         else:
@@ -234,7 +234,7 @@ def check_seed(seed: Any, name: str = "seed") -> int:
 
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+    if not _is_int(seed):
         raise ArgumentTypeError(f"{name} must be an int, got {type(seed).__name__}")
     seed = int(seed)
     if not 0 <= seed < 2**64:
@@ -249,7 +249,7 @@ def check_k(k: Any, n: int, name: str = "k", exclude_self: bool = False) -> int:
 
     Taught in: no chapter (argument checking; see CONTRIBUTING.md).
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not _is_int(k):
         raise ArgumentTypeError(f"{name} must be an int, got {type(k).__name__}")
     k = int(k)
     hi = n - 1 if exclude_self else n
