@@ -239,3 +239,25 @@ def test_exercise_05_2_hot_gradient_entries_use_the_mean():
     assert torch.allclose(unkept, (-gbar / (N * tau)).expand(N, N - k), rtol=1e-3, atol=0)
     # the sum in place of the mean would be N times too large
     assert not torch.allclose(unkept, (-g_hat.sum(1, keepdim=True) / (N * tau)).expand(N, N - k), rtol=0.5)
+
+
+def test_suggest_tau_features_names_a_bad_seed():
+    from bgcn.temperature import suggest_tau_features
+
+    with pytest.raises(ValueError, match="seed"):
+        suggest_tau_features(torch.randn(50, 4), 3, max_rows=10, seed="a")
+
+
+def test_suggest_tau_from_features_equals_the_matrix_version_on_the_same_rows():
+    from bgcn.similarity import cosine_similarity
+    from bgcn.temperature import suggest_tau, suggest_tau_features
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    exact = suggest_tau(cosine_similarity(f), 10)
+    assert suggest_tau_features(f, 10, max_rows=300) == exact
+    # a sample of rows: the same rows of the full matrix (their own column excluded) give the same tau
+    sampled = suggest_tau_features(f, 10, max_rows=120, seed=3)
+    rows = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:120]
+    assert sampled == pytest.approx(suggest_tau(cosine_similarity(f), 10, rows=rows), rel=1e-6)
+    assert sampled == pytest.approx(exact, rel=0.2)

@@ -250,3 +250,12 @@ def test_auto_lr_backbone_depends_on_pretrained_file(tmp_path):
     assert cfg["lr_backbone"] == LR_BACKBONE_PRETRAINED and cfg["pretrained_file"] == str(w)
     assert main(_small(2) + ["--tau", "0.1", "--lr-backbone", "5e-4", "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["config"]["lr_backbone"] == 5e-4
+
+
+def test_cli_trains_on_nuisance_shapes(tmp_path):
+    args = ["train", "--dataset", "nuisance-shapes", "--synthetic-n", "80", "--backbone", "mlp_digits", "--k", "4",
+            "--labels-per-class", "5", "--epochs", "2", "--device", "cpu", "--no-progress", "--mode", "frozen",
+            "--out", str(tmp_path / "n")]
+    assert main(args) == 0
+    m = json.loads((tmp_path / "n" / "metrics.json").read_text())
+    assert m["config"]["synthetic_n"] == 80 and m["config"]["image_shape"] == [3, 32, 32]

@@ -274,3 +274,11 @@ def test_debian_fashion_subset_float(monkeypatch):
     raw = load_dataset("fashion-mnist", split="all", subset=2000, seed=0, dtype=torch.uint8)
     assert torch.equal(raw.labels, sub.labels)
     assert torch.equal(sub.images.double(), raw.images.double().div(255).float().double())
+
+
+def test_a_fashion_subset_smaller_than_the_classes_is_refused(tmp_path):
+    """Checked before any file is read: the message names subset, not a missing file."""
+    with pytest.raises(ValueError, match="subset=5 is smaller than the 10 classes"):
+        load_dataset("fashion-mnist", subset=5, data_dir=tmp_path)
+    labels = torch.arange(40) % 10  # the general helper still shares n < C "as far as possible"
+    assert torch.unique(labels[stratified_subset(labels, 10)]).numel() == 10

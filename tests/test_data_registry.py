@@ -164,3 +164,9 @@ def _fashion_files(folder: Path) -> Path:
         (folder / f"{part}-images-idx3-ubyte").write_bytes(idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
         (folder / f"{part}-labels-idx1-ubyte").write_bytes(idx((np.arange(n) % 10).astype(np.uint8)))
     return folder
+
+
+@pytest.mark.parametrize("name", ["synthetic", "fashion-mnist", "nuisance_shapes"])
+def test_load_dataset_names_an_unknown_option_and_what_it_accepts(name):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['bogus'\]; it accepts .*seed"):
+        load_dataset(name, bogus=1)

@@ -80,3 +80,9 @@ def test_a_tiny_real_run_writes_the_table_and_resumes(tmp_path):
     assert set(rows) == {"knn", "frozen"} and all(0.0 <= d["test_acc"] <= 1.0 for d in rows.values())
     assert 0.0 <= rows["frozen"]["homophily_before"] <= 1.0 and rows["frozen"]["time_per_epoch"] > 0
     assert "| 5 | frozen |" in res["table_md"]
+
+
+def test_only_seeds_is_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="only_seeds"):
+        run_real_experiment("fashion-mnist", out=tmp_path, quick=True, only_seeds=[9])
+    assert not list(tmp_path.iterdir())  # nothing was loaded or written

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bgcn
-from bgcn.graph import edge_change_fraction, rankings_to_edges, rankings_to_edges_loop
+from bgcn.graph import (KNNGraph, edge_change_fraction, edge_homophily, rankings_to_edges, rankings_to_edges_loop,
+                        symmetrize_dense)
 
 
 def test_edges_follow_source_to_target_convention():
@@ -140,3 +141,29 @@ def test_to_networkx_and_edge_change_bad_input():
         edge_change_fraction(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="weights contains 1 NaN"):
         rankings_to_edges(torch.tensor([[1], [0]]), torch.tensor([[float("nan")], [1.0]]))
+
+
+def test_edge_homophily_by_hand():
+    idx = torch.tensor([[1, 2], [0, 3], [3, 0], [2, 1]])
+    lab = torch.tensor([0, 0, 1, 1])
+    # same-class edges: 0-1, 1-0, 2-3, 3-2 -> 4 of 8
+    assert edge_homophily(idx, lab) == 0.5
+    with pytest.raises(ValueError, match="labels"):
+        edge_homophily(idx, lab[:3])
+
+
+def test_symmetric_dense_equals_sparse():
+    torch.manual_seed(0)
+    n, k = 9, 3
+    idx = torch.stack([torch.randperm(n - 1)[:k] for _ in range(n)])
+    idx = idx + (idx >= torch.arange(n)[:, None]).long()  # no self
+    w = torch.rand(n, k, dtype=torch.float64) + 0.1
+    ei, ew = rankings_to_edges(idx, w, symmetric=True)
+    sparse = KNNGraph(ei, ew, idx, w, n).to_dense()
+    dense = torch.zeros(n, n, dtype=torch.float64)
+    dense[torch.arange(n).repeat_interleave(k), idx.reshape(-1)] = w.reshape(-1)
+    torch.testing.assert_close(symmetrize_dense(dense), sparse, rtol=0, atol=1e-15)
+    # a one-way edge keeps its weight both ways (not half of it)
+    one = torch.zeros(3, 3, dtype=torch.float64)
+    one[0, 1] = 0.8
+    assert symmetrize_dense(one)[1, 0] == 0.8 and symmetrize_dense(one)[0, 1] == 0.8

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bgcn.backbone import create_backbone
+from bgcn.config import TrainConfig
 from bgcn.data import label_masks, load_dataset
 from bgcn.minibatch import train_minibatch
 from bgcn.model import build_model
@@ -149,3 +150,42 @@ def test_divergence_is_reported_with_the_last_checkpoint(data, tmp_path):
     with pytest.raises(TrainingDiverged, match="epoch 3.*holds epoch 2") as ei:
         train_minibatch(_model(), images, labels, tr, va, te, **KW, checkpoint=ck, callback=poison)
     assert ei.value.epoch == 3 and load_checkpoint(ck)["epoch"] == 2
+
+
+# -- argument checks: the engine's settings, its flags, the label checks it shares with train() --
+def test_extra_config_cannot_overwrite_the_engines_settings(tiny_data, tiny_model):
+    images, labels, tr, va, te = tiny_data(n=80, double=True)
+    with pytest.raises(ValueError, match="clash"):
+        train_minibatch(tiny_model(hidden=8, double=True), images, labels, tr, va, te, batch_size=20, epochs=1,
+                        device="cpu", extra_config={"mode": "x"})
+    with pytest.raises(ValueError, match="clash"):
+        TrainConfig(extra={"epochs": 3})
+
+
+def test_minibatch_flags_are_validated(tiny_data, tiny_model):
+    images, labels, tr, va, te = tiny_data(n=80, double=True)
+    kw = dict(batch_size=20, epochs=1, device="cpu")
+    with pytest.raises(TypeError, match="progress"):
+        train_minibatch(tiny_model(hidden=8, double=True), images, labels, tr, va, te, progress="yes", **kw)
+    with pytest.raises(TypeError, match="deterministic"):
+        train_minibatch(tiny_model(hidden=8, double=True), images, labels, tr, va, te, deterministic="x", **kw)
+    with pytest.raises(ValueError, match="max_grad_norm=0"):
+        train_minibatch(tiny_model(hidden=8, double=True), images, labels, tr, va, te, max_grad_norm=0.0, **kw)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        TrainConfig(max_grad_norm=0.0)
+
+
+def test_minibatch_shares_the_label_checks(tiny_data, tiny_model):
+    """train_minibatch runs the same label checks as train (one copy, bgcn.train._check_training_labels)."""
+    images, labels, tr, va, te = tiny_data()
+    tr2 = tr & (labels != 2)
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        train_minibatch(tiny_model(), images, labels, tr2, va, te, batch_size=32,
+                        epochs=1, device="cpu")
+    tiny = torch.zeros_like(va)
+    tiny[torch.nonzero(va)[:3, 0]] = True
+    with pytest.warns(UserWarning, match="validation set has only 3"):
+        train_minibatch(tiny_model(), images, labels, tr, tiny, None, batch_size=64,
+                        epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="mode="):
+        train_minibatch(tiny_model("softmax"), images, labels, tr, va, te, batch_size=32, epochs=1, mode="joint")

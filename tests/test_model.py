@@ -199,3 +199,12 @@ def test_score_function_surrogate_unbiased_against_exact_expectation():
     e_mean, true = _exact_expectations("node", "mean")
     torch.testing.assert_close(e_mean, true * (1 - 1 / 3), rtol=0, atol=1e-12)
     assert (e_mean - true).abs().max() > 1e-3  # the bias the old default had is real
+
+
+def test_configure_frozen_then_end2end_keeps_the_estimator():
+    m = _model("end2end", estimator="ste")
+    m.configure("frozen")
+    assert m.estimator_name == "hard" and not m.use_graph_weights and not m.train_backbone
+    m.configure("end2end")
+    assert m.estimator_name == "ste" and m.use_graph_weights and m.train_backbone
+    assert m.mode == "end2end"

@@ -1,16 +1,20 @@
 """train(): modes, history, determinism, checkpoints/resume, divergence, pre-training (chapter 08)."""
 from __future__ import annotations
 
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from bgcn.backbone import create_backbone
 from bgcn.data import label_masks, load_dataset
+from bgcn.graph import edge_homophily
 from bgcn.model import build_model
 from bgcn.train import (History, TrainingDiverged, augment_images, load_checkpoint, nt_xent_loss, pretrain_backbone,
-                        progress_enabled, save_checkpoint, train)
+                        progress_enabled, rng_state, save_checkpoint, set_rng_state, train)
+from bgcn.utils import seed_everything
 
 N, C, K = 120, 4, 5
 
@@ -278,3 +282,246 @@ def test_gumbel_reinforce_trains_through_the_score_function(data):
     assert "log_prob" in model.last_graph.info and model.last_graph.info["log_prob"].shape == (N,)
     res = train(model, images, labels, tr, va, te, mode="end2end", epochs=2, progress=False)
     assert all(g > 0 for g in res.history.grad_graph)
+
+
+# == the training loop's corrections (issue 9, section 2): one mode, the warm-up is the frozen run,
+# selection among the joint epochs, NLL and surrogate apart, the graph path on the parameters,
+# homophily from analysis labels, resume refuses any changed setting, bad input ==================
+def _train(data, model, **kw):
+    images, labels, tr, va, te = data
+    kw.setdefault("device", "cpu")
+    kw.setdefault("progress", False)
+    kw.setdefault("lr_backbone", 1e-3)
+    return train(model, images, labels, tr, va, te, **kw)
+
+
+# -- one mode --------------------------------------------------------------------------------------
+def test_train_without_mode_follows_the_model(data):
+    m = _model("frozen")
+    res = _train(data, m, epochs=2)
+    assert res.config["mode"] == "frozen" and res.model.mode == "frozen"
+    assert all(g == 0.0 for g in res.history.grad_backbone)
+    # an explicit mode reconfigures the model, and the model then says so too
+    res = _train(data, m, epochs=2, mode="end2end")
+    assert res.model.mode == "end2end" and res.config["estimator"] == "softmax"
+
+
+# -- warm-up ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", ["imle", "gumbel_reinforce", "sigmoid", "capped_simplex", "softmax"])
+def test_warmup_is_the_frozen_run(data, estimator):
+    """Every end-to-end run warms up on the frozen mode's hard graph: its warm-up epochs are the frozen run's."""
+    w = 3
+    frozen = _train(data, _model("frozen", estimator), epochs=w, mode="frozen")
+    e2e = _train(data, _model("end2end", estimator), epochs=w + 1, warmup_epochs=w, mode="end2end")
+    assert e2e.history.loss[:w] == frozen.history.loss
+    assert e2e.history.val_acc[:w] == frozen.history.val_acc
+    ie, ifr = e2e.history.initial, frozen.history.initial
+    assert ie.keys() == ifr.keys()
+    assert all(ie[k] == ifr[k] or (ie[k] != ie[k] and ifr[k] != ifr[k]) for k in ie)  # NaN == NaN here
+    # the warm-up graph has k unit-weight edges a row (no dense or sampled graph)
+    g = e2e.graphs["warmup"]
+    assert g["indices"].shape == (N, K) and bool((g["weights"] == 1).all())
+
+
+def test_warmup_must_leave_joint_epochs(data):
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        _train(data, _model(), epochs=3, warmup_epochs=3, mode="end2end")
+
+
+# -- model selection ---------------------------------------------------------------------------------
+def test_selection_among_joint_epochs_only(data):
+    w = 4
+    res = _train(data, _model(), epochs=w + 3, warmup_epochs=w, mode="end2end", lr_gcn=5e-2)
+    assert res.best_epoch > w
+    assert res.warmup["epoch"] == w and 1 <= res.warmup["best_epoch"] <= w
+    assert res.warmup["test_acc"] == res.history.test_acc[w - 1]
+    joint = res.history.val_acc[w:]
+    assert res.best_val_acc == max(joint)
+    assert res.test_acc_at_best_val == res.history.test_acc[res.best_epoch - 1]
+    assert math.isclose(res.gain_over_warmup, res.test_acc_at_best_val - res.warmup["test_acc"])
+    # the scored model's graph is kept (edges changed / homophily are measured on it)
+    assert res.graphs["best"]["epoch"] == res.best_epoch
+    assert res.summary()["warmup"]["epoch"] == w
+
+
+def test_without_warmup_every_epoch_competes(data):
+    res = _train(data, _model(), epochs=4, mode="end2end")
+    assert res.warmup is None and math.isnan(res.gain_over_warmup)
+    assert res.best_val_acc == max(res.history.val_acc)
+
+
+# -- losses apart ----------------------------------------------------------------------------------
+def test_history_loss_is_the_nll_not_the_surrogate(data):
+    images, labels, tr, va, te = data
+    seed = 3
+    res = _train(data, _model("end2end", "gumbel_reinforce"), epochs=1, mode="end2end", seed=seed)
+    # replay the first step's forward by hand: the same seeds, the same generator
+    model = _model("end2end", "gumbel_reinforce")
+    seed_everything(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    logp = model(images, generator=g)
+    nll = torch.nn.functional.nll_loss(logp[tr], labels[tr])
+    assert res.history.loss[0] == pytest.approx(float(nll.detach()), rel=1e-6, abs=1e-7)
+    assert res.history.surrogate[0] != 0.0
+    plain = _train(data, _model(), epochs=1, mode="end2end")
+    assert plain.history.surrogate == [0.0]
+
+
+# -- the graph path on the parameters ----------------------------------------------------------------
+def test_param_path_norms(data):
+    res = _train(data, _model("end2end-features"), epochs=2, mode="end2end-features", param_path_norms=True)
+    h = res.history
+    assert h.grad_backbone_graph == [0.0, 0.0]
+    np.testing.assert_allclose(h.grad_backbone_node, h.grad_backbone, rtol=1e-5)
+    res = _train(data, _model("end2end", "softmax", tau=0.05), epochs=2, mode="end2end", param_path_norms=True)
+    h = res.history
+    for node, graph, total in zip(h.grad_backbone_node, h.grad_backbone_graph, h.grad_backbone):
+        assert graph > 0 and node > 0
+        # the two paths' updates add up to the real one: triangle inequality both ways
+        assert abs(node - graph) * (1 - 1e-4) <= total <= (node + graph) * (1 + 1e-4)
+    off = _train(data, _model(), epochs=1, mode="end2end")
+    assert math.isnan(off.history.grad_backbone_graph[0])
+
+
+# -- homophily / symmetric ----------------------------------------------------------------------------
+def test_train_records_homophily_from_analysis_labels_only(data):
+    images, labels, tr, va, te = data
+    res = _train(data, _model("frozen"), epochs=2, mode="frozen", analysis_labels=labels)
+    g = res.graphs["initial"]["indices"].long()
+    assert res.history.initial["homophily"] == edge_homophily(g, labels)
+    assert res.history.homophily == [edge_homophily(g, labels)] * 2  # frozen: the graph never moves
+    # the labels used for analysis change nothing in the training
+    other = _train(data, _model("frozen"), epochs=2, mode="frozen", analysis_labels=torch.zeros_like(labels))
+    assert other.history.loss == res.history.loss and other.history.homophily == [1.0, 1.0]
+
+
+# -- resume ------------------------------------------------------------------------------------------
+def test_resume_refuses_changed_extra_config(data, tmp_path):
+    ck = tmp_path / "ck.pt"
+    _train(data, _model(), epochs=2, mode="end2end", checkpoint=ck, extra_config={"hidden": 16, "backbone": "mlp"})
+    with pytest.raises(ValueError, match="hidden"):
+        _train(data, _model(), epochs=3, mode="end2end", checkpoint=ck, resume=True,
+               extra_config={"hidden": 32, "backbone": "mlp"})
+    res = _train(data, _model(), epochs=3, mode="end2end", checkpoint=ck, resume=True,
+                 extra_config={"hidden": 16, "backbone": "mlp"})
+    assert len(res.history) == 3
+
+
+def test_resume_without_checkpoint_warns(data, tmp_path):
+    with pytest.warns(UserWarning, match="starting afresh"):
+        _train(data, _model(), epochs=1, mode="end2end", checkpoint=tmp_path / "none.pt", resume=True)
+
+
+def test_generator_state_of_another_device_is_not_forced():
+    g = torch.Generator().manual_seed(0)
+    st = rng_state(g)
+    st["generator_device"] = torch.tensor([1])  # as if saved from a CUDA generator
+    before = g.get_state().clone()
+    torch.rand(3, generator=g)
+    with pytest.warns(UserWarning, match="generator"):
+        set_rng_state(st, g)
+    assert not torch.equal(g.get_state(), before)  # left as it was, not overwritten with a foreign state
+    st["generator_device"] = torch.tensor([0])
+    set_rng_state(st, g)
+    assert torch.equal(g.get_state(), before)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_class_without_a_labelled_node_is_refused(data):
+    images, labels, tr, va, te = data
+    tr2 = tr & (labels != 2)
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        train(_model(), images, labels, tr2, va, te, epochs=1, device="cpu", progress=False)
+
+
+def test_tiny_validation_set_warns(data):
+    images, labels, tr, va, te = data
+    tiny = torch.zeros_like(va)
+    tiny[torch.nonzero(va)[:3, 0]] = True
+    with pytest.warns(UserWarning, match="validation set has only 3"):
+        train(_model(), images, labels, tr, tiny, None, epochs=1, device="cpu", progress=False)
+
+
+def test_float64_images_train_and_uint8_are_refused(data):
+    images, labels, tr, va, te = data
+    a = train(_model(), images.double(), labels, tr, va, te, epochs=2, device="cpu", progress=False)
+    b = train(_model(), images, labels, tr, va, te, epochs=2, device="cpu", progress=False)
+    np.testing.assert_allclose(a.history.loss, b.history.loss, rtol=1e-6)
+    with pytest.raises(TypeError, match="images"):
+        train(_model(), (images * 255).to(torch.uint8), labels, tr, va, te, epochs=1, device="cpu", progress=False)
+
+
+# -- evaluation every few epochs; graphs stored apart in the checkpoint (one file a snapshot) ----
+@pytest.fixture(scope="module")
+def data90(tiny_data):
+    """90 images, 3 classes (seed 1), float64."""
+    return tiny_data(n=90, classes=3, seed=1, double=True)
+
+
+def _model90(tiny_model):
+    return tiny_model("softmax", classes=3, double=True)
+
+
+KW = dict(epochs=6, warmup_epochs=2, device="cpu", progress=False, lr_backbone=1e-3, seed=2)
+
+
+def test_eval_every_skips_evaluation_and_selects_among_evaluated_epochs(data90, tiny_model, recwarn):
+    images, labels, tr, va, te = data90
+    r = train(_model90(tiny_model), images, labels, tr, va, te, **KW, eval_every=4)
+    h = r.history
+    assert [e for e, v in zip(h.epoch, h.val_acc) if not math.isnan(v)] == [4, 6]
+    assert all(not math.isnan(x) for x in h.loss)
+    assert r.best_epoch in (4, 6) and r.config["eval_every"] == 4
+    full = train(_model90(tiny_model), images, labels, tr, va, te, **KW)
+    assert h.loss == full.history.loss  # evaluation never changes training
+    assert "eval_every" not in full.config  # the default is not recorded: old checkpoints still resume
+
+
+def test_graphs_are_stored_apart_and_resume_reads_them(data90, tiny_model, tmp_path, recwarn):
+    images, labels, tr, va, te = data90
+    ck = tmp_path / "ck.pt"
+    straight = train(_model90(tiny_model), images, labels, tr, va, te, **KW)
+    train(_model90(tiny_model), images, labels, tr, va, te, **{**KW, "epochs": 3}, checkpoint=ck)
+    state = load_checkpoint(ck)
+    assert state["history"]["graphs"] == [] and state["history"]["graph_epochs"] == [0, 1, 2, 3]
+    files = sorted(p.name for p in (tmp_path / "ck.pt.graphs").iterdir())
+    assert files == [f"epoch_{e:05d}.pt" for e in range(4)]
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ck.pt.graphs").iterdir()}
+    res = train(_model90(tiny_model), images, labels, tr, va, te, **KW, checkpoint=ck, resume=True)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ck.pt.graphs").iterdir()}
+    assert all(after[k] == v for k, v in before.items())  # each graph file written once
+    assert [g["epoch"] for g in res.history.graphs] == [g["epoch"] for g in straight.history.graphs]
+    for a, b in zip(res.history.graphs, straight.history.graphs):
+        assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["weights"], b["weights"])
+    assert res.history.loss == straight.history.loss
+    # a missing graph file is named, not silently dropped
+    (tmp_path / "ck.pt.graphs" / "epoch_00002.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="epoch_00002"):
+        train(_model90(tiny_model), images, labels, tr, va, te, **{**KW, "epochs": 8}, checkpoint=ck, resume=True)
+
+
+def test_eval_every_is_validated(data90, tiny_model):
+    images, labels, tr, va, te = data90
+    with pytest.raises(ValueError, match="eval_every"):
+        train(_model90(tiny_model), images, labels, tr, va, te, **KW, eval_every=0)
+
+
+def test_an_old_inline_checkpoint_resumes_twice(tiny_data, tiny_model, tmp_path, recwarn):
+    """A checkpoint from before the graphs were stored apart (graphs inline) resumes, and the
+    checkpoint it then writes resumes again: its graphs are written to files, none is lost."""
+    images, labels, tr, va, te = tiny_data(n=80, double=True)
+    kw = dict(epochs=2, device="cpu", progress=False, mode="frozen")
+    ck = tmp_path / "ck.pt"
+    train(tiny_model(hidden=8, double=True), images, labels, tr, va, te, **kw, checkpoint=ck)
+    state = load_checkpoint(ck)  # rewrite it in the old format
+    state["history"]["graphs"] = [load_checkpoint(p) for p in sorted((tmp_path / "ck.pt.graphs").iterdir())]
+    del state["history"]["graph_epochs"]
+    for p in (tmp_path / "ck.pt.graphs").iterdir():
+        p.unlink()
+    save_checkpoint(ck, state)
+    train(tiny_model(hidden=8, double=True), images, labels, tr, va, te, **{**kw, "epochs": 3}, checkpoint=ck,
+          resume=True)
+    r = train(tiny_model(hidden=8, double=True), images, labels, tr, va, te, **{**kw, "epochs": 4}, checkpoint=ck,
+              resume=True)
+    assert [g["epoch"] for g in r.history.graphs] == [0, 1, 2, 3, 4]

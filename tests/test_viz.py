@@ -411,3 +411,19 @@ def test_neighbour_mosaic_tiles_the_query_and_its_neighbours():
     with pytest.raises(ValueError, match="queries"):
         neighbour_mosaic(images, indices, [12])
     assert plot_neighbours(images, indices, [0, 1]) is not None
+
+
+def test_neighbour_mosaic_refuses_non_integer_ids():
+    images = torch.rand(6, 1, 2, 2)
+    idx = torch.stack([torch.roll(torch.arange(6), -1), torch.roll(torch.arange(6), -2)], 1)
+    with pytest.raises(TypeError, match="indices"):
+        viz.neighbour_mosaic(images, idx.float(), [0])
+    with pytest.raises(ValueError, match="indices"):
+        viz.neighbour_mosaic(images, idx + 6, [0])
+    with pytest.raises(ValueError, match="queries"):
+        viz.neighbour_mosaic(images, idx, [0.7])
+    with pytest.raises(TypeError, match="queries"):
+        viz.neighbour_mosaic(images, idx, 3)
+    with pytest.raises(ValueError, match="n_neighbours"):
+        viz.neighbour_mosaic(images, idx, [0], n_neighbours=1.5)
+    assert viz.neighbour_mosaic(images, idx, torch.tensor([1, 2])).shape == (4, 6)
