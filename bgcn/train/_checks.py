@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from .._checks import check_mask, check_tensor
 from ..model import EndToEnd
-from ..utils import check_tensor
 from ._result import NonFiniteImages
 
 __all__ = ["check_model", "default_mode", "check_images", "check_finite_images", "check_labels", "check_masks",
@@ -103,21 +103,6 @@ def check_labels(labels: Any, n: int) -> torch.Tensor:
     return labels
 
 
-def _check_mask(mask: Any, n: int, name: str, required: bool = False) -> torch.Tensor | None:
-    if mask is None:
-        if required:
-            raise ValueError(f"{name} is required: a (N,) bool tensor marking the labelled nodes")
-        return None
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool torch.Tensor of shape (N,), got "
-                        f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-    if mask.shape != (n,):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)} but there are N={n} images; it must be ({n},)")
-    if required and not bool(mask.any()):
-        raise ValueError(f"{name} selects no node; label at least one image")
-    return mask
-
-
 def check_masks(model: EndToEnd, labels: torch.Tensor, train_mask: Any, val_mask: Any, test_mask: Any,
                 device: torch.device) -> dict:
     """The three masks checked and moved to ``device``, with the label checks of a run.
@@ -132,9 +117,9 @@ def check_masks(model: EndToEnd, labels: torch.Tensor, train_mask: Any, val_mask
     Taught in: chapter 08 (chapters/08_end_to_end.md).
     """
     n = labels.shape[0]
-    masks = {"train_mask": _check_mask(train_mask, n, "train_mask", required=True),
-             "val_mask": _check_mask(val_mask, n, "val_mask"), "test_mask": _check_mask(test_mask, n, "test_mask")}
-    masks = {k: None if m is None else m.to(device) for k, m in masks.items()}
+    masks = {"train_mask": check_mask(train_mask, n, "train_mask", device, required=True),
+             "val_mask": check_mask(val_mask, n, "val_mask", device),
+             "test_mask": check_mask(test_mask, n, "test_mask", device)}
     tr, va = masks["train_mask"], masks["val_mask"]
     if va is not None and bool((tr & va).any()):
         both = tr & va
