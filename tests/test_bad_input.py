@@ -308,6 +308,7 @@ def test_cli_one_class_folder_is_one_line(capsys, tmp_path):
     assert code == 2 and "only one class" in line
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_out_is_one_line_no_traceback(tmp_path):
     import os
     import subprocess

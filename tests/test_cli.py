@@ -102,6 +102,7 @@ def test_library_errors_become_one_line(tmp_path, capsys):
     assert code == 2 and "nope.pt" in err
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_flag_no_traceback():
     r = subprocess.run([sys.executable, "-m", "bgcn", "train", "--k", "0"], capture_output=True, text=True,
                        env=_env(), cwd=ROOT, timeout=120)

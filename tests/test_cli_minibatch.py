@@ -61,6 +61,7 @@ def test_batch_size_refuses_amp_and_a_changed_setting(tmp_path, capsys):
     assert code == 2 and "batch_size" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_torchrun_two_processes_from_the_command_line(tmp_path):

@@ -277,6 +277,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 # ----------------------------------------------------------------------------- tests on 2 ranks
 
+@pytest.mark.slow
 def test_two_ranks_join_through_torchrun_environment(two_ranks):
     r0, r1 = two_ranks["ranks"]
     assert tuple(r0["info"]) == (0, 2, 0) and tuple(r1["info"]) == (1, 2, 1)
@@ -286,6 +287,7 @@ def test_two_ranks_join_through_torchrun_environment(two_ranks):
     assert two_ranks["seconds"] < 120
 
 
+@pytest.mark.slow
 def test_all_gather_with_grad_forward_is_the_concatenation(two_ranks):
     x_all = _gather_input()
     for r in two_ranks["ranks"]:
@@ -299,6 +301,7 @@ def test_all_gather_with_grad_forward_is_the_concatenation(two_ranks):
         assert torch.equal(r["equal_grad"], expect)
 
 
+@pytest.mark.slow
 def test_all_gather_with_grad_gives_the_total_loss_gradient(two_ranks):
     g_total, _ = _reference_grads()
     got = torch.cat([r["grad"] for r in two_ranks["ranks"]])
@@ -307,6 +310,7 @@ def test_all_gather_with_grad_gives_the_total_loss_gradient(two_ranks):
     assert float(g_total.abs().max()) > 1e-2  # a real gradient, not zeros
 
 
+@pytest.mark.slow
 def test_plain_all_gather_drops_the_other_ranks_gradient(two_ranks):
     g_total, g_local = _reference_grads()
     got = torch.cat([r["grad_plain"] for r in two_ranks["ranks"]])
@@ -317,6 +321,7 @@ def test_plain_all_gather_drops_the_other_ranks_gradient(two_ranks):
     assert rel > 0.1, rel
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_one_process(two_ranks):
     ref = _reference_ddp()
     init = {k: v.detach() for k, v in _ddp_model().state_dict().items()}
@@ -329,6 +334,7 @@ def test_ddp_two_ranks_match_one_process(two_ranks):
         assert _max_diff(r["ddp_plain"], ref) > 1e-2
 
 
+@pytest.mark.slow
 def test_ddp_uneven_shards_and_float32_match_one_process(two_ranks):
     ref7 = _reference_ddp(7)
     ref32 = _reference_ddp(8, torch.float32, "sgd")
@@ -338,6 +344,7 @@ def test_ddp_uneven_shards_and_float32_match_one_process(two_ranks):
         assert _max_diff(r["ddp_float32"], ref32) < 1e-5  # the tolerance, CPU float32
 
 
+@pytest.mark.slow
 def test_bank_identical_on_both_ranks_and_equal_to_one_process(two_ranks):
     r0, r1 = two_ranks["ranks"]
     assert torch.equal(r0["bank_after_broadcast"], _bank_init(0))
@@ -355,6 +362,7 @@ def test_bank_identical_on_both_ranks_and_equal_to_one_process(two_ranks):
         assert "[0, N=10)" in r["bank_error"] and "[10, 11]" in r["bank_error"]
 
 
+@pytest.mark.slow
 def test_write_if_main_writes_once_and_others_wait(two_ranks):
     r0, r1 = two_ranks["ranks"]
     assert (two_ranks["outdir"] / "written.txt").read_text() == "written by rank 0"

@@ -48,6 +48,7 @@ def test_edge_homophily_is_pygs_definition():
         assert ours == same / (n * k)
 
 
+@pytest.mark.slow
 def test_import_bgcn_still_does_not_import_torch_geometric():
     code = "import sys, bgcn; bgcn.graph.rankings_to_edges; print('torch_geometric' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -83,6 +83,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator,dtype,tol", [("masked_softmax", torch.float64, 1e-10),
                                                  ("softmax", torch.float32, 1e-5)])
 def test_two_processes_reach_the_one_process_parameters(two_ranks, estimator, dtype, tol):
@@ -98,6 +99,7 @@ def test_two_processes_reach_the_one_process_parameters(two_ranks, estimator, dt
     assert torch.equal(ranks[0][estimator]["bank"], ranks[1][estimator]["bank"])
 
 
+@pytest.mark.slow
 def test_checkpoint_written_once_and_resumable_in_another_world(two_ranks):
     outdir, ranks = two_ranks
     from bgcn.train import load_checkpoint

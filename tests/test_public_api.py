@@ -137,6 +137,7 @@ def test_load_dataset_images_labels():
     assert labels.shape == (20,) and labels.dtype == torch.long and set(labels.tolist()) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_cli_train_help():
     r = subprocess.run([sys.executable, "-m", "bgcn", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

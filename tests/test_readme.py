@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -50,6 +51,7 @@ def test_every_readme_train_command_parses():
         assert args.command == "train"
 
 
+@pytest.mark.slow
 def test_readme_torchrun_command_runs_with_two_processes(tmp_path):
     """The README's torchrun line, as written (fewer epochs, a temporary --out)."""
     import json
