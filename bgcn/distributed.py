@@ -34,6 +34,7 @@ __all__ = [
     "init_distributed",
     "is_initialized",
     "is_main",
+    "rank_world",
     "barrier",
     "cleanup",
     "shard",
@@ -220,8 +221,24 @@ def is_main() -> bool:
     return dist_info()[0] == 0
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group; ``(0, 1)`` without one.
+
+    Unlike :func:`dist_info` it does not read torchrun's variables: the collectives need the
+    group, so a run whose group is not initialised is one process (even under torchrun). The
+    engines and the embedding loop shard their work with it.
+
+    Shapes: none (returns two ints).
+
+    Taught in: chapter 11 (chapters/11_minibatch.md)
+    """
+    if not is_initialized():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 def _world() -> int:
-    return torch.distributed.get_world_size() if is_initialized() else 1
+    return rank_world()[1]
 
 
 def _comm_device(like: torch.Tensor | None = None) -> torch.device:

@@ -47,13 +47,6 @@ def image_rows(images, idx: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group; (0, 1) without one."""
-    if not bd.is_initialized():
-        return 0, 1
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
 @contextlib.contextmanager
 def _mode(backbone: nn.Module, eval_mode: bool) -> Iterator[None]:
     """Switch the backbone to eval mode (when asked) for the block; restore its mode after."""
@@ -118,7 +111,7 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
     """
     n = len(images) if indices is None else int(indices.numel())
     idx = torch.arange(n) if indices is None else indices.detach().cpu().long()
-    rank, world = _rank_world()
+    rank, world = bd.rank_world()
     mine = bd.shard(idx, rank, world) if world > 1 else idx
     contiguous = indices is None and isinstance(images, torch.Tensor) and images.dtype != torch.uint8
     dev = torch.device(device) if device is not None else None

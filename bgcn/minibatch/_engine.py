@@ -26,7 +26,7 @@ from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainRes
 from ..utils import check_k, get_device, peak_memory_bytes, reset_peak_memory
 from ._sampler import stratified_batches
 from ..backbone import embed_images
-from ._step import _place, evaluate_full, minibatch_loss
+from ._step import evaluate_full, minibatch_loss
 
 __all__ = ["MinibatchEngine", "train_minibatch", "MINIBATCH_CHECKPOINT_FORMAT"]
 
@@ -97,7 +97,7 @@ class MinibatchEngine(Engine):
         self.train_cpu = masks["train_mask"].cpu()
         self.n, self.mode = len(images), cfg.mode
         self.warm = 0 if cfg.mode == "frozen" else cfg.warmup_epochs
-        self.rank, self.world = _place()
+        self.rank, self.world = bd.rank_world()
         if self.world == 1 and bd.dist_info()[1] > 1:
             warnings.warn(f"torchrun started {bd.dist_info()[1]} processes but no process group is initialised, so "
                           f"each trains alone on all the data; call bgcn.distributed.init_distributed() first",

@@ -24,14 +24,6 @@ from ..topk import row_weights
 __all__ = ["minibatch_loss", "evaluate_full"]
 
 
-def _place() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group; (0, 1) without one (even under torchrun:
-    the collectives need the group, so an uninitialised run is one process)."""
-    if not bd.is_initialized():
-        return 0, 1
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
 def _fresh_features(model: EndToEnd, x: torch.Tensor, backbone=None) -> torch.Tensor:
     """F = f_θ(x) with gradient, through ``backbone`` (a DDP wrapper of ``model.backbone``) when given."""
     if backbone is None or backbone is model.backbone:
@@ -82,7 +74,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     """
     dev = bank.device
     b_dev = batch.to(dev)
-    rank, world = _place()
+    rank, world = bd.rank_world()
     if fixed:
         feats = bank.features[b_dev]
         est, use_w = "hard", False
