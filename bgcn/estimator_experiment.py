@@ -54,13 +54,12 @@ import torch.nn.functional as F
 from ._version import __version__
 from . import estimators as E
 from .backbone import create_backbone, extract_features, save_backbone_weights
-from .data import label_masks, load_dataset
+from .data import label_masks
 from .experiment import rows_changed as _rows_changed, run_measures
-from .experiments.common import Partial, fixed_subset
+from .experiments.common import Partial, digits_subset, summarize_runs
 from .io import atomic_write_json, atomic_write_text
 from .model import build_model, score_function_surrogate
 from .similarity import cosine_similarity
-from .stats import mean_std
 from .temperature import suggest_tau
 from .topk import ESTIMATORS
 from .train import pretrain_backbone, train
@@ -168,9 +167,7 @@ def time_estimators(rows: Sequence[str] | None = None, rounds: int = 7, k: int =
     """
     dev = get_device(device)
     names = [r for r in (rows or ROWS) if ROWS[r][0] != "frozen"]
-    ds = load_dataset("digits")
-    keep = fixed_subset(ds.labels, max_images)
-    images, labels = ds.images[keep].to(dev), ds.labels[keep].to(dev)
+    images, labels = (t.to(dev) for t in digits_subset(max_images))
     tr, _, _ = label_masks(labels.cpu(), 10, seed=0)
     tr = tr.to(dev)
     models = {}
@@ -223,9 +220,7 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
-    ds = load_dataset("digits")
-    keep = fixed_subset(ds.labels, cfg["max_images"])
-    images, labels = ds.images[keep], ds.labels[keep]
+    images, labels = digits_subset(cfg["max_images"])
     cfg["num_images"] = int(images.shape[0])
 
     partial = Partial(out / "estimators.partial.json",
@@ -363,18 +358,7 @@ def summarize(runs: list[dict], names: Sequence[str]) -> list[dict]:
             "edges_changed", "grad_node_mean", "grad_graph_mean", "grad_graph_share", "relvar_backbone",
             "relvar_graph", "norm_backbone", "norm_graph", "norm_node", "perturbed_rows_changed",
             "perturbed_swaps_per_row", "best_epoch")
-    out = []
-    for name in names:
-        rs = [r for r in runs if r["row"] == name]
-        if not rs:
-            continue
-        row = {"row": name, "n_seeds": len(rs)}
-        for key in keys:
-            m, sd, count = mean_std(r.get(key) for r in rs)
-            if count:
-                row[key], row[key + "_std"] = m, sd
-        out.append(row)
-    return out
+    return summarize_runs(runs, ({"row": name} for name in names), keys)
 
 
 def format_tables(summary: list[dict], cfg: dict, tau_data: float) -> str:

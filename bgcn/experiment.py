@@ -62,8 +62,8 @@ import torch
 
 from ._version import __version__
 from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
-from .data import label_masks, load_dataset
-from .experiments.common import Partial, fixed_subset
+from .data import label_masks
+from .experiments.common import Partial, digits_subset
 from .graph import edge_change_fraction, edge_homophily
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .model import build_model
@@ -167,9 +167,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
     show = progress_enabled(progress)
     t_all = time.perf_counter()
 
-    ds = load_dataset("digits")
-    keep = fixed_subset(ds.labels, cfg["max_images"])
-    images, labels = ds.images[keep], ds.labels[keep]
+    images, labels = digits_subset(cfg["max_images"])
     cfg["num_images"] = int(images.shape[0])
 
     partial = Partial(out / "experiment.partial.json",

@@ -17,11 +17,12 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..data import load_dataset
 from ..io import atomic_write_text
 from ..stats import mean_std
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset"]
+__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs"]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -49,6 +50,45 @@ def fixed_subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
         return torch.arange(n)
     g = torch.Generator().manual_seed(12345)
     return torch.randperm(n, generator=g)[:max_images].sort().values
+
+
+def digits_subset(max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits experiments' images and labels: the :func:`fixed_subset` of ``max_images`` digits.
+
+    Shapes: returns images (M, 1, 8, 8), labels (M,) long; M = min(max_images, 1797).
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    ds = load_dataset("digits")
+    keep = fixed_subset(ds.labels, max_images)
+    return ds.images[keep], ds.labels[keep]
+
+
+def summarize_runs(runs: Sequence[dict], groups: Iterable[dict], keys: Sequence[str],
+                   count: str = "n_seeds") -> list[dict]:
+    """Mean ± std (:func:`~bgcn.stats.mean_std`, ddof = 1) over the runs of each group.
+
+    A group is a dict of run keys and values (``{"row": "end2end", "labels_per_class": 5}``); its
+    summary is that dict, ``count`` (how many runs match) and, for every key of ``keys`` with a
+    finite value in some run, ``key`` (the mean) and ``key + "_std"``. A group that no run matches
+    is left out.
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    """
+    out = []
+    for group in groups:
+        rs = [r for r in runs if all(r.get(k) == v for k, v in group.items())]
+        if not rs:
+            continue
+        row = {**group, count: len(rs)}
+        for key in keys:
+            m, sd, n = mean_std(r.get(key) for r in rs)
+            if n:
+                row[key], row[key + "_std"] = m, sd
+        out.append(row)
+    return out
 
 
 def _normalise(obj: Any) -> Any:

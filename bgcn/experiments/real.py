@@ -56,7 +56,7 @@ from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
 from ..utils import get_device, versions
-from .common import Partial, mean_std
+from .common import Partial, summarize_runs
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
            "load_real_dataset"]
@@ -312,19 +312,8 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
     keys = ("test_acc", "final_test_acc", "warmup_test_acc", "gain_over_warmup", "homophily_before",
             "homophily_after", "homophily_final", "nuisance_homophily_initial", "nuisance_homophily_best",
             "time_per_epoch", "images_per_s")
-    out = []
-    for lpc in lpcs:
-        for row in rows:
-            rs = [r for r in runs if r["row"] == row and r["labels_per_class"] == lpc]
-            if not rs:
-                continue
-            d = {"row": row, "labels_per_class": lpc, "seeds": len(rs)}
-            for key in keys:
-                m, s, c = mean_std(r.get(key) for r in rs)
-                if c:
-                    d[key], d[key + "_std"] = m, s
-            out.append(d)
-    return out
+    return summarize_runs(runs, ({"row": row, "labels_per_class": lpc} for lpc in lpcs for row in rows), keys,
+                          count="seeds")
 
 
 def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> str:
