@@ -14,8 +14,9 @@ import bgcn
 
 
 @pytest.fixture(scope="module")
-def digits():
-    images, labels = bgcn.load_dataset("digits")
+def digits(digits):
+    """The first 400 of conftest's digits."""
+    images, labels = digits
     return images[:400], labels[:400]
 
 

@@ -19,10 +19,8 @@ def _sim(n=60, d=8, seed=0):
 
 
 @pytest.fixture(scope="module")
-def digits_similarity():
-    from bgcn.data import load_dataset
-
-    images, _ = load_dataset("digits")
+def digits_similarity(digits):
+    images, _ = digits
     return bgcn.cosine_similarity(images.flatten(1).double())
 
 

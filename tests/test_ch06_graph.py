@@ -16,10 +16,9 @@ def _feats(n=40, d=8, seed=0):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from bgcn.data import load_dataset
-
-    images, labels = load_dataset("digits")
+def digits(digits):
+    """conftest's digits, flattened to float64 rows."""
+    images, labels = digits
     return images.flatten(1).double(), labels
 
 

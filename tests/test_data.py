@@ -14,11 +14,6 @@ from bgcn.data import (DATASETS, Dataset, check_labels, image_mean_std, label_ma
 DIGITS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 # ---------------------------------------------------------------------------------------- digits
 def test_digits_shape_range_dtype(digits):
     images, labels = digits  # unpacks as exactly two values

@@ -22,7 +22,6 @@ import torch
 
 from bgcn.backbone import create_backbone
 from bgcn.config import MAX_LR, TrainConfig, fit
-from bgcn.data import label_masks, load_dataset
 from bgcn.minibatch import train_minibatch
 from bgcn.model import build_model
 from bgcn.train import NonFiniteImages, TrainingDiverged, load_checkpoint, save_checkpoint, train
@@ -33,10 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=N, num_classes=C, seed=1)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
-    return ds.images.double(), ds.labels, tr, va, te
+def data(tiny_data):
+    return tiny_data(n=N, classes=C, seed=1, double=True)
 
 
 @pytest.fixture(autouse=True)

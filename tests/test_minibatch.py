@@ -22,10 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=N, num_classes=C, seed=0)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
-    return ds.images.double(), ds.labels, tr, va, te
+def data(tiny_data):
+    return tiny_data(n=N, classes=C, double=True)
 
 
 def _model(estimator="masked_softmax", mode="end2end", seed=0, double=True, **kw):

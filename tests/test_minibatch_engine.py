@@ -21,10 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=N, num_classes=C, seed=3)
-    tr, va, te = label_masks(ds.labels, 4, seed=0)
-    return ds.images.double(), ds.labels, tr, va, te
+def data(tiny_data):
+    return tiny_data(n=N, classes=C, seed=3, labels_per_class=4, double=True)
 
 
 @pytest.fixture(autouse=True)

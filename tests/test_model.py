@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from bgcn.backbone import create_backbone
-from bgcn.data import label_masks, load_dataset
 from bgcn.model import EndToEnd, build_model, score_function_surrogate
 from bgcn.topk import Selection
 
@@ -15,10 +14,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=120, num_classes=4, seed=0)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
-    return ds.images, ds.labels, tr
+def data(tiny_data):
+    images, labels, tr, va, te = tiny_data(n=120, classes=4)
+    return images, labels, tr
 
 
 def _model(mode, estimator="softmax", tau=0.1, seed=0, **kw):

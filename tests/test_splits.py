@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from bgcn.data import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_split, load_dataset
+from bgcn.data import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_split
 
 
 @pytest.fixture(scope="module")
-def labels():
-    return load_dataset("digits").labels
+def labels(digits):
+    return digits.labels
 
 
 def test_the_seeds_are_the_fields():

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from bgcn.backbone import create_backbone
-from bgcn.data import label_masks, load_dataset
 from bgcn.graph import edge_homophily
 from bgcn.model import build_model
 from bgcn.train import (History, TrainingDiverged, augment_images, load_checkpoint, nt_xent_loss, pretrain_backbone,
@@ -23,10 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=N, num_classes=C, seed=0)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
-    return ds.images, ds.labels, tr, va, te
+def data(tiny_data):
+    return tiny_data(n=N, classes=C)
 
 
 def _model(mode="end2end", estimator="softmax", tau=0.1, seed=0, backbone=None):
