@@ -23,14 +23,8 @@ def ds():
     return load_dataset("synthetic", n=N, num_classes=C, seed=2)
 
 
-def _model(estimator="masked_softmax", seed=0, **kw):
-    torch.manual_seed(seed)
-    return build_model(create_backbone("mlp_digits"), C, k=K, estimator=estimator, tau=0.1, hidden=16,
-                       **kw).double()
-
-
-def test_fill_update_and_memory(ds):
-    m = _model()
+def test_fill_update_and_memory(ds, tiny_model):
+    m = tiny_model(double=True)
     x = ds.images.double()
     bank = FeatureBank.from_backbone(m, x, chunk_size=17)
     ref = extract_features(m.backbone, x, batch_size=N)
@@ -49,8 +43,8 @@ def test_fill_update_and_memory(ds):
 
 
 @pytest.mark.parametrize("chunk,bank_chunk", [(1, None), (7, 3), (7, 64), (1000, None), (1000, 149)])
-def test_search_is_the_exact_top_k(ds, chunk, bank_chunk):
-    bank = FeatureBank.from_backbone(_model(), ds.images.double())
+def test_search_is_the_exact_top_k(ds, chunk, bank_chunk, tiny_model):
+    bank = FeatureBank.from_backbone(tiny_model(double=True), ds.images.double())
     q = torch.arange(0, N, 3)
     got = bank.search(bank.features[q], K, exclude=q, chunk_size=chunk, bank_chunk=bank_chunk)
     s = cosine_similarity(bank.features[q], bank.features)
@@ -65,8 +59,8 @@ def test_search_is_the_exact_top_k(ds, chunk, bank_chunk):
     assert float((s2.gather(1, got2) - torch.topk(s2, K, 1).values).abs().max()) < 1e-12
 
 
-def test_search_bad_input(ds):
-    bank = FeatureBank.from_backbone(_model(), ds.images.double())
+def test_search_bad_input(ds, tiny_model):
+    bank = FeatureBank.from_backbone(tiny_model(double=True), ds.images.double())
     f = bank.features[:4]
     with pytest.raises(ValueError, match="k=150"):
         bank.search(f, N, exclude=torch.arange(4))
@@ -81,9 +75,9 @@ def test_search_bad_input(ds):
     with pytest.raises(TypeError, match="integer"):
         bank.update(torch.tensor([0.5]), f[:1])
     with pytest.raises(ValueError, match="rows"):
-        bank.fill(_model(), ds.images.double()[:10])
+        bank.fill(tiny_model(double=True), ds.images.double()[:10])
     with pytest.raises(TypeError, match="floating"):
-        FeatureBank.from_backbone(_model(), (ds.images * 255).to(torch.uint8))
+        FeatureBank.from_backbone(tiny_model(double=True), (ds.images * 255).to(torch.uint8))
 
 
 def test_ema_backbone_and_momentum_update():
@@ -107,9 +101,9 @@ def test_ema_backbone_and_momentum_update():
 
 
 @pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
-def test_subgraph_outputs_equal_the_full_graph(ds, estimator):
+def test_subgraph_outputs_equal_the_full_graph(ds, estimator, tiny_model):
     """The query nodes' log-probs on their 2-hop subgraph equal the full kNN graph's (eval, float64)."""
-    m = _model(estimator).eval()
+    m = tiny_model(estimator, double=True).eval()
     bank = FeatureBank.from_backbone(m, ds.images.double())
     g = knn_graph(bank.features, K, estimator, m.tau)
     full = m.gcn(bank.features, g.edge_index, g.edge_weight)
@@ -123,9 +117,9 @@ def test_subgraph_outputs_equal_the_full_graph(ds, estimator):
 
 
 @pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
-def test_predict_equals_the_graph_with_new_nodes_appended(ds, estimator):
+def test_predict_equals_the_graph_with_new_nodes_appended(ds, estimator, tiny_model):
     """predict = GCN on the bank's graph plus one row per new image (neighbours among the bank)."""
-    m = _model(estimator)
+    m = tiny_model(estimator, double=True)
     train_x, new_x = ds.images[:120].double(), ds.images[120:].double()
     bank = FeatureBank.from_backbone(m, train_x)
     got = predict(m, new_x, bank, batch_size=7)
@@ -165,17 +159,17 @@ def test_predict_on_held_out_digits_is_as_good_as_transductive():
     assert abs(held_acc - trans) < 0.06
 
 
-def test_predict_bad_input(ds):
-    m = _model()
+def test_predict_bad_input(ds, tiny_model):
+    m = tiny_model(double=True)
     bank = FeatureBank.from_backbone(m, ds.images.double())
     with pytest.raises(ValueError, match="empty"):
         predict(m, ds.images.double(), FeatureBank(N, 64, torch.float64))
     with pytest.raises(TypeError, match="FeatureBank"):
         predict(m, ds.images.double(), bank.features)
     with pytest.raises(ValueError, match="bank engine"):
-        predict(_model("gumbel_reinforce"), ds.images.double(), bank)
+        predict(tiny_model("gumbel_reinforce", double=True), ds.images.double(), bank)
     with pytest.raises(ValueError, match="symmetric"):
-        predict(_model(symmetric=True), ds.images.double(), bank)
+        predict(tiny_model(double=True, symmetric=True), ds.images.double(), bank)
     with pytest.raises(TypeError, match="floating"):
         predict(m, ds.images.to(torch.uint8), bank)
 

@@ -9,11 +9,9 @@ import math
 import pytest
 import torch
 
-from bgcn.backbone import create_backbone
 from bgcn.bank import FeatureBank, predict
 from bgcn.data import label_masks, load_dataset
 from bgcn.minibatch import minibatch_loss, stratified_batches
-from bgcn.model import build_model
 from bgcn.scaling import saved_tensor_bytes
 
 N, C, K = 150, 4, 5
@@ -25,12 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ds():
     return load_dataset("synthetic", n=N, num_classes=C, seed=4)
-
-
-def _model(estimator="masked_softmax", seed=0, k=K, classes=C):
-    torch.manual_seed(seed)
-    return build_model(create_backbone("mlp_digits"), classes, k=k, estimator=estimator, tau=0.1,
-                       hidden=16).double()
 
 
 @pytest.mark.parametrize("n_lab", [7, 20, 33, 60])
@@ -57,13 +49,13 @@ def test_every_batch_holds_floor_or_ceil_of_the_labels(n_lab, b):
         assert seen.numel() - n_lab == nb - n_lab
 
 
-def test_full_batch_saved_memory_has_exactly_five_n_squared():
+def test_full_batch_saved_memory_has_exactly_five_n_squared(tiny_model):
     """The chapter's fit: saved bytes of one full-batch forward (dense softmax graph, float32) are
     5 N^2 + c N + e; second differences over equally spaced N remove c and e and leave 2·5·h^2."""
     images = load_dataset("synthetic", n=400, num_classes=C, seed=0).images
     h, saved = 100, []
     for n in (200, 300, 400):
-        m = _model("softmax").float()
+        m = tiny_model("softmax", double=True).float()
         _, s = saved_tensor_bytes(lambda: m(images[:n]))
         saved.append(s)
     second = saved[2] - 2 * saved[1] + saved[0]
@@ -72,10 +64,10 @@ def test_full_batch_saved_memory_has_exactly_five_n_squared():
     assert saved[1] - saved[0] > 5 * (300 ** 2 - 200 ** 2)
 
 
-def test_subgraph_rings_are_bounded_and_add_up(ds):
+def test_subgraph_rings_are_bounded_and_add_up(ds, tiny_model):
     """Q, then at most b·k 1-hop nodes and b·k² 2-hop nodes: the subgraph never exceeds b(1+k+k²)."""
     tr, _, _ = label_masks(ds.labels, 5, seed=0)
-    m = _model()
+    m = tiny_model(double=True)
     images = ds.images.double()
     bank = FeatureBank.from_backbone(m, images)
     for b in (3, 10, 40):
@@ -89,10 +81,10 @@ def test_subgraph_rings_are_bounded_and_add_up(ds):
 
 
 @pytest.mark.parametrize("estimator", ["masked_softmax", "softmax"])
-def test_predict_does_not_depend_on_the_companions(ds, estimator):
+def test_predict_does_not_depend_on_the_companions(ds, estimator, tiny_model):
     """An image's inductive prediction is the same alone, in any batch, in any order, and with other
     new images around it (they are not candidates for anyone's neighbours), float64."""
-    m = _model(estimator)
+    m = tiny_model(estimator, double=True)
     train_x, new_x = ds.images[:110].double(), ds.images[110:].double()
     bank = FeatureBank.from_backbone(m, train_x)
     ref = predict(m, new_x, bank, batch_size=len(new_x))

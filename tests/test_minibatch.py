@@ -26,12 +26,6 @@ def data(tiny_data):
     return tiny_data(n=N, classes=C, double=True)
 
 
-def _model(estimator="masked_softmax", mode="end2end", seed=0, double=True, **kw):
-    torch.manual_seed(seed)
-    m = build_model(create_backbone("mlp_digits"), C, k=K, estimator=estimator, tau=0.1, hidden=16, mode=mode, **kw)
-    return m.double() if double else m
-
-
 def _max_grad_diff(a, b):
     out = 0.0
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
@@ -43,11 +37,11 @@ def _max_grad_diff(a, b):
 
 
 @pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
-def test_full_batch_limit_is_exact(data, estimator):
+def test_full_batch_limit_is_exact(data, estimator, tiny_model):
     """b >= N: one mini-batch step is the full-batch step (loss and every gradient), float64 1e-10;
     three epochs of train_minibatch give train()'s history (losses and accuracies)."""
     images, labels, tr, va, te = data
-    full, mini = _model(estimator), _model(estimator)
+    full, mini = tiny_model(estimator, double=True), tiny_model(estimator, double=True)
     mini.load_state_dict(full.state_dict())
     full.train(), mini.train()  # GCN dropout on: the same RNG draws on the same node order
     torch.manual_seed(7)
@@ -65,8 +59,8 @@ def test_full_batch_limit_is_exact(data, estimator):
     assert float(full.backbone.net[1].weight.grad.abs().max()) > 1e-6
 
     kw = dict(epochs=3, lr_backbone=1e-3, lr_gcn=1e-2, weight_decay=5e-4, seed=3, device="cpu")
-    ra = train(_model(estimator), images, labels, tr, va, te, progress=False, **kw)
-    rb = train_minibatch(_model(estimator), images, labels, tr, va, te, batch_size=N, **kw)
+    ra = train(tiny_model(estimator, double=True), images, labels, tr, va, te, progress=False, **kw)
+    rb = train_minibatch(tiny_model(estimator, double=True), images, labels, tr, va, te, batch_size=N, **kw)
     for x, y in zip(ra.history.loss, rb.history.loss):
         assert abs(x - y) < TOL
     assert ra.history.val_acc == rb.history.val_acc and ra.history.test_acc == rb.history.test_acc
@@ -74,24 +68,25 @@ def test_full_batch_limit_is_exact(data, estimator):
     assert max(float((pa[k] - pb[k]).abs().max()) for k in pa) < 1e-8
 
 
-def test_full_batch_limit_with_warmup_and_frozen(data):
+def test_full_batch_limit_with_warmup_and_frozen(data, tiny_model):
     images, labels, tr, va, te = data
     kw = dict(epochs=3, lr_backbone=1e-3, seed=1, device="cpu")
     for mode, warm in (("end2end", 1), ("frozen", 0)):
-        ra = train(_model(mode=mode), images, labels, tr, va, te, mode=mode, warmup_epochs=warm, progress=False, **kw)
-        rb = train_minibatch(_model(mode=mode), images, labels, tr, va, te, mode=mode, warmup_epochs=warm,
-                             batch_size=10 * N, **kw)
+        ra = train(tiny_model(mode=mode, double=True), images, labels, tr, va, te, mode=mode, warmup_epochs=warm,
+                   progress=False, **kw)
+        rb = train_minibatch(tiny_model(mode=mode, double=True), images, labels, tr, va, te, mode=mode,
+                             warmup_epochs=warm, batch_size=10 * N, **kw)
         assert max(abs(x - y) for x, y in zip(ra.history.loss, rb.history.loss)) < TOL, mode
         assert ra.history.val_acc == rb.history.val_acc
 
 
 @pytest.mark.parametrize("estimator", ["hard", "masked_softmax", "values", "softmax"])
-def test_sub_batch_step_is_the_full_graph_with_the_rest_detached(data, estimator):
+def test_sub_batch_step_is_the_full_graph_with_the_rest_detached(data, estimator, tiny_model):
     """b < N: the step's loss and gradients equal those of the full graph in which only the batch's
     features carry gradient (every other node a constant = its bank row), float64."""
     images, labels, tr, _, _ = data
     batch = stratified_batches(tr, 30, torch.Generator().manual_seed(0))[1]
-    full, mini = _model(estimator), _model(estimator)
+    full, mini = tiny_model(estimator, double=True), tiny_model(estimator, double=True)
     mini.load_state_dict(full.state_dict())
     full.eval(), mini.eval()  # no dropout: the subgraph orders its nodes differently
     feats = full.features(images)
@@ -112,7 +107,7 @@ def test_sub_batch_step_is_the_full_graph_with_the_rest_detached(data, estimator
     assert float(mini.backbone.net[1].weight.grad.abs().max()) > 1e-6
 
 
-def test_every_step_sees_labelled_nodes(data):
+def test_every_step_sees_labelled_nodes(data, tiny_model):
     images, labels, tr, va, te = data
     g = torch.Generator().manual_seed(0)
     for b in (7, 16, 50, N, 5 * N):
@@ -129,30 +124,31 @@ def test_every_step_sees_labelled_nodes(data):
     few = torch.zeros(N, dtype=torch.bool)
     few[[3, 70]] = True
     assert all(bool(few[x].any()) for x in stratified_batches(few, 10, g))
-    r = train_minibatch(_model(double=False), images.float(), labels, tr, va, te, batch_size=16, epochs=2,
+    r = train_minibatch(tiny_model(), images.float(), labels, tr, va, te, batch_size=16, epochs=2,
                         device="cpu", lr_backbone=1e-3)
     assert len(r.steps) == 2 * -(-N // 16) and min(s["labelled"] for s in r.steps) >= 1
 
 
-def test_bank_after_an_epoch_equals_a_fresh_fill_when_lr_is_zero(data):
+def test_bank_after_an_epoch_equals_a_fresh_fill_when_lr_is_zero(data, tiny_model):
     images, labels, tr, va, te = data
     kw = dict(batch_size=16, epochs=1, device="cpu", bank_refresh=0)
-    r = train_minibatch(_model(), images, labels, tr, va, te, lr_backbone=0.0, **kw)
+    r = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, lr_backbone=0.0, **kw)
     fresh = FeatureBank.from_backbone(r.model, images).features
     assert float((r.bank.features - fresh).abs().max()) < 1e-12
     # and the probe can fail: with a learning rate the bank holds features of several steps ago
-    r2 = train_minibatch(_model(), images, labels, tr, va, te, lr_backbone=1e-2, **kw)
+    r2 = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, lr_backbone=1e-2, **kw)
     fresh2 = FeatureBank.from_backbone(r2.model, images).features
     assert float((r2.bank.features - fresh2).abs().max()) > 1e-4
     # a refresh at the end of the epoch makes it fresh again
-    r3 = train_minibatch(_model(), images, labels, tr, va, te, lr_backbone=1e-2, **{**kw, "bank_refresh": 1})
+    r3 = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, lr_backbone=1e-2,
+                         **{**kw, "bank_refresh": 1})
     fresh3 = FeatureBank.from_backbone(r3.model, images).features
     assert float((r3.bank.features - fresh3).abs().max()) < 1e-12
 
 
-def test_momentum_bank_runs_and_lags(data):
+def test_momentum_bank_runs_and_lags(data, tiny_model):
     images, labels, tr, va, te = data
-    r = train_minibatch(_model(), images, labels, tr, va, te, batch_size=32, epochs=2, device="cpu",
+    r = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, batch_size=32, epochs=2, device="cpu",
                         lr_backbone=1e-2, bank_momentum=0.9, bank_refresh=0)
     fresh = FeatureBank.from_backbone(r.model, images).features
     assert torch.isfinite(r.bank.features).all()
@@ -198,9 +194,9 @@ def test_no_n_by_n_tensor_on_the_training_path(estimator):
 
 
 @pytest.mark.parametrize("estimator", ["masked_softmax", "softmax"])
-def test_evaluate_full_matches_the_dense_forward(data, estimator):
+def test_evaluate_full_matches_the_dense_forward(data, estimator, tiny_model):
     images, labels, tr, _, _ = data
-    m = _model(estimator)
+    m = tiny_model(estimator, double=True)
     m.eval()
     with torch.no_grad():
         dense = m(images)
@@ -209,41 +205,41 @@ def test_evaluate_full_matches_the_dense_forward(data, estimator):
     assert torch.equal(torch.sort(graph.indices, 1).values, torch.sort(m.last_graph.indices, 1).values)
 
 
-def test_bad_input(data):
+def test_bad_input(data, tiny_model):
     images, labels, tr, va, te = data
     kw = dict(device="cpu", epochs=1)
     with pytest.raises(ValueError, match="batch_size"):
-        train_minibatch(_model(), images, labels, tr, batch_size=0, **kw)
+        train_minibatch(tiny_model(double=True), images, labels, tr, batch_size=0, **kw)
     with pytest.raises(ValueError, match="bank engine"):
-        train_minibatch(_model("gumbel_reinforce"), images, labels, tr, batch_size=16, **kw)
+        train_minibatch(tiny_model("gumbel_reinforce", double=True), images, labels, tr, batch_size=16, **kw)
     with pytest.raises(ValueError, match="symmetric"):
-        train_minibatch(_model(symmetric=True), images, labels, tr, batch_size=16, **kw)
+        train_minibatch(tiny_model(double=True, symmetric=True), images, labels, tr, batch_size=16, **kw)
     with pytest.raises(ValueError, match="lr_backbone"):
-        train_minibatch(_model(), images, labels, tr, batch_size=16, lr_backbone=-1.0, **kw)
+        train_minibatch(tiny_model(double=True), images, labels, tr, batch_size=16, lr_backbone=-1.0, **kw)
     with pytest.raises(ValueError, match="bank_chunk"):
-        train_minibatch(_model(), images, labels, tr, batch_size=16, bank_chunk=0, **kw)
+        train_minibatch(tiny_model(double=True), images, labels, tr, batch_size=16, bank_chunk=0, **kw)
     with pytest.raises(ValueError, match="bank_momentum"):
-        train_minibatch(_model(), images, labels, tr, batch_size=16, bank_momentum=1.5, **kw)
+        train_minibatch(tiny_model(double=True), images, labels, tr, batch_size=16, bank_momentum=1.5, **kw)
     with pytest.raises(TypeError, match="floating"):
-        train_minibatch(_model(), (images * 255).to(torch.int64), labels, tr, batch_size=16, **kw)
+        train_minibatch(tiny_model(double=True), (images * 255).to(torch.int64), labels, tr, batch_size=16, **kw)
     with pytest.raises(TypeError, match="image source"):
-        train_minibatch(_model(), images.numpy(), labels, tr, batch_size=16, **kw)
+        train_minibatch(tiny_model(double=True), images.numpy(), labels, tr, batch_size=16, **kw)
     with pytest.raises(ValueError, match="train_mask"):
-        train_minibatch(_model(), images, labels, tr[:-1], batch_size=16, **kw)
+        train_minibatch(tiny_model(double=True), images, labels, tr[:-1], batch_size=16, **kw)
     with pytest.raises(ValueError, match="k=5"):
-        train_minibatch(_model(), images[:5], labels[:5], tr[:5], batch_size=16, **kw)
+        train_minibatch(tiny_model(double=True), images[:5], labels[:5], tr[:5], batch_size=16, **kw)
     with pytest.raises(ValueError, match="no node"):
         stratified_batches(torch.zeros(N, dtype=torch.bool), 10)
 
 
 @pytest.mark.parametrize("estimator", ["masked_softmax", "softmax"])
-def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, estimator, monkeypatch):
+def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, estimator, monkeypatch, tiny_model):
     """cache_neighbours=True with a fixed backbone (lr_backbone=0): the cached rows are the exact
     ones, so the run equals the searching run; with b >= N it equals train()."""
     images, labels, tr, va, te = data
     kw = dict(batch_size=24, epochs=2, device="cpu", lr_backbone=0.0, seed=2)
-    a = train_minibatch(_model(estimator), images, labels, tr, va, te, **kw)
-    b = train_minibatch(_model(estimator), images, labels, tr, va, te, cache_neighbours=True, **kw)
+    a = train_minibatch(tiny_model(estimator, double=True), images, labels, tr, va, te, **kw)
+    b = train_minibatch(tiny_model(estimator, double=True), images, labels, tr, va, te, cache_neighbours=True, **kw)
     assert max(abs(x - y) for x, y in zip(a.history.loss, b.history.loss)) < TOL
     assert a.history.val_acc == b.history.val_acc
     assert b.bank.neighbours.shape == (N, K)
@@ -251,10 +247,10 @@ def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, es
     fn = fn / b.bank.features.norm(dim=1, keepdim=True)
     s = (fn @ fn.T).fill_diagonal_(float("-inf"))
     assert float((s.gather(1, b.bank.neighbours) - torch.topk(s, K, 1).values).abs().max()) < 1e-12
-    full = train(_model(estimator), images, labels, tr, va, te, epochs=2, lr_backbone=1e-3, device="cpu",
-                 progress=False, seed=2)
-    c = train_minibatch(_model(estimator), images, labels, tr, va, te, batch_size=N, epochs=2, lr_backbone=1e-3,
-                        device="cpu", seed=2, cache_neighbours=True)
+    full = train(tiny_model(estimator, double=True), images, labels, tr, va, te, epochs=2, lr_backbone=1e-3,
+                 device="cpu", progress=False, seed=2)
+    c = train_minibatch(tiny_model(estimator, double=True), images, labels, tr, va, te, batch_size=N, epochs=2,
+                        lr_backbone=1e-3, device="cpu", seed=2, cache_neighbours=True)
     assert max(abs(x - y) for x, y in zip(full.history.loss, c.history.loss)) < TOL
     # the cache is used: a step searches only its own b rows (plus the evaluation's N)
     rows = []
@@ -265,13 +261,14 @@ def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, es
         return orig(self, query, k, *args, **kw)
 
     monkeypatch.setattr(FeatureBank, "search", counting)
-    bank = FeatureBank.from_backbone(_model(estimator), images)
+    bank = FeatureBank.from_backbone(tiny_model(estimator, double=True), images)
     for use in (False, True):
         rows.clear()
         if use:
             bank.fill_neighbours(K)
             rows.clear()
-        minibatch_loss(_model(estimator), images, torch.arange(0, N, 5), bank, labels, tr, use_neighbours=use)
+        minibatch_loss(tiny_model(estimator, double=True), images, torch.arange(0, N, 5), bank, labels, tr,
+                       use_neighbours=use)
         if use:
             assert rows == [N // 5]
         else:

@@ -30,12 +30,6 @@ def _quiet(recwarn):  # the tiny validation set warns on every run
     yield
 
 
-def _model(estimator="masked_softmax", seed=0, dropout=0.5):
-    torch.manual_seed(seed)
-    return build_model(create_backbone("mlp_digits"), C, k=K, estimator=estimator, tau=0.1, hidden=16,
-                       dropout=dropout).double()
-
-
 KW = dict(batch_size=24, epochs=5, warmup_epochs=1, lr_backbone=1e-2, device="cpu", bank_refresh=2,
           eval_every=2, seed=5)
 
@@ -48,11 +42,11 @@ def _same(a, b):
 
 @pytest.mark.parametrize("extra", [{}, {"cache_neighbours": True, "estimator": "softmax"},
                                    {"bank_momentum": 0.5}])
-def test_killed_and_resumed_run_equals_the_uninterrupted_one(data, tmp_path, extra):
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(data, tmp_path, extra, tiny_model):
     images, labels, tr, va, te = data
     extra = dict(extra)
     est = extra.pop("estimator", "masked_softmax")
-    full = train_minibatch(_model(est), images, labels, tr, va, te, **KW, **extra)
+    full = train_minibatch(tiny_model(est, double=True), images, labels, tr, va, te, **KW, **extra)
     ck = tmp_path / "mb.pt"
 
     def kill(epoch, model, bank):  # the process dies during epoch 4, after its steps
@@ -60,10 +54,11 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(data, tmp_path, ext
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_minibatch(_model(est), images, labels, tr, va, te, **KW, **extra, checkpoint=ck, callback=kill)
+        train_minibatch(tiny_model(est, double=True), images, labels, tr, va, te, **KW, **extra, checkpoint=ck,
+                        callback=kill)
     assert load_checkpoint(ck)["epoch"] == 3
-    res = train_minibatch(_model(est, seed=99), images, labels, tr, va, te, **KW, **extra, checkpoint=ck,
-                          resume=True)
+    res = train_minibatch(tiny_model(est, seed=99, double=True), images, labels, tr, va, te, **KW, **extra,
+                          checkpoint=ck, resume=True)
     assert _same(full, res) == 0.0  # bit-exact on the CPU
     assert torch.equal(full.bank.features, res.bank.features)
     for key in ("loss", "val_acc", "test_acc", "edge_change"):
@@ -73,28 +68,30 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(data, tmp_path, ext
     assert (full.best_epoch, full.test_acc_at_best_val) == (res.best_epoch, res.test_acc_at_best_val)
     assert full.steps == res.steps
     # resuming a finished run changes nothing
-    again = train_minibatch(_model(est), images, labels, tr, va, te, **KW, **extra, checkpoint=ck, resume=True)
+    again = train_minibatch(tiny_model(est, double=True), images, labels, tr, va, te, **KW, **extra, checkpoint=ck,
+                            resume=True)
     assert again.status == "resumed-complete" and _same(again, res) == 0.0
 
 
-def test_resume_refuses_other_settings_and_a_full_batch_checkpoint(data, tmp_path):
+def test_resume_refuses_other_settings_and_a_full_batch_checkpoint(data, tmp_path, tiny_model):
     images, labels, tr, va, te = data
     ck = tmp_path / "mb.pt"
-    train_minibatch(_model(), images, labels, tr, va, te, **{**KW, "epochs": 2}, checkpoint=ck)
+    train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **{**KW, "epochs": 2}, checkpoint=ck)
     with pytest.raises(ValueError, match="batch_size: checkpoint 24 vs now 32"):
-        train_minibatch(_model(), images, labels, tr, va, te, **{**KW, "batch_size": 32}, checkpoint=ck,
+        train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **{**KW, "batch_size": 32}, checkpoint=ck,
                         resume=True)
     # epochs may grow: the run continues
-    r = train_minibatch(_model(), images, labels, tr, va, te, **{**KW, "epochs": 3}, checkpoint=ck, resume=True)
+    r = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **{**KW, "epochs": 3}, checkpoint=ck,
+                        resume=True)
     assert len(r.history) == 3
     fb = tmp_path / "full.pt"
-    train(_model(), images, labels, tr, va, te, epochs=1, device="cpu", checkpoint=fb, progress=False)
+    train(tiny_model(double=True), images, labels, tr, va, te, epochs=1, device="cpu", checkpoint=fb, progress=False)
     with pytest.raises(ValueError, match="not a mini-batch checkpoint"):
-        train_minibatch(_model(), images, labels, tr, va, te, **KW, checkpoint=fb, resume=True)
+        train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **KW, checkpoint=fb, resume=True)
     with pytest.raises(ValueError, match="resume=True needs checkpoint"):
-        train_minibatch(_model(), images, labels, tr, va, te, **KW, resume=True)
+        train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **KW, resume=True)
     with pytest.warns(UserWarning, match="starting afresh"):
-        train_minibatch(_model(), images, labels, tr, va, te, **{**KW, "epochs": 2},
+        train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **{**KW, "epochs": 2},
                         checkpoint=tmp_path / "none.pt", resume=True)
     assert (tmp_path / "none.pt").is_file()
     assert not list(tmp_path.glob("*.tmp"))  # nothing half-written
@@ -115,9 +112,9 @@ def test_uint8_images_equal_their_float_conversion():
     assert _same(a, b) == 0.0 and a.history.loss == b.history.loss
 
 
-def test_eval_every_and_the_reported_timings(data):
+def test_eval_every_and_the_reported_timings(data, tiny_model):
     images, labels, tr, va, te = data
-    r = train_minibatch(_model(), images, labels, tr, va, te, **{**KW, "epochs": 5, "eval_every": 2},
+    r = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **{**KW, "epochs": 5, "eval_every": 2},
                         analysis_labels=labels)
     h = r.history
     evaluated = [e for e, v in zip(h.epoch, h.val_acc) if not math.isnan(v)]
@@ -132,13 +129,13 @@ def test_eval_every_and_the_reported_timings(data):
     assert r.config["world_size"] == 1 and r.config["engine"] == "minibatch"
 
 
-def test_divergence_is_reported_with_the_last_checkpoint(data, tmp_path):
+def test_divergence_is_reported_with_the_last_checkpoint(data, tmp_path, tiny_model):
     images, labels, tr, va, te = data
     ck = tmp_path / "mb.pt"
     bad = images.clone()
     bad[7, 0, 0, 0] = float("nan")  # a NaN pixel: named before any training
     with pytest.raises(TrainingDiverged, match="image 7"):
-        train_minibatch(_model(), bad, labels, tr, va, te, **KW)
+        train_minibatch(tiny_model(double=True), bad, labels, tr, va, te, **KW)
 
     def poison(epoch, model, bank):  # a NaN weight after epoch 2: epoch 3's loss is NaN
         if epoch == 2:
@@ -146,7 +143,7 @@ def test_divergence_is_reported_with_the_last_checkpoint(data, tmp_path):
                 next(model.gcn.parameters()).fill_(float("nan"))
 
     with pytest.raises(TrainingDiverged, match="epoch 3.*holds epoch 2") as ei:
-        train_minibatch(_model(), images, labels, tr, va, te, **KW, checkpoint=ck, callback=poison)
+        train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **KW, checkpoint=ck, callback=poison)
     assert ei.value.epoch == 3 and load_checkpoint(ck)["epoch"] == 2
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bgcn.backbone import create_backbone
-from bgcn.model import EndToEnd, build_model, score_function_surrogate
+from bgcn.model import EndToEnd, score_function_surrogate
 from bgcn.topk import Selection
 
 
@@ -19,20 +19,14 @@ def data(tiny_data):
     return images, labels, tr
 
 
-def _model(mode, estimator="softmax", tau=0.1, seed=0, **kw):
-    torch.manual_seed(seed)
-    return build_model(create_backbone("mlp_digits"), 4, k=5, estimator=estimator, tau=tau, hidden=16,
-                       mode=mode, **kw)
-
-
 def _loss(model, images, labels, mask):
     logp = model(images)
     return F.nll_loss(logp[mask], labels[mask])
 
 
-def test_gradient_reaches_backbone_in_end2end(data):
+def test_gradient_reaches_backbone_in_end2end(data, tiny_model):
     images, labels, tr = data
-    model = _model("end2end")
+    model = tiny_model("softmax")
     _loss(model, images, labels, tr).backward()
     grads = [p.grad for p in model.backbone.parameters()]
     assert all(g is not None for g in grads)
@@ -41,9 +35,9 @@ def test_gradient_reaches_backbone_in_end2end(data):
     assert norms["node"] > 0 and norms["graph"] > 0
 
 
-def test_no_gradient_reaches_backbone_when_frozen(data):
+def test_no_gradient_reaches_backbone_when_frozen(data, tiny_model):
     images, labels, tr = data
-    model = _model("frozen")
+    model = tiny_model("softmax", mode="frozen")
     loss = _loss(model, images, labels, tr)
     loss.backward()
     assert all(p.grad is None for p in model.backbone.parameters())
@@ -56,10 +50,10 @@ def test_no_gradient_reaches_backbone_when_frozen(data):
                                                          ("end2end", "values", False),
                                                          ("end2end", "masked_softmax", False),
                                                          ("end2end", "hard", True)])
-def test_graph_path_gradient(data, mode, estimator, graph_zero):
+def test_graph_path_gradient(data, mode, estimator, graph_zero, tiny_model):
     """Seed 000 as written (weights unused) gives an exactly zero ranking-path gradient."""
     images, labels, tr = data
-    model = _model(mode, estimator)
+    model = tiny_model(estimator, mode=mode)
     loss = _loss(model, images, labels, tr)
     g = model.path_gradients(loss)
     assert float(g["node"].abs().sum()) > 0
@@ -69,10 +63,10 @@ def test_graph_path_gradient(data, mode, estimator, graph_zero):
         assert float(g["graph"].abs().sum()) > 0
 
 
-def test_paths_add_up_to_the_total_gradient(data):
+def test_paths_add_up_to_the_total_gradient(data, tiny_model):
     """dL/dF = g_node + g_graph, and the backward hooks record the same tensors."""
     images, labels, tr = data
-    model = _model("end2end", "softmax", tau=0.2).double()
+    model = tiny_model("softmax", tau=0.2).double()
     with torch.no_grad():
         feats = model.backbone(images.double())
     feats.requires_grad_(True)
@@ -86,9 +80,9 @@ def test_paths_add_up_to_the_total_gradient(data):
     torch.testing.assert_close(model.last_path_grads["graph"], g["graph"])
 
 
-def test_graph_rebuilt_from_current_features(data):
+def test_graph_rebuilt_from_current_features(data, tiny_model):
     images, labels, tr = data
-    model = _model("end2end")
+    model = tiny_model("softmax")
     model(images)
     g1 = model.last_graph.indices.clone()
     with torch.no_grad():
@@ -99,7 +93,7 @@ def test_graph_rebuilt_from_current_features(data):
     assert model.last_graph.edge_index.shape == (2, images.shape[0] * 5)
 
 
-def test_dense_selection_goes_through_adj(data):
+def test_dense_selection_goes_through_adj(data, tiny_model):
     """An estimator with Selection.dense hands the GCN a dense adjacency: every score gets gradient."""
     images, labels, tr = data
     seen = {}
@@ -112,7 +106,7 @@ def test_dense_selection_goes_through_adj(data):
         seen["s"] = s
         return Selection(idx, w.gather(1, idx), dense=w)
 
-    model = _model("end2end", dense_softmax)
+    model = tiny_model(dense_softmax)
     _loss(model, images, labels, tr).backward()
     grad = seen["s"].grad
     off = ~torch.eye(grad.shape[0], dtype=torch.bool)
@@ -199,8 +193,8 @@ def test_score_function_surrogate_unbiased_against_exact_expectation():
     assert (e_mean - true).abs().max() > 1e-3  # the bias the old default had is real
 
 
-def test_configure_frozen_then_end2end_keeps_the_estimator():
-    m = _model("end2end", estimator="ste")
+def test_configure_frozen_then_end2end_keeps_the_estimator(tiny_model):
+    m = tiny_model("ste")
     m.configure("frozen")
     assert m.estimator_name == "hard" and not m.use_graph_weights and not m.train_backbone
     m.configure("end2end")
