@@ -56,7 +56,7 @@ from . import estimators as E
 from .backbone import create_backbone, extract_features, save_backbone_weights
 from .data import label_masks
 from .experiment import rows_changed as _rows_changed, run_measures
-from .experiments.common import Partial, digits_subset, summarize_runs
+from .experiments.common import Partial, digits_subset, schedule_config, summarize_runs
 from .io import atomic_write_json, atomic_write_text
 from .model import build_model, score_function_surrogate
 from .similarity import cosine_similarity
@@ -273,8 +273,7 @@ def _settings(quick: bool, seeds, epochs, warmup_epochs, rows, device, pretraine
     bad = [r for r in names if r not in ROWS]
     if bad:
         raise ValueError(f"unknown row(s) {bad}; valid: {list(ROWS)}")
-    if cfg["warmup_epochs"] >= cfg["epochs"]:
-        raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
+    schedule_config(cfg, (ROWS[n][0] for n in names))
     dev = get_device(device)
     cfg.update({"rows": names, "quick": bool(quick), "device": str(dev), "threads": torch.get_num_threads(),
                 "pretrained": None if pretrained is None else str(pretrained),

@@ -63,7 +63,7 @@ import torch
 from ._version import __version__
 from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
 from .data import label_masks
-from .experiments.common import Partial, digits_subset
+from .experiments.common import Partial, digits_subset, schedule_config
 from .graph import edge_change_fraction, edge_homophily
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .model import build_model
@@ -227,6 +227,7 @@ def _settings(quick: bool, overrides: dict, k: int, device, methods: Sequence[st
                 "val_per_class": "= labels_per_class", "weight_decay": 5e-4, "hidden": 64, "dropout": 0.5,
                 "selection": "test accuracy at the epoch of best validation accuracy among the joint epochs "
                              "(after the warm-up) for end-to-end rows"})
+    schedule_config(cfg, (METHODS[m][0] for m in rows if m in METHODS))
     return cfg, rows
 
 
@@ -265,7 +266,7 @@ def _gcn_run(name: str, cfg: dict, lpc: int, seed: int, images: torch.Tensor, la
         tau = tau_data if tau_kind == "data" else 1.0
     model = build_model(backbone_, int(labels.max()) + 1, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
                         dropout=cfg["dropout"], mode=mode)
-    warm = 0 if mode == "frozen" else min(cfg["warmup_epochs"], cfg["epochs"] - 1)
+    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
     res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
                 lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
                 seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,

@@ -217,3 +217,65 @@ def test_hints_of_bool_and_choice():
         check_choice(5, "num_classes", (0, 1000), hint="0: features for the GCN, 1000: ImageNet logits")
     assert _one_line(ei) == ("num_classes=5 is not valid: use one of [0, 1000] "
                              "(0: features for the GCN, 1000: ImageNet logits)")
+
+
+# -- every setting checked once: the replaced private helpers and the experiments' warm-up -----------
+def test_chunk_sizes_are_whole_numbers_not_truncated():
+    import bgcn.similarity
+    # scaling's old _check_chunk turned 2.5 into 2 silently; check_int refuses it
+    from bgcn.scaling import chunked_soft_topk, memory_model
+
+    f = torch.randn(6, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"chunk_size must be an int >= 1 \(rows per block\), got float 2\.5"):
+        chunked_soft_topk(f, 2, chunk_size=2.5)
+    with pytest.raises(TypeError, match="chunk_size"):
+        memory_model(100, 8, 5, "chunked_softmax", chunk_size=2.5)
+    with pytest.raises(TypeError, match="chunk_size"):
+        bgcn.similarity.knn_indices(f, 2, chunk_size=2.5)
+    with pytest.raises(TypeError, match="checkpoint must be True or False"):
+        chunked_soft_topk(f, 2, checkpoint=1)
+
+
+def test_former_private_checks_speak_through_checks():
+    import bgcn
+    import bgcn.gcn_spec
+    with pytest.raises(ValueError, match=r"in_channels=0 must be an int >= 1 \(a positive number of channels\)"):
+        bgcn.GCN(0, 4, 2)
+    with pytest.raises(TypeError, match=r"normalize must be True or False"):
+        bgcn.GCN(3, 4, 2, normalize=1)
+    with pytest.raises(ValueError, match=r"dropout=1 must be a finite number >= 0 and < 1 \(a probability\)"):
+        bgcn.GCN(3, 4, 2, dropout=1.0)
+    with pytest.raises(ValueError, match="hid_dim=0 must be an int >= 1"):
+        bgcn.gcn_spec.init_gcn2_params(3, 0, 2)
+    with pytest.raises(TypeError, match="s must be an int >= 1"):
+        bgcn.estimators.sum_of_gamma_noise((2, 3), 2, s=1.5)
+
+
+def test_a_bad_backbone_option_value_is_not_called_an_unknown_option():
+    import bgcn
+    with pytest.raises(TypeError, match=r"^in_chans must be an int >= 1") as ei:
+        bgcn.create_backbone("pixels", in_chans=1.5)
+    assert "does not accept these options" not in str(ei.value)
+
+
+def test_rank_world_is_one_process_without_a_group():
+    from bgcn import distributed as bd
+
+    assert bd.rank_world() == (0, 1)
+
+
+def test_experiments_let_train_config_decide_the_warmup():
+    from bgcn import estimator_experiment as ee
+    from bgcn import experiment as ex
+
+    # experiment.py used to cap warmup_epochs at epochs - 1 silently: now TrainConfig refuses it
+    with pytest.raises(ValueError, match=r"TrainConfig\.warmup_epochs=2 must be < epochs=2"):
+        ex._settings(True, {"epochs": 2}, 10, "cpu", ["end2end_softmax_taudata"])
+    cfg, _ = ex._settings(True, {"epochs": 2}, 10, "cpu", ["knn", "frozen"])  # no row trains the backbone
+    assert cfg["warmup_epochs"] == 2
+    with pytest.raises(ValueError, match=r"TrainConfig\.warmup_epochs=4 must be < epochs=4"):
+        ee._settings(True, 1, 4, 4, ["softmax_taudata"], "cpu", None)
+    from bgcn.experiments.common import schedule_config
+
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr_gcn=100 is too large"):
+        schedule_config({"epochs": 4, "warmup_epochs": 2, "lr_gcn": 100.0}, ["frozen"])

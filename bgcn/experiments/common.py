@@ -20,9 +20,11 @@ import torch
 from ..data import load_dataset
 from ..io import atomic_write_text
 from ..stats import mean_std
+from ..train import TrainConfig
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs"]
+__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
+           "schedule_config"]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -62,6 +64,26 @@ def digits_subset(max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_dataset("digits")
     keep = fixed_subset(ds.labels, max_images)
     return ds.images[keep], ds.labels[keep]
+
+
+#: the settings of an experiment that are settings of its training runs (:class:`~bgcn.train.TrainConfig` fields)
+_RUN_SETTINGS = ("epochs", "warmup_epochs", "lr_backbone", "lr_gcn", "weight_decay", "batch_size")
+
+
+def schedule_config(cfg: dict, modes: Iterable[str]) -> TrainConfig:
+    """The :class:`~bgcn.train.TrainConfig` of an experiment's shared training settings, built before any work.
+
+    ``cfg`` is the experiment's settings (those of :data:`_RUN_SETTINGS` it holds are used) and
+    ``modes`` the training modes of its rows: ``TrainConfig`` alone decides whether the settings
+    are valid (a warm-up shorter than the epochs when a row trains the backbone, the learning
+    rates, ...), with its own messages; an experiment does not check or cap them itself.
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    joint = any(m != "frozen" for m in modes)
+    return TrainConfig(mode="end2end" if joint else "frozen", **{k: cfg[k] for k in _RUN_SETTINGS if k in cfg})
 
 
 def summarize_runs(runs: Sequence[dict], groups: Iterable[dict], keys: Sequence[str],

@@ -56,7 +56,7 @@ from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
 from ..utils import get_device, versions
-from .common import Partial, summarize_runs
+from .common import Partial, schedule_config, summarize_runs
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
            "load_real_dataset"]
@@ -276,8 +276,8 @@ def _settings(dataset: str, quick: bool, overrides: dict, only_seeds) -> tuple[d
     bad = [r for r in cfg["rows"] if r not in ROWS]
     if bad:
         raise ValueError(f"unknown rows {bad}; the rows are {list(ROWS)}")
-    if cfg["warmup_epochs"] >= cfg["epochs"]:
-        raise ValueError(f"warmup_epochs={cfg['warmup_epochs']} must be < epochs={cfg['epochs']}")
+    # every GCN row but "frozen" trains the backbone after the warm-up
+    schedule_config(cfg, ("frozen" if r == "frozen" else "end2end" for r in cfg["rows"] if r in GCN_ROWS))
     todo = list(range(cfg["seeds"])) if only_seeds is None else list(only_seeds)
     for x in todo:
         check_int(x, "only_seeds", 0, cfg["seeds"] - 1, hint=f"a seed of the run: --seeds is {cfg['seeds']}")
