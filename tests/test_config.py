@@ -4,13 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import bgcn
-from bgcn.backbone import create_backbone
 from bgcn.config import TrainConfig, fit
-from bgcn.data import label_masks, load_dataset
-from bgcn.model import build_model
 from bgcn.minibatch import train_minibatch
 from bgcn.train import train
 
@@ -39,20 +35,18 @@ def test_round_trip_through_json_and_unknown_keys():
     assert bgcn.TrainConfig is TrainConfig and bgcn.fit is fit
 
 
-def test_fit_runs_the_engine_the_config_names():
-    ds = load_dataset("synthetic", n=80, num_classes=4, seed=0)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
+def test_fit_runs_the_engine_the_config_names(tiny_data, tiny_model):
+    images, labels, tr, va, te = tiny_data(n=80)
 
     def model():
-        torch.manual_seed(0)
-        return build_model(create_backbone("mlp_digits"), 4, k=5, estimator="masked_softmax", tau=0.1, hidden=8)
+        return tiny_model(hidden=8)
 
     kw = dict(mode="end2end", epochs=3, warmup_epochs=1, device="cpu", progress=False, lr_backbone=1e-3)
-    a = fit(model(), ds.images, ds.labels, tr, va, te, TrainConfig(**kw))
-    b = train(model(), ds.images, ds.labels, tr, va, te, **kw)
+    a = fit(model(), images, labels, tr, va, te, TrainConfig(**kw))
+    b = train(model(), images, labels, tr, va, te, **kw)
     assert a.history.loss == b.history.loss and a.train_config.engine == "full"
-    c = fit(model(), ds.images, ds.labels, tr, va, te, TrainConfig(**kw), batch_size=20)  # an override
-    d = train_minibatch(model(), ds.images, ds.labels, tr, va, te, batch_size=20, **kw)
+    c = fit(model(), images, labels, tr, va, te, TrainConfig(**kw), batch_size=20)  # an override
+    d = train_minibatch(model(), images, labels, tr, va, te, batch_size=20, **kw)
     assert c.history.loss == d.history.loss and c.config["engine"] == "minibatch"
     with pytest.raises(TypeError, match="TrainConfig"):
-        fit(model(), ds.images, ds.labels, tr, va, te, {"epochs": 3})
+        fit(model(), images, labels, tr, va, te, {"epochs": 3})
