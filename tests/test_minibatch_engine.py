@@ -8,11 +8,9 @@ import math
 import pytest
 import torch
 
-from bgcn.backbone import create_backbone
 from bgcn.config import TrainConfig
 from bgcn.data import label_masks, load_dataset
 from bgcn.minibatch import train_minibatch
-from bgcn.model import build_model
 from bgcn.train import TrainingDiverged, load_checkpoint, train
 
 N, C, K = 96, 4, 5
@@ -97,18 +95,14 @@ def test_resume_refuses_other_settings_and_a_full_batch_checkpoint(data, tmp_pat
     assert not list(tmp_path.glob("*.tmp"))  # nothing half-written
 
 
-def test_uint8_images_equal_their_float_conversion():
+def test_uint8_images_equal_their_float_conversion(tiny_model):
     ds = load_dataset("synthetic", n=N, num_classes=C, seed=4)
     u8 = (ds.images * 255).round().to(torch.uint8)
     tr, va, te = label_masks(ds.labels, 4, seed=0)
     kw = {**KW, "epochs": 2}
 
-    def model():
-        torch.manual_seed(0)
-        return build_model(create_backbone("mlp_digits"), C, k=K, estimator="masked_softmax", tau=0.1, hidden=16)
-
-    a = train_minibatch(model(), u8, ds.labels, tr, va, te, **kw)
-    b = train_minibatch(model(), u8.float() / 255, ds.labels, tr, va, te, **kw)
+    a = train_minibatch(tiny_model(), u8, ds.labels, tr, va, te, **kw)
+    b = train_minibatch(tiny_model(), u8.float() / 255, ds.labels, tr, va, te, **kw)
     assert _same(a, b) == 0.0 and a.history.loss == b.history.loss
 
 

@@ -6,7 +6,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bgcn.backbone import create_backbone
-from bgcn.data import label_masks, load_dataset
 from bgcn.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -14,10 +13,9 @@ N, C, K = 90, 3, 4
 
 
 @pytest.fixture(scope="module")
-def data():
-    ds = load_dataset("synthetic", n=N, num_classes=C, seed=1)
-    tr, va, te = label_masks(ds.labels, 5, seed=0)
-    return ds.images.double(), ds.labels, tr
+def data(tiny_data):
+    images, labels, tr, va, te = tiny_data(n=N, classes=C, seed=1, double=True)
+    return images, labels, tr
 
 
 class _Squares(TorchDispatchMode):
@@ -36,21 +34,17 @@ class _Squares(TorchDispatchMode):
         return out
 
 
-def _pair(mode, estimator, chunk):
-    out = []
-    for cs in (None, chunk):
-        torch.manual_seed(0)
-        m = build_model(create_backbone("mlp_digits"), C, k=K, estimator=estimator, tau=0.1, hidden=8,
-                        mode=mode, chunk_size=cs).double().eval()
-        out.append(m)
-    return out
+def _pair(tiny_model, mode, estimator, chunk):
+    """The dense and the chunked model, equal weights (seed 0), float64, in eval mode."""
+    return [tiny_model(estimator, mode=mode, classes=C, k=K, hidden=8, double=True, chunk_size=cs).eval()
+            for cs in (None, chunk)]
 
 
 @pytest.mark.parametrize("mode,estimator", [("end2end-features", "softmax"), ("frozen", "ste"),
                                             ("end2end", "masked_softmax"), ("end2end", "values")])
-def test_chunked_equals_dense(data, mode, estimator):
+def test_chunked_equals_dense(data, mode, estimator, tiny_model):
     images, labels, tr = data
-    dense, chunked = _pair(mode, estimator, 16)
+    dense, chunked = _pair(tiny_model, mode, estimator, 16)
     with _Squares(N) as dense_ops:
         lp_d = dense(images)
         loss_d = torch.nn.functional.nll_loss(lp_d[tr], labels[tr])
