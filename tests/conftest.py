@@ -127,20 +127,21 @@ def tiny_data():
 @pytest.fixture
 def tiny_model():
     """A factory: ``tiny_model(estimator="masked_softmax", mode="end2end", classes=4, k=5, tau=0.1,
-    hidden=16, seed=0, double=False, **kw)`` -> ``build_model(create_backbone("mlp_digits"), classes,
-    k=k, estimator=estimator, tau=tau, hidden=hidden, mode=mode, **kw)`` built right after
-    ``torch.manual_seed(seed)`` (so two calls with one seed give equal weights), in float64 with
-    ``double=True``. The model of about twenty test files, written once."""
+    hidden=16, seed=0, double=False, backbone=None, **kw)`` -> ``build_model(create_backbone("mlp_digits"),
+    classes, k=k, estimator=estimator, tau=tau, hidden=hidden, mode=mode, **kw)`` (``backbone`` in place of
+    the ``mlp_digits`` one when given) built right after ``torch.manual_seed(seed)`` (so two calls with one
+    seed give equal weights), in float64 with ``double=True``. The model of about twenty test files, written
+    once."""
     import torch
 
     from bgcn.backbone import create_backbone
     from bgcn.model import build_model
 
     def make(estimator: str = "masked_softmax", mode: str = "end2end", classes: int = 4, k: int = 5,
-             tau: float = 0.1, hidden: int = 16, seed: int = 0, double: bool = False, **kw):
+             tau: float = 0.1, hidden: int = 16, seed: int = 0, double: bool = False, backbone=None, **kw):
         torch.manual_seed(seed)
-        model = build_model(create_backbone("mlp_digits"), classes, k=k, estimator=estimator, tau=tau,
-                            hidden=hidden, mode=mode, **kw)
+        bb = create_backbone("mlp_digits") if backbone is None else backbone
+        model = build_model(bb, classes, k=k, estimator=estimator, tau=tau, hidden=hidden, mode=mode, **kw)
         return model.double() if double else model
 
     return make

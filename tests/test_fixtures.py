@@ -40,3 +40,14 @@ def test_tiny_model_equals_the_per_file_copy(tiny_model):
     assert all(p.dtype == torch.float64 for p in m.parameters())
     other = tiny_model(estimator="softmax", mode="frozen", classes=10, k=8, seed=4)
     assert other.mode == "frozen" and next(other.parameters()).dtype == torch.float32
+
+
+def test_tiny_model_takes_a_given_backbone(tiny_model):
+    # tests/test_train.py's _model(backbone=bb): the seed, then the GCN around the given backbone
+    bb = create_backbone("mlp_digits")
+    m = tiny_model("softmax", mode="frozen", backbone=bb)
+    torch.manual_seed(0)
+    ref = build_model(bb, 4, k=5, estimator="softmax", tau=0.1, hidden=16, mode="frozen")
+    assert m.backbone is bb
+    sa, sb = m.gcn.state_dict(), ref.gcn.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -10,7 +10,6 @@ from torch import nn
 
 from bgcn.backbone import create_backbone
 from bgcn.graph import edge_homophily
-from bgcn.model import build_model
 from bgcn.train import (History, TrainingDiverged, augment_images, load_checkpoint, nt_xent_loss, pretrain_backbone,
                         progress_enabled, rng_state, save_checkpoint, set_rng_state, train)
 from bgcn.utils import seed_everything
@@ -26,17 +25,16 @@ def data(tiny_data):
     return tiny_data(n=N, classes=C)
 
 
-def _model(mode="end2end", estimator="softmax", tau=0.1, seed=0, backbone=None):
-    torch.manual_seed(seed)
-    bb = backbone if backbone is not None else create_backbone("mlp_digits")
-    return build_model(bb, C, k=K, estimator=estimator, tau=tau, hidden=16, mode=mode)
+@pytest.fixture
+def run(data, tiny_model):
+    """``run(mode="end2end", epochs=3, estimator="softmax", **train_kw)``: train a fresh seeded model."""
+    def go(mode="end2end", epochs=3, **kw):
+        images, labels, tr, va, te = data
+        model = tiny_model(kw.pop("estimator", "softmax"), mode=mode)
+        return train(model, images, labels, tr, va, te, mode=mode, epochs=epochs, device="cpu", progress=False,
+                     lr_backbone=1e-3, **kw)
 
-
-def _run(data, mode="end2end", epochs=3, **kw):
-    images, labels, tr, va, te = data
-    model = _model(mode, kw.pop("estimator", "softmax"))
-    return train(model, images, labels, tr, va, te, mode=mode, epochs=epochs, device="cpu", progress=False,
-                 lr_backbone=1e-3, **kw)
+    return go
 
 
 def _nan_to_none(v):
@@ -56,34 +54,36 @@ def _series(h: History) -> dict:
     return _nan_to_none(s)
 
 
-def test_frozen_leaves_backbone_alone_end2end_changes_it(data):
+def test_frozen_leaves_backbone_alone_end2end_changes_it(data, tiny_model):
     images, labels, tr, va, te = data
     before = {k: v.clone() for k, v in create_backbone("mlp_digits").state_dict().items()}
     torch.manual_seed(0)
     bb = create_backbone("mlp_digits")
     bb.load_state_dict(before)
-    res = train(_model("frozen", backbone=bb), images, labels, tr, va, te, mode="frozen", epochs=3, progress=False)
+    res = train(tiny_model("softmax", mode="frozen", backbone=bb), images, labels, tr, va, te, mode="frozen",
+                epochs=3, progress=False)
     assert all(torch.equal(before[k], v) for k, v in res.model.backbone.state_dict().items())
     assert all(p.grad is None for p in res.model.backbone.parameters())
     assert res.history.grad_total == [0.0, 0.0, 0.0] and res.history.edge_change == [0.0, 0.0, 0.0]
 
     bb = create_backbone("mlp_digits")
     bb.load_state_dict(before)
-    res = train(_model("end2end", backbone=bb), images, labels, tr, va, te, mode="end2end", epochs=3, progress=False)
+    res = train(tiny_model("softmax", backbone=bb), images, labels, tr, va, te, mode="end2end", epochs=3,
+                progress=False)
     assert any(not torch.equal(before[k], v) for k, v in res.model.backbone.state_dict().items())
     assert all(g > 0 for g in res.history.grad_graph) and all(g > 0 for g in res.history.grad_backbone)
 
 
-def test_end2end_features_has_zero_graph_gradient(data):
-    res = _run(data, "end2end-features")
+def test_end2end_features_has_zero_graph_gradient(data, run):
+    res = run("end2end-features")
     h = res.history
     assert h.grad_graph == [0.0] * 3
     assert all(g > 0 for g in h.grad_node)
     assert res.model.estimator_name == "hard" and not res.model.use_graph_weights
 
 
-def test_history_contents(data):
-    res = _run(data, "end2end", epochs=4, graph_every=2)
+def test_history_contents(data, run):
+    res = run("end2end", epochs=4, graph_every=2)
     h = res.history
     assert h.epoch == [1, 2, 3, 4] and len(h.loss) == 4
     assert all(0.0 <= a <= 1.0 for a in h.train_acc + h.val_acc + h.test_acc)
@@ -97,19 +97,19 @@ def test_history_contents(data):
     assert res.best_val_acc == max(h.val_acc)
 
 
-def test_same_seed_same_history(data):
-    a = _run(data, "end2end", epochs=3)
-    b = _run(data, "end2end", epochs=3)
+def test_same_seed_same_history(data, run):
+    a = run("end2end", epochs=3)
+    b = run("end2end", epochs=3)
     assert _series(a.history) == _series(b.history)
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 
 
 @pytest.mark.parametrize("warmup", [0, 2])
-def test_resume_equals_uninterrupted(data, tmp_path, warmup):
-    straight = _run(data, "end2end", epochs=6, warmup_epochs=warmup, checkpoint=tmp_path / "a.pt")
-    _run(data, "end2end", epochs=3, warmup_epochs=warmup, checkpoint=tmp_path / "b.pt")
-    resumed = _run(data, "end2end", epochs=6, warmup_epochs=warmup, checkpoint=tmp_path / "b.pt", resume=True)
+def test_resume_equals_uninterrupted(data, tmp_path, warmup, run):
+    straight = run("end2end", epochs=6, warmup_epochs=warmup, checkpoint=tmp_path / "a.pt")
+    run("end2end", epochs=3, warmup_epochs=warmup, checkpoint=tmp_path / "b.pt")
+    resumed = run("end2end", epochs=6, warmup_epochs=warmup, checkpoint=tmp_path / "b.pt", resume=True)
     assert _series(straight.history) == _series(resumed.history)
     for (ka, va), (kb, vb) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
@@ -121,10 +121,10 @@ def test_resume_equals_uninterrupted(data, tmp_path, warmup):
     assert [g["epoch"] for g in straight.history.graphs] == [g["epoch"] for g in resumed.history.graphs]
 
 
-def test_resume_refuses_other_settings(data, tmp_path):
-    _run(data, "end2end", epochs=2, checkpoint=tmp_path / "c.pt")
+def test_resume_refuses_other_settings(data, tmp_path, run):
+    run("end2end", epochs=2, checkpoint=tmp_path / "c.pt")
     with pytest.raises(ValueError, match="settings differ.*lr_gcn"):
-        _run(data, "end2end", epochs=4, checkpoint=tmp_path / "c.pt", resume=True, lr_gcn=0.5)
+        run("end2end", epochs=4, checkpoint=tmp_path / "c.pt", resume=True, lr_gcn=0.5)
 
 
 class _NaNAfter(nn.Module):
@@ -145,9 +145,9 @@ class _NaNAfter(nn.Module):
         return f
 
 
-def test_nan_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
+def test_nan_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path, tiny_model):
     images, labels, tr, va, te = data
-    model = _model("end2end", backbone=_NaNAfter(bad=4))
+    model = tiny_model("softmax", backbone=_NaNAfter(bad=4))
     ck = tmp_path / "run" / "checkpoint.pt"
     with pytest.raises(TrainingDiverged, match=r"diverged at epoch 4.*last good checkpoint \(epoch 3\)") as ei:
         train(model, images, labels, tr, va, te, mode="end2end", epochs=10, checkpoint=ck, progress=False)
@@ -158,20 +158,20 @@ def test_nan_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt.tmp").exists()
 
 
-def test_nan_loss_is_caught(data, monkeypatch):
+def test_nan_loss_is_caught(data, monkeypatch, tiny_model):
     """A NaN loss (not only NaN features) stops the run before the optimizer step."""
     images, labels, tr, va, te = data
-    model = _model("frozen")
+    model = tiny_model("softmax", mode="frozen")
     with torch.no_grad():
         model.gcn.conv2.bias.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="loss is nan"):
         train(model, images, labels, tr, va, te, mode="frozen", epochs=2, progress=False)
 
 
-def test_score_function_hook_reaches_a_parameter(data, monkeypatch):
+def test_score_function_hook_reaches_a_parameter(data, monkeypatch, tiny_model):
     """graph.info['log_prob'] adds the REINFORCE surrogate: its gradient reaches what log_prob depends on."""
     images, labels, tr, va, te = data
-    model = _model("end2end", "hard")
+    model = tiny_model("hard")
     theta = nn.Parameter(torch.zeros(N))
     model.register_parameter("theta", theta)
     orig = model.build_graph
@@ -186,9 +186,9 @@ def test_score_function_hook_reaches_a_parameter(data, monkeypatch):
     assert float(res.model.theta.detach().abs().sum()) > 0
 
 
-def test_bad_train_arguments(data):
+def test_bad_train_arguments(data, tiny_model):
     images, labels, tr, va, te = data
-    m = _model()
+    m = tiny_model("softmax")
     with pytest.raises(ValueError, match="mode"):
         train(m, images, labels, tr, mode="joint")
     with pytest.raises(ValueError, match="epochs"):
@@ -267,14 +267,14 @@ def test_progress_switch(monkeypatch):
     assert progress_enabled(False) is False
 
 
-def test_gumbel_reinforce_trains_through_the_score_function(data):
+def test_gumbel_reinforce_trains_through_the_score_function(data, tiny_model):
     """A sampled graph has no pathwise gradient; the surrogate on graph.info['log_prob'] supplies it."""
     pytest.importorskip("bgcn.estimators")
     from bgcn.topk import ESTIMATORS
 
     assert "gumbel_reinforce" in ESTIMATORS  # registered by importing bgcn
     images, labels, tr, va, te = data
-    model = _model("end2end", "gumbel_reinforce", tau=1.0)
+    model = tiny_model("gumbel_reinforce", tau=1.0)
     model(images)
     assert "log_prob" in model.last_graph.info and model.last_graph.info["log_prob"].shape == (N,)
     res = train(model, images, labels, tr, va, te, mode="end2end", epochs=2, progress=False)
@@ -293,8 +293,8 @@ def _train(data, model, **kw):
 
 
 # -- one mode --------------------------------------------------------------------------------------
-def test_train_without_mode_follows_the_model(data):
-    m = _model("frozen")
+def test_train_without_mode_follows_the_model(data, tiny_model):
+    m = tiny_model("softmax", mode="frozen")
     res = _train(data, m, epochs=2)
     assert res.config["mode"] == "frozen" and res.model.mode == "frozen"
     assert all(g == 0.0 for g in res.history.grad_backbone)
@@ -305,11 +305,11 @@ def test_train_without_mode_follows_the_model(data):
 
 # -- warm-up ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("estimator", ["imle", "gumbel_reinforce", "sigmoid", "capped_simplex", "softmax"])
-def test_warmup_is_the_frozen_run(data, estimator):
+def test_warmup_is_the_frozen_run(data, estimator, tiny_model):
     """Every end-to-end run warms up on the frozen mode's hard graph: its warm-up epochs are the frozen run's."""
     w = 3
-    frozen = _train(data, _model("frozen", estimator), epochs=w, mode="frozen")
-    e2e = _train(data, _model("end2end", estimator), epochs=w + 1, warmup_epochs=w, mode="end2end")
+    frozen = _train(data, tiny_model(estimator, mode="frozen"), epochs=w, mode="frozen")
+    e2e = _train(data, tiny_model(estimator), epochs=w + 1, warmup_epochs=w, mode="end2end")
     assert e2e.history.loss[:w] == frozen.history.loss
     assert e2e.history.val_acc[:w] == frozen.history.val_acc
     ie, ifr = e2e.history.initial, frozen.history.initial
@@ -320,15 +320,15 @@ def test_warmup_is_the_frozen_run(data, estimator):
     assert g["indices"].shape == (N, K) and bool((g["weights"] == 1).all())
 
 
-def test_warmup_must_leave_joint_epochs(data):
+def test_warmup_must_leave_joint_epochs(data, tiny_model):
     with pytest.raises(ValueError, match="warmup_epochs"):
-        _train(data, _model(), epochs=3, warmup_epochs=3, mode="end2end")
+        _train(data, tiny_model("softmax"), epochs=3, warmup_epochs=3, mode="end2end")
 
 
 # -- model selection ---------------------------------------------------------------------------------
-def test_selection_among_joint_epochs_only(data):
+def test_selection_among_joint_epochs_only(data, tiny_model):
     w = 4
-    res = _train(data, _model(), epochs=w + 3, warmup_epochs=w, mode="end2end", lr_gcn=5e-2)
+    res = _train(data, tiny_model("softmax"), epochs=w + 3, warmup_epochs=w, mode="end2end", lr_gcn=5e-2)
     assert res.best_epoch > w
     assert res.warmup["epoch"] == w and 1 <= res.warmup["best_epoch"] <= w
     assert res.warmup["test_acc"] == res.history.test_acc[w - 1]
@@ -341,19 +341,19 @@ def test_selection_among_joint_epochs_only(data):
     assert res.summary()["warmup"]["epoch"] == w
 
 
-def test_without_warmup_every_epoch_competes(data):
-    res = _train(data, _model(), epochs=4, mode="end2end")
+def test_without_warmup_every_epoch_competes(data, tiny_model):
+    res = _train(data, tiny_model("softmax"), epochs=4, mode="end2end")
     assert res.warmup is None and math.isnan(res.gain_over_warmup)
     assert res.best_val_acc == max(res.history.val_acc)
 
 
 # -- losses apart ----------------------------------------------------------------------------------
-def test_history_loss_is_the_nll_not_the_surrogate(data):
+def test_history_loss_is_the_nll_not_the_surrogate(data, tiny_model):
     images, labels, tr, va, te = data
     seed = 3
-    res = _train(data, _model("end2end", "gumbel_reinforce"), epochs=1, mode="end2end", seed=seed)
+    res = _train(data, tiny_model("gumbel_reinforce"), epochs=1, mode="end2end", seed=seed)
     # replay the first step's forward by hand: the same seeds, the same generator
-    model = _model("end2end", "gumbel_reinforce")
+    model = tiny_model("gumbel_reinforce")
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed + 1)
     model.train()
@@ -361,53 +361,56 @@ def test_history_loss_is_the_nll_not_the_surrogate(data):
     nll = torch.nn.functional.nll_loss(logp[tr], labels[tr])
     assert res.history.loss[0] == pytest.approx(float(nll.detach()), rel=1e-6, abs=1e-7)
     assert res.history.surrogate[0] != 0.0
-    plain = _train(data, _model(), epochs=1, mode="end2end")
+    plain = _train(data, tiny_model("softmax"), epochs=1, mode="end2end")
     assert plain.history.surrogate == [0.0]
 
 
 # -- the graph path on the parameters ----------------------------------------------------------------
-def test_param_path_norms(data):
-    res = _train(data, _model("end2end-features"), epochs=2, mode="end2end-features", param_path_norms=True)
+def test_param_path_norms(data, tiny_model):
+    res = _train(data, tiny_model("softmax", mode="end2end-features"), epochs=2, mode="end2end-features",
+                 param_path_norms=True)
     h = res.history
     assert h.grad_backbone_graph == [0.0, 0.0]
     np.testing.assert_allclose(h.grad_backbone_node, h.grad_backbone, rtol=1e-5)
-    res = _train(data, _model("end2end", "softmax", tau=0.05), epochs=2, mode="end2end", param_path_norms=True)
+    res = _train(data, tiny_model("softmax", tau=0.05), epochs=2, mode="end2end", param_path_norms=True)
     h = res.history
     for node, graph, total in zip(h.grad_backbone_node, h.grad_backbone_graph, h.grad_backbone):
         assert graph > 0 and node > 0
         # the two paths' updates add up to the real one: triangle inequality both ways
         assert abs(node - graph) * (1 - 1e-4) <= total <= (node + graph) * (1 + 1e-4)
-    off = _train(data, _model(), epochs=1, mode="end2end")
+    off = _train(data, tiny_model("softmax"), epochs=1, mode="end2end")
     assert math.isnan(off.history.grad_backbone_graph[0])
 
 
 # -- homophily / symmetric ----------------------------------------------------------------------------
-def test_train_records_homophily_from_analysis_labels_only(data):
+def test_train_records_homophily_from_analysis_labels_only(data, tiny_model):
     images, labels, tr, va, te = data
-    res = _train(data, _model("frozen"), epochs=2, mode="frozen", analysis_labels=labels)
+    res = _train(data, tiny_model("softmax", mode="frozen"), epochs=2, mode="frozen", analysis_labels=labels)
     g = res.graphs["initial"]["indices"].long()
     assert res.history.initial["homophily"] == edge_homophily(g, labels)
     assert res.history.homophily == [edge_homophily(g, labels)] * 2  # frozen: the graph never moves
     # the labels used for analysis change nothing in the training
-    other = _train(data, _model("frozen"), epochs=2, mode="frozen", analysis_labels=torch.zeros_like(labels))
+    other = _train(data, tiny_model("softmax", mode="frozen"), epochs=2, mode="frozen",
+                   analysis_labels=torch.zeros_like(labels))
     assert other.history.loss == res.history.loss and other.history.homophily == [1.0, 1.0]
 
 
 # -- resume ------------------------------------------------------------------------------------------
-def test_resume_refuses_changed_extra_config(data, tmp_path):
+def test_resume_refuses_changed_extra_config(data, tmp_path, tiny_model):
     ck = tmp_path / "ck.pt"
-    _train(data, _model(), epochs=2, mode="end2end", checkpoint=ck, extra_config={"hidden": 16, "backbone": "mlp"})
+    _train(data, tiny_model("softmax"), epochs=2, mode="end2end", checkpoint=ck,
+           extra_config={"hidden": 16, "backbone": "mlp"})
     with pytest.raises(ValueError, match="hidden"):
-        _train(data, _model(), epochs=3, mode="end2end", checkpoint=ck, resume=True,
+        _train(data, tiny_model("softmax"), epochs=3, mode="end2end", checkpoint=ck, resume=True,
                extra_config={"hidden": 32, "backbone": "mlp"})
-    res = _train(data, _model(), epochs=3, mode="end2end", checkpoint=ck, resume=True,
+    res = _train(data, tiny_model("softmax"), epochs=3, mode="end2end", checkpoint=ck, resume=True,
                  extra_config={"hidden": 16, "backbone": "mlp"})
     assert len(res.history) == 3
 
 
-def test_resume_without_checkpoint_warns(data, tmp_path):
+def test_resume_without_checkpoint_warns(data, tmp_path, tiny_model):
     with pytest.warns(UserWarning, match="starting afresh"):
-        _train(data, _model(), epochs=1, mode="end2end", checkpoint=tmp_path / "none.pt", resume=True)
+        _train(data, tiny_model("softmax"), epochs=1, mode="end2end", checkpoint=tmp_path / "none.pt", resume=True)
 
 
 def test_generator_state_of_another_device_is_not_forced():
@@ -425,28 +428,29 @@ def test_generator_state_of_another_device_is_not_forced():
 
 
 # -- bad input -------------------------------------------------------------------------------------
-def test_class_without_a_labelled_node_is_refused(data):
+def test_class_without_a_labelled_node_is_refused(data, tiny_model):
     images, labels, tr, va, te = data
     tr2 = tr & (labels != 2)
     with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
-        train(_model(), images, labels, tr2, va, te, epochs=1, device="cpu", progress=False)
+        train(tiny_model("softmax"), images, labels, tr2, va, te, epochs=1, device="cpu", progress=False)
 
 
-def test_tiny_validation_set_warns(data):
+def test_tiny_validation_set_warns(data, tiny_model):
     images, labels, tr, va, te = data
     tiny = torch.zeros_like(va)
     tiny[torch.nonzero(va)[:3, 0]] = True
     with pytest.warns(UserWarning, match="validation set has only 3"):
-        train(_model(), images, labels, tr, tiny, None, epochs=1, device="cpu", progress=False)
+        train(tiny_model("softmax"), images, labels, tr, tiny, None, epochs=1, device="cpu", progress=False)
 
 
-def test_float64_images_train_and_uint8_are_refused(data):
+def test_float64_images_train_and_uint8_are_refused(data, tiny_model):
     images, labels, tr, va, te = data
-    a = train(_model(), images.double(), labels, tr, va, te, epochs=2, device="cpu", progress=False)
-    b = train(_model(), images, labels, tr, va, te, epochs=2, device="cpu", progress=False)
+    a = train(tiny_model("softmax"), images.double(), labels, tr, va, te, epochs=2, device="cpu", progress=False)
+    b = train(tiny_model("softmax"), images, labels, tr, va, te, epochs=2, device="cpu", progress=False)
     np.testing.assert_allclose(a.history.loss, b.history.loss, rtol=1e-6)
     with pytest.raises(TypeError, match="images"):
-        train(_model(), (images * 255).to(torch.uint8), labels, tr, va, te, epochs=1, device="cpu", progress=False)
+        train(tiny_model("softmax"), (images * 255).to(torch.uint8), labels, tr, va, te, epochs=1, device="cpu",
+              progress=False)
 
 
 # -- evaluation every few epochs; graphs stored apart in the checkpoint (one file a snapshot) ----
