@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 
@@ -20,10 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from bgcn.backbone import create_backbone
 from bgcn.config import MAX_LR, TrainConfig, fit
 from bgcn.minibatch import train_minibatch
-from bgcn.model import build_model
 from bgcn.train import NonFiniteImages, TrainingDiverged, load_checkpoint, save_checkpoint, train
 
 N, C, K = 60, 3, 4
@@ -41,10 +40,10 @@ def _quiet(recwarn):  # the small validation set warns on every run
     yield
 
 
-def _model(seed=0, hidden=8):
-    torch.manual_seed(seed)
-    return build_model(create_backbone("mlp_digits"), C, k=K, estimator="masked_softmax", tau=0.1, hidden=hidden,
-                       mode="end2end").double()
+@pytest.fixture
+def small_model(tiny_model):
+    """conftest's tiny_model at this file's sizes: ``small_model()`` = 3 classes, k = 4, hidden 8, float64."""
+    return functools.partial(tiny_model, classes=C, k=K, hidden=8, double=True)
 
 
 FULL = dict(epochs=2, device="cpu", progress=False)
@@ -58,11 +57,12 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 
 @pytest.mark.parametrize("name", ["lr_gcn", "lr_backbone"])
-def test_a_huge_learning_rate_is_refused_naming_the_bound(data, name):
+def test_a_huge_learning_rate_is_refused_naming_the_bound(data, name, small_model):
     images, labels, tr, va, te = data
-    for run in (lambda: train(_model(), images, labels, tr, va, te, **FULL, **{name: 1e300}),
-                lambda: train_minibatch(_model(), images, labels, tr, va, te, **MB, **{name: 1e300}),
-                lambda: fit(_model(), images, labels, tr, va, te, TrainConfig(epochs=2, device="cpu"), **{name: 1e300}),
+    for run in (lambda: train(small_model(), images, labels, tr, va, te, **FULL, **{name: 1e300}),
+                lambda: train_minibatch(small_model(), images, labels, tr, va, te, **MB, **{name: 1e300}),
+                lambda: fit(small_model(), images, labels, tr, va, te, TrainConfig(epochs=2, device="cpu"),
+                            **{name: 1e300}),
                 lambda: TrainConfig(**{name: 1e300})):
         with pytest.raises(ValueError, match=rf"{name}=1e\+300 .*<= {MAX_LR:g}") as ei:
             run()
@@ -82,14 +82,14 @@ def test_numpy_numbers_are_numbers():
         TrainConfig(epochs=True)
 
 
-def test_a_nan_image_is_the_same_value_error_on_both_engines(data):
+def test_a_nan_image_is_the_same_value_error_on_both_engines(data, small_model):
     images, labels, tr, va, te = data
     bad = images.clone()
     bad[7, 0, 1, 1] = float("nan")
     errors = []
-    for run in (lambda: train(_model(), bad, labels, tr, va, te, **FULL),
-                lambda: train_minibatch(_model(), bad, labels, tr, va, te, **MB),
-                lambda: train_minibatch(_model(), bad.float(), labels, tr, va, te, **MB)):
+    for run in (lambda: train(small_model(), bad, labels, tr, va, te, **FULL),
+                lambda: train_minibatch(small_model(), bad, labels, tr, va, te, **MB),
+                lambda: train_minibatch(small_model(), bad.float(), labels, tr, va, te, **MB)):
         with pytest.raises(ValueError, match=r"image 7\b") as ei:
             run()
         errors.append(ei)
@@ -97,18 +97,18 @@ def test_a_nan_image_is_the_same_value_error_on_both_engines(data):
     assert all("nan_to_num" not in _one_line(e) for e in errors)
 
 
-def test_overlapping_train_and_validation_masks_are_refused(data):
+def test_overlapping_train_and_validation_masks_are_refused(data, small_model):
     images, labels, tr, va, te = data
     va2 = va.clone()
     first = int(torch.nonzero(tr)[0])
     va2[first] = True
-    for run in (lambda: train(_model(), images, labels, tr, va2, te, **FULL),
-                lambda: train_minibatch(_model(), images, labels, tr, va2, te, **MB)):
+    for run in (lambda: train(small_model(), images, labels, tr, va2, te, **FULL),
+                lambda: train_minibatch(small_model(), images, labels, tr, va2, te, **MB)):
         with pytest.raises(ValueError, match=rf"train_mask and val_mask share 1 node.*node {first}\b.*disjoint"):
             run()
 
 
-def test_divergence_advises_the_learning_rate_not_nan_to_num(data):
+def test_divergence_advises_the_learning_rate_not_nan_to_num(data, small_model):
     images, labels, tr, va, te = data
 
     def poison(epoch, model, bank):  # the backbone's weights become NaN after epoch 1's steps
@@ -116,10 +116,10 @@ def test_divergence_advises_the_learning_rate_not_nan_to_num(data):
             next(model.backbone.parameters()).fill_(float("nan"))
 
     with pytest.raises(TrainingDiverged) as ei:
-        train_minibatch(_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, callback=poison)
+        train_minibatch(small_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, callback=poison)
     msg = _one_line(ei)
     assert "epoch 1" in msg and "nan_to_num" not in msg and "learning rate" in msg and "max_grad_norm" in msg
-    model = _model()
+    model = small_model()
     with torch.no_grad():
         model.gcn.conv2.bias.fill_(float("nan"))
     with pytest.raises(TrainingDiverged) as ei:
@@ -149,22 +149,22 @@ def test_garbage_and_pickled_checkpoints_never_advise_an_unsafe_load(tmp_path):
         load_checkpoint(blob)
 
 
-def _mb_checkpoint(data, tmp_path):
+def _mb_checkpoint(data, tmp_path, small_model):
     images, labels, tr, va, te = data
     ck = tmp_path / "mb.pt"
-    train_minibatch(_model(), images, labels, tr, va, te, **MB, checkpoint=ck)
+    train_minibatch(small_model(), images, labels, tr, va, te, **MB, checkpoint=ck)
     return ck
 
 
 @pytest.mark.parametrize("key", ["optimizer", "bank", "model", "rng"])
-def test_a_minibatch_checkpoint_without_a_part_is_named(data, tmp_path, key):
+def test_a_minibatch_checkpoint_without_a_part_is_named(data, tmp_path, key, small_model):
     images, labels, tr, va, te = data
-    ck = _mb_checkpoint(data, tmp_path)
+    ck = _mb_checkpoint(data, tmp_path, small_model)
     state = load_checkpoint(ck)
     del state[key]
     save_checkpoint(ck, state)
     with pytest.raises(ValueError, match=rf"cannot resume from .*mb\.pt.*has no '{key}'") as ei:
-        train_minibatch(_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, checkpoint=ck, resume=True)
+        train_minibatch(small_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, checkpoint=ck, resume=True)
     _one_line(ei)
 
 
@@ -173,9 +173,9 @@ def test_a_minibatch_checkpoint_without_a_part_is_named(data, tmp_path, key):
     ("neighbours", r"neighbour lists have shape \(3,\), this run needs \(60, 4\)"),
     ("model", r"its model weights do not fit this model \(size mismatch"),
     ("optimizer", r"its optimizer state does not fit")])
-def test_a_minibatch_checkpoint_with_tensors_of_another_shape_is_named(data, tmp_path, part, match):
+def test_a_minibatch_checkpoint_with_tensors_of_another_shape_is_named(data, tmp_path, part, match, small_model):
     images, labels, tr, va, te = data
-    ck = _mb_checkpoint(data, tmp_path)
+    ck = _mb_checkpoint(data, tmp_path, small_model)
     state = load_checkpoint(ck)
     if part == "bank":
         state["bank"] = torch.zeros(N, 5, dtype=torch.float64)
@@ -188,16 +188,16 @@ def test_a_minibatch_checkpoint_with_tensors_of_another_shape_is_named(data, tmp
         state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1] * 3
     save_checkpoint(ck, state)
     with pytest.raises(ValueError, match=rf"cannot resume from .*mb\.pt.*{match}") as ei:
-        train_minibatch(_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, checkpoint=ck, resume=True)
+        train_minibatch(small_model(), images, labels, tr, va, te, **{**MB, "epochs": 3}, checkpoint=ck, resume=True)
     _one_line(ei)
 
 
-def test_no_python_or_numpy_random_state_is_written_and_old_checkpoints_resume(data, tmp_path):
+def test_no_python_or_numpy_random_state_is_written_and_old_checkpoints_resume(data, tmp_path, small_model):
     images, labels, tr, va, te = data
     kw = dict(FULL, epochs=4, mode="end2end")
-    whole = train(_model(), images, labels, tr, va, te, **kw)
+    whole = train(small_model(), images, labels, tr, va, te, **kw)
     ck = tmp_path / "ck.pt"
-    train(_model(), images, labels, tr, va, te, **{**kw, "epochs": 2}, checkpoint=ck)
+    train(small_model(), images, labels, tr, va, te, **{**kw, "epochs": 2}, checkpoint=ck)
     state = load_checkpoint(ck)
     assert set(state["rng"]) <= {"torch", "cuda", "generator", "generator_device"}
     # a checkpoint of before the change held them too: it still resumes, to the same result
@@ -205,7 +205,7 @@ def test_no_python_or_numpy_random_state_is_written_and_old_checkpoints_resume(d
                         numpy=torch.arange(624, dtype=torch.int64), numpy_pos=torch.tensor([624, 0]),
                         numpy_gauss=torch.tensor([0.0], dtype=torch.float64))
     save_checkpoint(ck, state)
-    res = train(_model(), images, labels, tr, va, te, **kw, checkpoint=ck, resume=True)
+    res = train(small_model(), images, labels, tr, va, te, **kw, checkpoint=ck, resume=True)
     assert res.history.loss == whole.history.loss and res.history.val_acc == whole.history.val_acc
 
 
