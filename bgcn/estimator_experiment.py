@@ -56,13 +56,13 @@ from . import estimators as E
 from .backbone import create_backbone, extract_features, save_backbone_weights
 from .data import label_masks
 from .experiment import rows_changed as _rows_changed, run_measures
-from .experiments.common import Partial, digits_subset, schedule_config, summarize_runs
+from .experiments.common import Partial, digits_subset, schedule_config, summarize_runs, train_digits_row
 from .io import atomic_write_json, atomic_write_text
 from .model import build_model, score_function_surrogate
 from .similarity import cosine_similarity
 from .temperature import suggest_tau
 from .topk import ESTIMATORS
-from .train import pretrain_backbone, train
+from .train import pretrain_backbone
 from .utils import get_device, seed_everything, versions
 
 __all__ = ["ROWS", "FULL", "QUICK", "run_estimator_experiment", "summarize", "format_tables", "main"]
@@ -310,11 +310,7 @@ def _row_run(name: str, cfg: dict, seed: int, images: torch.Tensor, labels: torc
     init_state = {k_: v.clone() for k_, v in backbone.state_dict().items()}
     model = build_model(backbone, int(labels.max()) + 1, k=cfg["k"], estimator=est, tau=tau, hidden=cfg["hidden"],
                         dropout=cfg["dropout"], mode=mode, estimator_kw=None if state is None else {"state": state})
-    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
-    res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
-                lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                seed=seed, device=dev, graph_every=0, progress=False, analysis_labels=labels,
-                param_path_norms=mode != "frozen")
+    res, warm = train_digits_row(model, images, labels, (tr, va, te), cfg, mode, seed, dev)
     h = res.history
     e2e = slice(warm, None)
     # graph measures on the scored model (weights at the best joint epoch), the hard kNN sets of the

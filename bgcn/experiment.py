@@ -63,14 +63,14 @@ import torch
 from ._version import __version__
 from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
 from .data import label_masks
-from .experiments.common import Partial, digits_subset, schedule_config
+from .experiments.common import Partial, digits_subset, schedule_config, train_digits_row
 from .graph import edge_change_fraction, edge_homophily
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .model import build_model
 from .similarity import cosine_similarity, knn_indices
 from .stats import mean_std, paired_difference as _paired, paired_runs
 from .temperature import suggest_tau
-from .train import pretrain_backbone, progress_enabled, train
+from .train import pretrain_backbone, progress_enabled
 from .utils import get_device, seed_everything, versions
 
 __all__ = ["METHODS", "run_experiment", "sk_baselines", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
@@ -254,7 +254,6 @@ def _gcn_run(name: str, cfg: dict, lpc: int, seed: int, images: torch.Tensor, la
              pre_path: Path, tau_data: float, device) -> dict:
     """One GCN row of :data:`METHODS` for one (labels per class, seed): train, then the results row."""
     k = cfg["k"]
-    tr, va, te = masks
     mode, est, tau_kind, init = METHODS[name]
     seed_everything(seed)
     backbone_ = create_backbone(cfg["backbone"], pretrained_file=pre_path if init == "pretrained" else None)
@@ -266,11 +265,7 @@ def _gcn_run(name: str, cfg: dict, lpc: int, seed: int, images: torch.Tensor, la
         tau = tau_data if tau_kind == "data" else 1.0
     model = build_model(backbone_, int(labels.max()) + 1, k=k, estimator=est, tau=tau, hidden=cfg["hidden"],
                         dropout=cfg["dropout"], mode=mode)
-    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
-    res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
-                lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
-                seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,
-                param_path_norms=mode != "frozen")
+    res, warm = train_digits_row(model, images, labels, masks, cfg, mode, seed, device)
     h = res.history
     return {"method": name, "labels_per_class": lpc, "seed": seed, "mode": mode, "estimator": est,
             "tau": tau, "init": init, "test_acc": res.test_acc_at_best_val,

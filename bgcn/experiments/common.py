@@ -20,11 +20,11 @@ import torch
 from ..data import load_dataset
 from ..io import atomic_write_text
 from ..stats import mean_std
-from ..train import TrainConfig
+from ..train import TrainConfig, TrainResult, train
 from ..utils import json_safe
 
 __all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
-           "schedule_config"]
+           "schedule_config", "train_digits_row"]
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -84,6 +84,27 @@ def schedule_config(cfg: dict, modes: Iterable[str]) -> TrainConfig:
     """
     joint = any(m != "frozen" for m in modes)
     return TrainConfig(mode="end2end" if joint else "frozen", **{k: cfg[k] for k in _RUN_SETTINGS if k in cfg})
+
+
+def train_digits_row(model: Any, images: torch.Tensor, labels: torch.Tensor, masks: tuple, cfg: dict, mode: str,
+                     seed: int, device: Any) -> tuple[TrainResult, int]:
+    """One GCN row of a digits experiment (chapters 08 and 09): :func:`bgcn.train` with the
+    experiment's schedule, learning rates and weight decay; the warm-up (0 for a frozen row) is
+    returned with the result.
+
+    Path norms are measured on the rows that train the backbone; no graph snapshots.
+
+    Shapes: images (N, C_in, H, W), labels (N,), masks three (N,) bool.
+
+    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    """
+    warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
+    tr, va, te = masks
+    res = train(model, images, labels, tr, va, te, mode=mode, epochs=cfg["epochs"], warmup_epochs=warm,
+                lr_backbone=cfg["lr_backbone"], lr_gcn=cfg["lr_gcn"], weight_decay=cfg["weight_decay"],
+                seed=seed, device=device, graph_every=0, progress=False, analysis_labels=labels,
+                param_path_norms=mode != "frozen")
+    return res, warm
 
 
 def summarize_runs(runs: Sequence[dict], groups: Iterable[dict], keys: Sequence[str],
