@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._checks import check_int, check_number
+
 __all__ = [
     "available",
     "dist_info",
@@ -190,16 +192,13 @@ def init_distributed(backend: str = "auto", device: str | torch.device | None = 
     else:
         if rank is None or world_size is None:
             raise ValueError("init_method= needs rank= and world_size= too (e.g. rank=0, world_size=2)")
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
-                and 0 <= rank < world_size):
-            raise ValueError(f"rank={rank!r}, world_size={world_size!r}: need integers with "
-                             f"0 <= rank < world_size")
+        world_size = check_int(world_size, "world_size", 1)
+        rank = check_int(rank, "rank", 0, world_size - 1, hint="0 <= rank < world_size")
         rank_, world_, local = rank, world_size, rank
         env = os.environ.get("LOCAL_RANK", "")
         if env != "":
             local = _env_int("LOCAL_RANK", env)
-    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    check_number(timeout_s, "timeout_s", 0, open_min=True, optional=True, hint="seconds")
     name = _pick_backend(backend, device)
     if name == "nccl":
         torch.cuda.set_device(local)
@@ -297,8 +296,8 @@ def shard(x: torch.Tensor | Sequence, rank: int | None = None, world_size: int |
     r, w, _ = dist_info()
     r = r if rank is None else rank
     w = w if world_size is None else world_size
-    if not (isinstance(w, int) and w >= 1 and isinstance(r, int) and 0 <= r < w):
-        raise ValueError(f"rank={r!r}, world_size={w!r}: need integers with 0 <= rank < world_size")
+    w = check_int(w, "world_size", 1)
+    r = check_int(r, "rank", 0, w - 1, hint="0 <= rank < world_size")
     if isinstance(x, torch.Tensor):
         if x.dim() == 0:
             raise ValueError("x must have a batch dimension (shape (B, ...)), got a 0-d tensor")
@@ -487,8 +486,7 @@ def broadcast_(tensor: torch.Tensor, src: int = 0, group=None) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
     w = _world() if group is None else (torch.distributed.get_world_size(group) if is_initialized() else 1)
-    if not (isinstance(src, int) and 0 <= src < w):
-        raise ValueError(f"src={src!r} must be a rank in [0, {w})")
+    src = check_int(src, "src", 0, w - 1, hint=f"a rank in [0, {w})")
     if w > 1:
         if tensor.is_contiguous():
             torch.distributed.broadcast(tensor, src=src, group=group)

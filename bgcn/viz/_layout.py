@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..graph import KNNGraph
 from ._common import _CROSS_EDGE, _SAME_EDGE, _check_labels, _check_positions, _colour, _np
 
@@ -96,8 +97,7 @@ def edge_segments(positions: Any, indices: Any, weights: Any = None, labels: Any
     p = _check_positions(positions)
     idx, w = _as_rankings((indices, weights) if weights is not None else indices, p.shape[0])
     n, k = idx.shape
-    if not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    n_bins = check_int(n_bins, "n_bins", 1)
     dst = np.repeat(np.arange(n), k)
     src = idx.reshape(-1)
     ww = w.reshape(-1)
