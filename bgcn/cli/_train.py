@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,7 +61,9 @@ def run_train(args: argparse.Namespace) -> dict:
     if world > 1:  # before any pass over the data: embedding is sharded over the ranks
         bd.init_distributed(device=None if args.device == "auto" else args.device)
     resume = _resume(args, ckpt)
-    warmup, lr_backbone = _warmup(args, ckpt, resume), _lr_backbone(args)
+    # every setting is checked once, by the TrainConfig, before any data is read (device and the record of
+    # the data are filled in below)
+    cfg = _config(args, _warmup(args, ckpt, resume), _lr_backbone(args), args.device, ckpt, resume, {})
     ds, images = load_data(args, defaults)
     masks = _masks(args, ds)
     seed_everything(args.seed)
@@ -79,7 +83,7 @@ def run_train(args: argparse.Namespace) -> dict:
              "backbone_kwargs": backbone_kw, "pretrained_file": args.pretrained_file,
              "labels_per_class": args.labels_per_class, "val_per_class": args.val_per_class,
              "hidden": args.hidden, "dropout": args.dropout}
-    cfg = _config(args, warmup, lr_backbone, device, ckpt, resume, extra)
+    cfg = cfg.replace(device=str(device), extra=extra)
     t0 = time.perf_counter()
     res = fit(model, images, ds.labels, *masks, cfg, analysis_labels=ds.labels)
     metrics = _metrics(args, res, cfg, device, world, len(images), out, time.perf_counter() - t0)
@@ -141,10 +145,7 @@ def _warmup(args: argparse.Namespace, ckpt: Path, resume: bool) -> int:
         if resume:  # a longer --epochs must not move the warm-up of the run being continued
             old = load_checkpoint(ckpt, map_location="cpu").get("config", {}).get("warmup_epochs")
             warmup = old if isinstance(old, int) and not isinstance(old, bool) else warmup
-    elif args.mode != "frozen" and warmup >= args.epochs:
-        raise ValueError(f"--warmup-epochs {warmup} must be smaller than --epochs {args.epochs}: the backbone "
-                         f"learns only after the warm-up, so it would never train (use --mode frozen for that)")
-    return warmup
+    return warmup  # checked with every other setting by the TrainConfig (_config)
 
 
 def _lr_backbone(args: argparse.Namespace) -> float:
@@ -163,11 +164,14 @@ def _masks(args: argparse.Namespace, ds) -> tuple:
 
 
 def _flags(message: str) -> str:
-    """A library message in the CLI's words: ``labels_per_class=5`` -> ``--labels-per-class 5``."""
+    """A library message in the CLI's words: ``labels_per_class=5`` -> ``--labels-per-class 5``,
+    ``TrainConfig.warmup_epochs=4 must be < epochs=4`` -> ``--warmup-epochs 4 must be < --epochs 4``."""
     for name in ("labels_per_class", "val_per_class"):
         message = message.replace(f"{name}=", f"--{name.replace('_', '-')} ").replace(
             name, f"--{name.replace('_', '-')}")
-    return message
+    names = "|".join(sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True))
+    message = re.sub(rf"(?:TrainConfig\.)?\b({names})=", lambda m: f"--{m.group(1).replace('_', '-')} ", message)
+    return message.replace("TrainConfig.", "")
 
 
 def _tau(args: argparse.Namespace, backbone, images, device) -> float:
@@ -180,15 +184,18 @@ def _tau(args: argparse.Namespace, backbone, images, device) -> float:
 
 def _config(args: argparse.Namespace, warmup: int, lr_backbone: float, device, ckpt: Path, resume: bool,
             extra: dict) -> TrainConfig:
-    """The run's :class:`~bgcn.TrainConfig` (it validates every setting once)."""
+    """The run's :class:`~bgcn.TrainConfig` (it validates every setting once; its messages name the flags)."""
     mini = {"bank_refresh": args.bank_refresh, "cache_neighbours": args.cache_neighbours,
             "num_workers": args.num_workers}
     full = {"amp": bool(args.amp), "graph_every": args.graph_every}
-    return TrainConfig(mode=args.mode, epochs=args.epochs, warmup_epochs=warmup, lr_backbone=lr_backbone,
-                       lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed, device=str(device),
-                       max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, checkpoint=str(ckpt),
-                       checkpoint_every=args.checkpoint_every, resume=resume, progress=args.progress,
-                       batch_size=args.batch_size, extra=extra, **(mini if args.batch_size else full))
+    try:
+        return TrainConfig(mode=args.mode, epochs=args.epochs, warmup_epochs=warmup, lr_backbone=lr_backbone,
+                           lr_gcn=args.lr_gcn, weight_decay=args.weight_decay, seed=args.seed, device=str(device),
+                           max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, checkpoint=str(ckpt),
+                           checkpoint_every=args.checkpoint_every, resume=resume, progress=args.progress,
+                           batch_size=args.batch_size, extra=extra, **(mini if args.batch_size else full))
+    except (ValueError, TypeError) as e:
+        raise type(e)(_flags(str(e))) from None
 
 
 def _metrics(args: argparse.Namespace, res, cfg: TrainConfig, device, world: int, n: int, out: Path,

@@ -35,8 +35,6 @@ from ._pretrain import augment_images, nt_xent_loss, pretrain_backbone
 from ._progress import progress_enabled
 from ._result import History, NonFiniteImages, TrainingDiverged, TrainResult, accuracy
 
-# the names of before the split (tests and older code import them from here)
-_rng_state, _set_rng_state = rng_state, set_rng_state
 
 __all__ = [
     "TrainConfig",

@@ -102,7 +102,8 @@ class TrainConfig:
             put(name, _int(name, getattr(self, name), lo))
         if self.mode not in (None, "frozen") and self.warmup_epochs >= self.epochs:
             raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}: the "
-                             f"backbone learns only after the warm-up (mode='frozen' trains only the GCN)")
+                             f"backbone learns only after the warm-up, so it would never train (mode='frozen' trains "
+                             f"only the GCN)")
         for name in ("lr_backbone", "lr_gcn"):
             put(name, check_lr(getattr(self, name), f"TrainConfig.{name}"))
         put("weight_decay", _num("weight_decay", self.weight_decay))
