@@ -11,6 +11,7 @@ import torch
 from ..distributed import cleanup, is_main
 from ..estimator_experiment import main as estimators_main
 from ..experiment import run_experiment
+from ..experiments.field import run_field_experiment
 from ..experiments.real import DATASETS as REAL_DATASETS
 from ..experiments.real import run_real_experiment
 from ..train import TrainingDiverged
@@ -78,8 +79,21 @@ def _train(args: argparse.Namespace, prog: str) -> None:
 
 
 def _experiment(args: argparse.Namespace, prog: str) -> None:
-    """``experiment``: chapter 08's digits comparison, or chapter 12's on the other --dataset choices."""
-    if args.dataset != "digits":
+    """``experiment``: chapter 08's digits comparison, chapter 12's on the other --dataset choices, or the
+    field's benchmark with --protocol."""
+    if args.protocol is not None:
+        for flag, v in (("--dataset", None if args.dataset == "digits" else args.dataset), ("--n", args.n),
+                        ("--batch-size", args.batch_size), ("--img-size", args.img_size),
+                        ("--only-seeds", args.only_seeds), ("--labels", args.labels), ("--backbone", args.backbone),
+                        ("--pretrain-epochs", args.pretrain_epochs), ("--warmup-epochs", args.warmup_epochs),
+                        ("--lr-backbone", args.lr_backbone)):
+            if v is not None:
+                raise ValueError(f"{flag} does not apply to --protocol {args.protocol}: its rows fix their settings "
+                                 f"or choose them on validation (see bgcn.experiments.field.ROWS)")
+        res = run_field_experiment(args.protocol, out=args.out or "results/field", seeds=args.seeds or 10,
+                                   rows=args.methods, quick=args.quick, resume=args.resume,
+                                   progress=args.progress is not False, epochs=args.epochs)
+    elif args.dataset != "digits":
         if args.pretrain_epochs is not None or args.backbone is not None:
             raise ValueError("--pretrain-epochs/--backbone apply to the digits comparison; chapter 12's uses "
                              "the ImageNet EfficientNet-Lite0")

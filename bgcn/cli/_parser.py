@@ -10,6 +10,7 @@ import argparse
 import functools
 
 from ..data import dataset_specs, list_datasets
+from ..experiments.field import PROTOCOLS as FIELD_PROTOCOLS
 from ..experiments.real import DATASETS as REAL_DATASETS
 from ..model import MODES
 from ._types import (LR_BACKBONE_PRETRAINED, LR_BACKBONE_RANDOM, _auto_or, _device, _estimator, _nonneg_float,
@@ -200,6 +201,11 @@ def _add_experiment_parser(sub) -> None:
                    help="digits: chapter 08's comparison; fashion-mnist / nuisance-shapes: chapter 12's, with the "
                         "ImageNet EfficientNet-Lite0 and the mini-batch engine (bgcn.experiments.real; writes "
                         "OUT/<dataset>.json and .md; default OUT results/real)")
+    e.add_argument("--protocol", default=None, choices=list(FIELD_PROTOCOLS),
+                   help="the field's benchmark instead (bgcn.experiments.field: the LDS/IDGL digits split, the "
+                        "field's baselines and end to end from the pixels, every choice on validation labels; "
+                        "writes OUT/<protocol>.json and .md, default OUT results/field; --seeds 5 or 10, "
+                        "--methods picks rows, --epochs shortens the GCN runs)")
     e.add_argument("--n", type=_positive_int, default=None, help="chapter 12: images in the fixed subset")
     e.add_argument("--batch-size", type=_positive_int, default=None, help="chapter 12: images per step")
     e.add_argument("--img-size", type=_positive_int, default=None, help="chapter 12: backbone input size")

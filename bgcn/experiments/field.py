@@ -1,0 +1,285 @@
+r"""Against the field: the LDS/IDGL digits benchmark, the field's baselines re-run on it, and end to end
+from the strongest frozen graph.
+
+The protocol (:func:`bgcn.data.benchmark_split`, ``"digits-lds"``): scikit-learn's 1 797 digits, for
+each seed a new stratified split into 50 training labels (5 a class), 100 validation labels and the
+other 1 647 images as the test set; the graph spans all 1 797 images (transductive). Every row has
+the same tuning budget: a small grid of settings (:data:`ROWS`), each run on every seed; the setting
+with the best *mean validation accuracy over the seeds* is the row's choice, and its test accuracy
+(read once per run, at the run's best validation epoch) is the row's number. Differences to the
+reference row (the frozen kNN-GCN on the pixels) are paired by seed (:func:`bgcn.stats.paired_difference`,
+the 2-standard-error rule with the number of comparisons named).
+
+Rows:
+
+- ``knn_gcn_pixels``: the field's kNN-GCN baseline, on the raw pixels (``create_backbone("pixels")``,
+  mode ``"frozen"``): 2-layer GCN, hidden 16, dropout 0.5, learning rate 0.01, weight decay 5e-4,
+  best validation epoch of 300.
+- ``laplace``: Laplace learning (Zhu, Ghahramani, Lafferty 2003) on a self-tuning Gaussian kNN graph of
+  the pixels, from the ``graphlearning`` package (Calder et al.): a classic graph baseline a
+  well-kept library already implements.
+- ``label_spreading``: scikit-learn's ``LabelSpreading`` on a kNN graph of the pixels.
+- ``e2e_*``: end to end from the pixels with an extractor initialised to the identity
+  (``identity_diag``: IDGL's weighted cosine; ``identity_linear``: a linear map at I), so that
+  the first graph *is* the frozen kNN graph; the GCN trains alone for ``warmup`` epochs, then the
+  extractor joins, through the node features only (``end2end-features``) or through the ranking
+  with the estimator in the row's name.
+
+``python -m bgcn experiment --protocol digits-lds`` writes ``results/field/digits-lds.json`` and
+``.md`` (``--quick``: 2 seeds, one setting a row; ``--resume`` continues a partial run).
+
+Taught in: chapter 13 (chapters/13_what_we_found.md).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._checks import check_choice, check_int
+from ..backbone import create_backbone
+from ..data import FIELD_SEEDS, TEN_SEEDS, benchmark_split, load_dataset
+from ..graph import edge_homophily
+from ..model import build_model
+from ..similarity import knn_indices
+from ..stats import mean_std, paired_difference
+from ..train import train
+from ..utils import json_safe, versions
+from .common import Partial, write_atomic
+
+__all__ = ["PROTOCOLS", "Row", "ROWS", "REFERENCE", "run_field_experiment", "run_row", "format_field_table"]
+
+PROTOCOLS = ("digits-lds",)
+"""The benchmarks this module runs (one today: the LDS/IDGL digits split)."""
+
+REFERENCE = "knn_gcn_pixels"
+"""The row every other row is compared with, seed by seed."""
+
+#: the field's GCN: 2 layers, hidden 16, dropout 0.5, Adam(W) 0.01, weight decay 5e-4, 300 epochs
+GCN_SETTINGS = {"hidden": 16, "dropout": 0.5, "lr_gcn": 0.01, "weight_decay": 5e-4, "epochs": 300}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: how it trains (``kind``), what is fixed, and the grid searched on validation.
+
+    ``kind`` is ``"gcn"`` (:func:`bgcn.train.train` on an :class:`~bgcn.model.EndToEnd` built from
+    ``fixed``), ``"laplace"`` (graphlearning's Laplace learning) or ``"spreading"`` (scikit-learn's
+    label spreading). Every row's grid has the same size (the tuning budget).
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+
+    name: str
+    kind: str
+    grid: tuple[dict, ...]
+    fixed: dict = field(default_factory=dict)
+
+
+def _e2e(name: str, backbone: str, mode: str, estimator: str = "hard", tau: float = 0.1) -> Row:
+    grid = tuple({"k": k, "lr_backbone": lr} for k in (10, 20) for lr in (1e-3, 1e-2))
+    return Row(name, "gcn", grid, {"backbone": backbone, "mode": mode, "estimator": estimator, "tau": tau,
+                                   "warmup": 150})
+
+
+ROWS: tuple[Row, ...] = (
+    Row(REFERENCE, "gcn", tuple({"k": k, "hidden": h} for k in (10, 20) for h in (16, 64)),
+        {"backbone": "pixels", "mode": "frozen"}),
+    Row("laplace", "laplace", tuple({"k": k, "metric": m} for k in (5, 10) for m in ("euclidean", "angular"))),
+    Row("label_spreading", "spreading", tuple({"k": k, "alpha": a} for k in (10, 20) for a in (0.2, 0.8))),
+    _e2e("e2e_features_linear", "identity_linear", "end2end-features"),
+    _e2e("e2e_values_diag", "identity_diag", "end2end", "values"),
+    _e2e("e2e_values_linear", "identity_linear", "end2end", "values"),
+    _e2e("e2e_masked_softmax_linear", "identity_linear", "end2end", "masked_softmax", 0.05),
+    _e2e("e2e_ste_linear", "identity_linear", "end2end", "ste"),
+)
+"""The rows, in table order (every grid has four settings)."""
+
+
+def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
+    tr, va, te = masks
+    opts = {**GCN_SETTINGS, **row.fixed, **setting}
+    if epochs is not None:  # a shorter run (tests, --quick): the warm-up keeps its share
+        opts["warmup"] = opts.get("warmup", 0) * epochs // opts["epochs"]
+        opts["epochs"] = epochs
+    torch.manual_seed(seed)
+    bb = create_backbone(opts["backbone"], in_chans=images.shape[1], img_size=tuple(images.shape[2:]))
+    model = build_model(bb, int(labels.max()) + 1, k=opts["k"], estimator=opts.get("estimator", "hard"),
+                        tau=opts.get("tau", 0.1), hidden=opts["hidden"], dropout=opts["dropout"], mode=opts["mode"])
+    warm = 0 if opts["mode"] == "frozen" else opts.get("warmup", 0)
+    res = train(model, images, labels, tr, va, te, mode=opts["mode"], epochs=opts["epochs"], warmup_epochs=warm,
+                lr_gcn=opts["lr_gcn"], lr_backbone=opts.get("lr_backbone", 1e-3), weight_decay=opts["weight_decay"],
+                seed=seed, device="cpu", progress=False, analysis_labels=labels)
+    h = res.history
+    at_best = h.epoch.index(res.best_epoch) if res.best_epoch in h.epoch else len(h.epoch) - 1
+    return {"val_acc": res.best_val_acc, "test_acc": res.test_acc_at_best_val,
+            "homophily_before": h.initial.get("homophily"), "homophily_after": h.homophily[at_best]}
+
+
+def _knn(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of each point's k nearest neighbours, itself first (graphlearning's format)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12) if metric == "angular" else x
+    dist, ind = NearestNeighbors(n_neighbors=k + 1).fit(xs).kneighbors(xs)
+    return ind, dist
+
+
+def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
+    tr, va, te = (m.numpy() for m in masks)
+    x = images.reshape(images.shape[0], -1).double().numpy()
+    y = labels.numpy()
+    train_ind = np.flatnonzero(tr)
+    if row.kind == "laplace":
+        import graphlearning as gl
+
+        ind, dist = _knn(x, setting["k"], setting["metric"])
+        w = gl.weightmatrix.knn(None, setting["k"], knn_data=(ind, dist))
+        pred = gl.ssl.laplace(w).fit_predict(train_ind, y[train_ind])
+    else:
+        from sklearn.semi_supervised import LabelSpreading
+
+        target = np.where(tr, y, -1)
+        pred = LabelSpreading(kernel="knn", n_neighbors=setting["k"], alpha=setting["alpha"],
+                              max_iter=1000).fit(x, target).transduction_
+    hom = edge_homophily(knn_indices(images.reshape(images.shape[0], -1).float(), setting["k"]), labels)
+    return {"val_acc": float((pred[va] == y[va]).mean()), "test_acc": float((pred[te] == y[te]).mean()),
+            "homophily_before": hom, "homophily_after": hom}
+
+
+def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", images=None, labels=None,
+            epochs: int | None = None) -> dict:
+    """One run: ``row`` with one ``setting`` of its grid on the split of ``seed``; validation and test accuracy.
+
+    Shapes: none (returns a dict of numbers).
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    check_choice(protocol, "protocol", PROTOCOLS)
+    if images is None or labels is None:
+        images, labels = load_dataset("digits")
+    masks = benchmark_split(protocol, seed)
+    t0 = time.perf_counter()
+    out = (_gcn_run if row.kind == "gcn" else _graph_run)(row, setting, images, labels, masks, seed, epochs)
+    return {"row": row.name, "seed": int(seed), "setting": dict(setting), **out, "time": time.perf_counter() - t0}
+
+
+def _choose(runs: list[dict], row: Row, seeds: Sequence[int]) -> dict:
+    """The row's setting with the best mean validation accuracy over the seeds, and its runs."""
+    best = None
+    for setting in row.grid:
+        mine = [r for r in runs if r["row"] == row.name and r["setting"] == setting and r["seed"] in seeds]
+        if len(mine) != len(seeds):
+            continue
+        val = float(np.mean([r["val_acc"] for r in mine]))
+        if best is None or val > best["val_acc"]:
+            best = {"setting": setting, "val_acc": val, "runs": sorted(mine, key=lambda r: seeds.index(r["seed"]))}
+    return best
+
+
+def summarize(runs: list[dict], rows: Sequence[Row], seeds: Sequence[int]) -> list[dict]:
+    """One line per row: the chosen setting, test mean ± std (in %), the seed-paired difference to
+    :data:`REFERENCE` with its standard error, homophily before → after.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    seeds = list(seeds)
+    chosen = {row.name: _choose(runs, row, seeds) for row in rows}
+    ref = chosen.get(REFERENCE)
+    comparisons = sum(1 for r in rows if r.name != REFERENCE and chosen[r.name] is not None)
+    out = []
+    for row in rows:
+        c = chosen[row.name]
+        if c is None:
+            continue
+        acc = {r["seed"]: 100 * r["test_acc"] for r in c["runs"]}
+        m, s, _ = mean_std(list(acc.values()))
+        line = {"row": row.name, "setting": c["setting"], "val_acc": 100 * c["val_acc"], "test_mean": m,
+                "test_std": s, "n": len(acc),
+                "homophily_before": float(np.mean([r["homophily_before"] for r in c["runs"]])),
+                "homophily_after": float(np.mean([r["homophily_after"] for r in c["runs"]]))}
+        if ref is not None and row.name != REFERENCE:
+            d = paired_difference(acc, {r["seed"]: 100 * r["test_acc"] for r in ref["runs"]}, comparisons)
+            line.update(diff_mean=d["mean"], diff_se=d["se"], beyond_noise=d["beyond_noise"], comparisons=comparisons)
+        out.append(line)
+    return out
+
+
+def format_field_table(summary: list[dict], title: str) -> str:
+    """Markdown table of :func:`summarize`'s lines.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    head = (f"**{title}**\n\n| row | chosen setting | test acc. (%) | Δ vs {REFERENCE} (paired, ± se) | "
+            f"homophily before → after |\n|---|---|---|---|---|\n")
+    lines = []
+    for s in summary:
+        diff = "reference" if "diff_mean" not in s else \
+            f"{s['diff_mean']:+.2f} ± {s['diff_se']:.2f}{' *' if s['beyond_noise'] else ''}"
+        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["setting"].items())
+        lines.append(f"| {s['row']} | {setting} | {s['test_mean']:.2f} ± {s['test_std']:.2f} | {diff} | "
+                     f"{s['homophily_before']:.3f} → {s['homophily_after']:.3f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "results/field", seeds: int = 10,
+                         rows: Sequence[str] | None = None, quick: bool = False, resume: bool = False,
+                         progress: bool = True, epochs: int | None = None) -> dict:
+    """Every row of :data:`ROWS` (or ``rows``), every setting of its grid, every seed; chosen on validation.
+
+    ``seeds``: 5 (the field's list, :data:`bgcn.data.FIELD_SEEDS`) or 10 (:data:`bgcn.data.TEN_SEEDS`).
+    ``quick``: 2 seeds, the first setting of each grid and 60 epochs (a smoke run, not a result);
+    ``epochs`` shortens every GCN run (the warm-up keeps its share). Writes
+    ``<out>/<protocol>.json`` (settings, every run, the summaries over the first 5 and all seeds)
+    and ``.md``; partial results in ``<out>/<protocol>.partial.json`` let ``resume=True`` continue.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    check_choice(protocol, "protocol", PROTOCOLS)
+    seeds = check_int(seeds, "seeds", 2, 10, hint="5: the field's list, 10: with 0-4")
+    names = [r.name for r in ROWS]
+    for r in rows or ():
+        check_choice(r, "rows", names)
+    chosen_rows = [r for r in ROWS if rows is None or r.name in rows]
+    seed_list = list((FIELD_SEEDS if seeds <= 5 else TEN_SEEDS)[:seeds])
+    epochs = check_int(epochs, "epochs", 2, optional=True, hint="None: the field's 300")
+    if quick:
+        epochs = epochs or 60
+        seed_list = seed_list[:2]
+        chosen_rows = [Row(r.name, r.kind, r.grid[:1], r.fixed) for r in chosen_rows]
+    out = Path(out)
+    settings = {"protocol": protocol, "seeds": seed_list, "quick": quick, "gcn": GCN_SETTINGS, "epochs": epochs,
+                "rows": [{"name": r.name, "kind": r.kind, "grid": list(r.grid), "fixed": r.fixed} for r in chosen_rows]}
+    part = Partial(out / f"{protocol}.partial.json", settings, resume)
+    images, labels = load_dataset("digits")
+    todo = [(row, s, seed) for row in chosen_rows for s in row.grid for seed in seed_list]
+    for row, setting, seed in tqdm(todo, desc=f"{protocol}", disable=not progress):
+        if part.done(row=row.name, seed=seed, setting=setting):
+            continue
+        part.add(run_row(row, setting, seed, protocol, images, labels, epochs))
+    runs = part.runs
+    res = {"settings": settings, "versions": versions(), "runs": runs,
+           "summary_5": summarize(runs, chosen_rows, seed_list[:5]),
+           "summary": summarize(runs, chosen_rows, seed_list)}
+    md = format_field_table(res["summary"], f"{protocol}, {len(seed_list)} seeds")
+    if len(seed_list) > 5:
+        md += "\n" + format_field_table(res["summary_5"], f"{protocol}, the field's 5 seeds")
+    files = [write_atomic(out / f"{protocol}.json", json.dumps(json_safe(res), indent=1, allow_nan=False)),
+             write_atomic(out / f"{protocol}.md", md)]
+    part.finish()
+    res.update(table_md=md, files=[str(f) for f in files])
+    return res

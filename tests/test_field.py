@@ -1,0 +1,96 @@
+"""bgcn.experiments.field: the LDS/IDGL digits benchmark, its rows, the choice on validation labels only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bgcn
+from bgcn.experiments import field as F
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    return bgcn.load_dataset("digits")
+
+
+def _row(name):
+    return next(r for r in F.ROWS if r.name == name)
+
+
+def test_every_row_has_the_same_tuning_budget():
+    sizes = {r.name: len(r.grid) for r in F.ROWS}
+    assert len(set(sizes.values())) == 1, sizes
+    assert F.ROWS[0].name == F.REFERENCE
+
+
+def test_the_reference_row_is_the_frozen_knn_gcn_on_pixels(digits_data):
+    images, labels = digits_data
+    run = F.run_row(_row(F.REFERENCE), {"k": 10, "hidden": 16}, 42, images=images, labels=labels, epochs=5)
+    assert 0.0 <= run["val_acc"] <= 1.0 and 0.0 <= run["test_acc"] <= 1.0
+    # frozen: the graph never changes, and it is the pixels' cosine kNN graph
+    assert run["homophily_before"] == run["homophily_after"]
+    tr, va, te = bgcn.data.benchmark_split("digits-lds", 42)
+    pix = images.reshape(len(images), -1)
+    expected = bgcn.graph.edge_homophily(bgcn.knn_indices(pix, 10), labels)
+    assert run["homophily_before"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_graph_baselines_read_only_the_training_labels(digits_data):
+    images, labels = digits_data
+    pytest.importorskip("graphlearning")
+    tr, va, te = bgcn.data.benchmark_split("digits-lds", 42)
+    a = F.run_row(_row("laplace"), {"k": 10, "metric": "euclidean"}, 42, images=images, labels=labels)
+    # the validation and test labels may be anything: the prediction must not change
+    scrambled = labels.clone()
+    g = torch.Generator().manual_seed(0)
+    scrambled[~tr] = torch.randint(0, 10, (int((~tr).sum()),), generator=g)
+    b = F._graph_run(_row("laplace"), {"k": 10, "metric": "euclidean"}, images, scrambled, (tr, va, te), 42, None)
+    assert a["test_acc"] > 0.8  # Laplace learning on the pixels is a strong baseline (about 0.97)
+    assert b["test_acc"] < 0.3  # scored against scrambled labels: the prediction itself did not use them
+    s = F.run_row(_row("label_spreading"), {"k": 10, "alpha": 0.2}, 42, images=images, labels=labels)
+    assert s["test_acc"] > 0.8
+
+
+def test_the_choice_reads_validation_only():
+    row = F.Row("x", "gcn", ({"k": 1}, {"k": 2}))
+    ref = F.Row(F.REFERENCE, "gcn", ({"k": 1}, {"k": 2}))
+    runs = []
+    for seed in (0, 1, 2):
+        # setting k=1: better validation, worse test; k=2 the reverse
+        runs += [{"row": "x", "seed": seed, "setting": {"k": 1}, "val_acc": 0.9, "test_acc": 0.5 + 0.01 * seed,
+                  "homophily_before": 0.5, "homophily_after": 0.6},
+                 {"row": "x", "seed": seed, "setting": {"k": 2}, "val_acc": 0.8, "test_acc": 0.9,
+                  "homophily_before": 0.5, "homophily_after": 0.6},
+                 {"row": F.REFERENCE, "seed": seed, "setting": {"k": 1}, "val_acc": 0.7, "test_acc": 0.4,
+                  "homophily_before": 0.5, "homophily_after": 0.5},
+                 {"row": F.REFERENCE, "seed": seed, "setting": {"k": 2}, "val_acc": 0.6, "test_acc": 0.99,
+                  "homophily_before": 0.5, "homophily_after": 0.5}]
+    summary = {s["row"]: s for s in F.summarize(runs, [ref, row], [0, 1, 2])}
+    assert summary["x"]["setting"] == {"k": 1} and summary[F.REFERENCE]["setting"] == {"k": 1}
+    assert summary["x"]["test_mean"] == pytest.approx(51.0)
+    # paired by seed: d_s = (50 + s) - 40
+    assert summary["x"]["diff_mean"] == pytest.approx(11.0) and summary["x"]["diff_se"] == pytest.approx(
+        (1.0 / 3 ** 0.5))
+    assert summary["x"]["beyond_noise"] and summary["x"]["comparisons"] == 1
+
+
+@pytest.mark.slow
+def test_quick_run_writes_and_resumes(tmp_path, digits_data):
+    pytest.importorskip("graphlearning")
+    res = F.run_field_experiment(out=tmp_path, rows=[F.REFERENCE, "laplace"], quick=True, epochs=4, progress=False)
+    data = json.loads((tmp_path / "digits-lds.json").read_text())
+    assert {r["row"] for r in data["runs"]} == {F.REFERENCE, "laplace"} and len(data["runs"]) == 4
+    assert not (tmp_path / "digits-lds.partial.json").exists()
+    assert "| laplace |" in (tmp_path / "digits-lds.md").read_text() and res["summary"]
+    with pytest.raises(ValueError, match="rows"):
+        F.run_field_experiment(out=tmp_path, rows=["nope"], quick=True)
+
+
+def test_cli_refuses_settings_the_protocol_fixes(capsys):
+    from bgcn.cli import main
+
+    assert main(["experiment", "--protocol", "digits-lds", "--lr-backbone", "0.1", "--quick"]) == 2
+    assert "--lr-backbone does not apply to --protocol digits-lds" in capsys.readouterr().err
+    assert main(["experiment", "--protocol", "digits-lds", "--methods", "nope", "--quick"]) == 2
