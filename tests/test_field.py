@@ -84,6 +84,11 @@ def test_quick_run_writes_and_resumes(tmp_path, digits_data):
     assert {r["row"] for r in data["runs"]} == {F.REFERENCE, "laplace"} and len(data["runs"]) == 4
     assert not (tmp_path / "digits-lds.partial.json").exists()
     assert "| laplace |" in (tmp_path / "digits-lds.md").read_text() and res["summary"]
+    back = F.load_field_results(tmp_path / "digits-lds.json")
+    assert set(back["by_row"]) == {F.REFERENCE, "laplace"}
+    assert len(F.chosen_runs(back)) == 4 and {r["seed"] for r in F.chosen_runs(back)} == set(back["settings"]["seeds"])
+    table = F.published_table(back["summary"])
+    assert "| kNN-GCN | 91.3 ± 0.5 |" in table and "| laplace |" in table
     with pytest.raises(ValueError, match="rows"):
         F.run_field_experiment(out=tmp_path, rows=["nope"], quick=True)
 
@@ -94,3 +99,20 @@ def test_cli_refuses_settings_the_protocol_fixes(capsys):
     assert main(["experiment", "--protocol", "digits-lds", "--lr-backbone", "0.1", "--quick"]) == 2
     assert "--lr-backbone does not apply to --protocol digits-lds" in capsys.readouterr().err
     assert main(["experiment", "--protocol", "digits-lds", "--methods", "nope", "--quick"]) == 2
+
+
+def test_committed_results_are_reproduced_by_the_summary():
+    # the committed table is what summarize() makes of the committed runs: the choice on validation,
+    # the paired differences and the comparisons count (no number typed by hand)
+    path = F.Path(__file__).resolve().parents[1] / "results" / "field" / "digits-lds.json"
+    if not path.is_file():
+        pytest.skip("results/field/digits-lds.json not committed yet")
+    res = F.load_field_results(path)
+    rows = [F.Row(r["name"], r["kind"], tuple(r["grid"]), r["fixed"]) for r in res["settings"]["rows"]]
+    seeds = res["settings"]["seeds"]
+    again = json.loads(json.dumps(F.json_safe(F.summarize(res["runs"], rows, seeds))))
+    assert again == res["summary"]
+    assert len(seeds) == 10 and seeds[:5] == list(bgcn.data.FIELD_SEEDS)
+    # every row tried its whole grid on every seed: the same budget for all
+    for row in rows:
+        assert sum(r["row"] == row.name for r in res["runs"]) == len(row.grid) * len(seeds), row.name
