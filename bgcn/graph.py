@@ -16,10 +16,11 @@ import torch
 from .similarity import cosine_similarity, gather_similarities, knn_indices, normalize_rows
 from .estimators import Selection, get_spec, rowwise_names
 from .topk import row_weights
+from ._checks import check_int
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction",
-           "symmetrize_dense", "edge_homophily"]
+           "symmetrize_dense", "edge_homophily", "hop_reach"]
 
 
 @dataclass
@@ -265,6 +266,39 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise ValueError(f"indices must lie in [0, {n - 1}]")
     return float((lab[idx] == lab[:, None]).double().mean())
+
+
+def hop_reach(indices: torch.Tensor, sources: torch.Tensor, hops: int) -> torch.Tensor:
+    r"""Which nodes lie within ``hops`` edges of a source node in the kNN graph, edges taken both ways.
+
+    .. math::
+        R_0 = \text{sources},\qquad R_{h+1} = R_h \cup \{i : \exists j\in R_h,\ j\in\mathcal N_k(i)\ \text{or}\
+        i\in\mathcal N_k(j)\}
+
+    A GCN with L layers sees a label only within L hops: ``hop_reach(graph.indices, train_mask, 2)``
+    is the set of nodes a 2-layer GCN can reach from the labelled ones (chapter 13 reads it on the
+    test nodes). No N×N tensor is built (one pass over the N·k edges a hop).
+
+    Shapes: indices (N, k) integer, sources (N,) bool -> (N,) bool
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.is_floating_point():
+        raise ValueError("indices must be an integer (N, k) tensor of neighbour indices (KNNGraph.indices)")
+    n = indices.shape[0]
+    if not isinstance(sources, torch.Tensor) or sources.shape != (n,) or sources.dtype != torch.bool:
+        raise ValueError(f"sources must be a bool tensor of shape ({n},) (e.g. the train mask)")
+    hops = check_int(hops, "hops", 0, hint="the number of GCN layers")
+    idx = indices.detach().cpu().long()
+    rows = torch.arange(n).repeat_interleave(idx.shape[1])
+    cols = idx.reshape(-1)
+    reach = sources.detach().cpu().clone()
+    for _ in range(hops):
+        nxt = reach.clone()
+        nxt[rows[reach[cols]]] = True   # i reaches a source among its neighbours
+        nxt[cols[reach[rows]]] = True   # a node that has a source in its own list
+        reach = nxt
+    return reach
 
 
 def _quoted(names) -> str:

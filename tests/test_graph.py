@@ -167,3 +167,21 @@ def test_symmetric_dense_equals_sparse():
     one = torch.zeros(3, 3, dtype=torch.float64)
     one[0, 1] = 0.8
     assert symmetrize_dense(one)[1, 0] == 0.8 and symmetrize_dense(one)[0, 1] == 0.8
+
+
+def test_hop_reach_equals_powers_of_the_adjacency():
+    # the nodes within h hops of the sources = the non-zero rows of (I + A + A^T)^h s, by dense algebra
+    g = torch.Generator().manual_seed(0)
+    n, k = 60, 3
+    idx = bgcn.knn_indices(torch.randn(n, 5, generator=g), k)
+    src = torch.zeros(n, dtype=torch.bool)
+    src[[0, 7, 33]] = True
+    a = torch.zeros(n, n, dtype=torch.float64)
+    a[torch.arange(n).repeat_interleave(k), idx.reshape(-1)] = 1
+    step = torch.eye(n, dtype=torch.float64) + a + a.T
+    for hops in range(4):
+        dense = torch.linalg.matrix_power(step, hops) @ src.double() > 0
+        assert torch.equal(bgcn.graph.hop_reach(idx, src, hops), dense), hops
+    assert torch.equal(bgcn.graph.hop_reach(idx, src, 0), src)
+    with pytest.raises(ValueError, match="sources must be a bool"):
+        bgcn.graph.hop_reach(idx, src.long(), 1)
