@@ -1,6 +1,6 @@
 """Small shared helpers: device choice, seeding, JSON-safe values, versions, peak memory.
 
-The argument checks live in :mod:`bgcn._checks` (their one home); the public ones are re-exported
+The argument checks live in ``bgcn._checks`` (their one home); the public ones are re-exported
 here (``from bgcn.utils import check_k`` keeps working), so that bad input raises a
 ``ValueError``/``TypeError`` naming the argument and the fix, never a deep traceback.
 """

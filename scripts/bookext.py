@@ -223,6 +223,11 @@ def _missing_reference(app, env, node, contnode):
     hits = [n for n in objects if n.startswith("bgcn.") and n.endswith("." + suffix)
             and n.count(".") == suffix.count(".") + 2]
     if len(hits) != 1:
+        # a re-export from another unit (bgcn.config.TrainConfig is bgcn.train's): the documented name
+        # of the object itself, its module with the private parts dropped (bgcn.train._config -> bgcn.train)
+        home = _documented_home(target)
+        hits = [home] if home in objects else hits
+    if len(hits) != 1:
         # an existing object that autodoc cannot document (a module-level constant without a
         # "#:" doc comment): link to the documented module that holds it
         holder = _holding_module(target)
@@ -231,6 +236,24 @@ def _missing_reference(app, env, node, contnode):
             return None
     entry = objects[hits[0]]
     return make_refnode(app.builder, node.get("refdoc", ""), entry.docname, entry.node_id, contnode, hits[0])
+
+
+def _documented_home(target: str) -> str | None:
+    """``bgcn.<public package>.<qualname>`` of the object ``target`` names, or None."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name, None)
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if not module or not qualname or not module.startswith("bgcn"):
+            return None
+        public = [m for m in module.split(".") if not m.startswith("_")]
+        return ".".join(public + [qualname])
+    return None
 
 
 def _holding_module(target: str) -> str | None:

@@ -33,6 +33,7 @@ Taught in: chapter 13 (chapters/13_what_we_found.md).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,16 +300,20 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     return res
 
 
-def load_field_results(path: str | Path = "results/field/digits-lds.json") -> dict:
+def load_field_results(path: str | Path | None = None) -> dict:
     """The committed results of :func:`run_field_experiment` (plain JSON), with each summary line keyed by row.
 
-    Returns the file's dict plus ``"by_row"`` (all seeds) and ``"by_row_5"`` (the field's five):
+    ``path`` defaults to ``results/field/digits-lds.json`` of the repository (or of the folder in
+    the ``BGCN_RESULTS`` environment variable). Returns the file's dict plus ``"by_row"`` (all seeds) and ``"by_row_5"`` (the field's five):
     ``{row: summary line}``.
 
     Shapes: none.
 
     Taught in: chapter 13 (chapters/13_what_we_found.md).
     """
+    if path is None:
+        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        path = root / "field" / "digits-lds.json"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: run python -m bgcn experiment --protocol "
