@@ -15,8 +15,7 @@ RESULTS = ROOT / "results" / "field" / "digits-lds.json"
 
 @pytest.fixture(scope="module")
 def res():
-    if not RESULTS.is_file():
-        pytest.skip("results/field/digits-lds.json not committed yet")
+    assert RESULTS.is_file(), "results/field/digits-lds.json is missing: run the --protocol digits-lds experiment"
     return field.load_field_results(RESULTS)
 
 

@@ -83,6 +83,8 @@ def test_quick_run_writes_and_resumes(tmp_path, digits_data):
     data = json.loads((tmp_path / "digits-lds.json").read_text())
     assert {r["row"] for r in data["runs"]} == {F.REFERENCE, "laplace"} and len(data["runs"]) == 4
     assert not (tmp_path / "digits-lds.partial.json").exists()
+    assert data["command"].startswith("python -m bgcn experiment --protocol digits-lds")
+    assert "--quick" in data["command"]
     assert "| laplace |" in (tmp_path / "digits-lds.md").read_text() and res["summary"]
     back = F.load_field_results(tmp_path / "digits-lds.json")
     assert set(back["by_row"]) == {F.REFERENCE, "laplace"}
@@ -105,8 +107,7 @@ def test_committed_results_are_reproduced_by_the_summary():
     # the committed table is what summarize() makes of the committed runs: the choice on validation,
     # the paired differences and the comparisons count (no number typed by hand)
     path = F.Path(__file__).resolve().parents[1] / "results" / "field" / "digits-lds.json"
-    if not path.is_file():
-        pytest.skip("results/field/digits-lds.json not committed yet")
+    assert path.is_file(), "results/field/digits-lds.json is missing: run the --protocol digits-lds experiment"
     res = F.load_field_results(path)
     rows = [F.Row(r["name"], r["kind"], tuple(r["grid"]), r["fixed"]) for r in res["settings"]["rows"]]
     seeds = res["settings"]["seeds"]

@@ -287,7 +287,10 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
             continue
         part.add(run_row(row, setting, seed, protocol, images, labels, epochs))
     runs = part.runs
-    res = {"settings": settings, "versions": versions(), "runs": runs,
+    cmd = (f"python -m bgcn experiment --protocol {protocol} --seeds {seeds}" + (" --quick" if quick else "")
+           + (f" --epochs {epochs}" if epochs and not quick else "")
+           + (f" --methods {' '.join(r.name for r in chosen_rows)}" if rows else ""))
+    res = {"command": cmd, "settings": settings, "versions": versions(), "runs": runs,
            "summary_5": summarize(runs, chosen_rows, seed_list[:5]),
            "summary": summarize(runs, chosen_rows, seed_list)}
     md = format_field_table(res["summary"], f"{protocol}, {len(seed_list)} seeds")
