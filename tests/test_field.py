@@ -51,6 +51,25 @@ def test_graph_baselines_read_only_the_training_labels(digits_data):
     assert b["test_acc"] < 0.3  # scored against scrambled labels: the prediction itself did not use them
     s = F.run_row(_row("label_spreading"), {"k": 10, "alpha": 0.2}, 42, images=images, labels=labels)
     assert s["test_acc"] > 0.8
+    p = F.run_row(_row("poisson"), {"k": 10, "metric": "angular"}, 42, images=images, labels=labels)
+    assert p["test_acc"] > 0.8
+
+
+def test_more_labels_a_class_train_on_more_labels(digits_data, tmp_path):
+    images, labels = digits_data
+    pytest.importorskip("graphlearning")
+    # Laplace learning is deterministic: with 20 labels a class it must differ from 5 a class, and the
+    # files of a non-published setting carry its name
+    a = F.run_row(_row("laplace"), {"k": 10, "metric": "angular"}, 0, images=images, labels=labels)
+    b = F.run_row(_row("laplace"), {"k": 10, "metric": "angular"}, 0, images=images, labels=labels,
+                  labels_per_class=20)
+    assert a["test_acc"] != b["test_acc"]
+    F.run_field_experiment(out=tmp_path, rows=["laplace"], quick=True, progress=False, labels_per_class=20)
+    data = json.loads((tmp_path / "digits-lds-lpc20.json").read_text())
+    assert data["settings"]["labels_per_class"] == 20 and data["command"].endswith("--labels 20 --methods laplace")
+    assert F.load_field_results(name="digits-lds-lpc20", path=tmp_path / "digits-lds-lpc20.json")["by_row"]
+    with pytest.raises(FileNotFoundError, match="--protocol digits-lds --labels 20"):
+        F.load_field_results(tmp_path / "nope" / "digits-lds-lpc20.json")
 
 
 def test_the_choice_reads_validation_only():
@@ -101,19 +120,24 @@ def test_cli_refuses_settings_the_protocol_fixes(capsys):
     assert main(["experiment", "--protocol", "digits-lds", "--lr-backbone", "0.1", "--quick"]) == 2
     assert "--lr-backbone does not apply to --protocol digits-lds" in capsys.readouterr().err
     assert main(["experiment", "--protocol", "digits-lds", "--methods", "nope", "--quick"]) == 2
+    assert main(["experiment", "--protocol", "digits-lds", "--labels", "10", "20", "--quick"]) == 2
+    assert "--labels takes one value with --protocol" in capsys.readouterr().err
 
 
-def test_committed_results_are_reproduced_by_the_summary():
+@pytest.mark.parametrize("name, n_seeds", [("digits-lds", 10), ("digits-stamps", 10), ("digits-lds-lpc10", 5),
+                                           ("digits-lds-lpc20", 5)])
+def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     # the committed table is what summarize() makes of the committed runs: the choice on validation,
     # the paired differences and the comparisons count (no number typed by hand)
-    path = F.Path(__file__).resolve().parents[1] / "results" / "field" / "digits-lds.json"
-    assert path.is_file(), "results/field/digits-lds.json is missing: run the --protocol digits-lds experiment"
+    path = F.Path(__file__).resolve().parents[1] / "results" / "field" / f"{name}.json"
+    assert path.is_file(), f"results/field/{name}.json is missing: see results/README.md for its command"
     res = F.load_field_results(path)
     rows = [F.Row(r["name"], r["kind"], tuple(r["grid"]), r["fixed"]) for r in res["settings"]["rows"]]
     seeds = res["settings"]["seeds"]
     again = json.loads(json.dumps(F.json_safe(F.summarize(res["runs"], rows, seeds))))
     assert again == res["summary"]
-    assert len(seeds) == 10 and seeds[:5] == list(bgcn.data.FIELD_SEEDS)
+    assert len(seeds) == n_seeds and seeds[:5] == list(bgcn.data.FIELD_SEEDS)
+    assert res["command"].startswith(f"python -m bgcn experiment --protocol {name.partition('-lpc')[0]}")
     # every row tried its whole grid on every seed: the same budget for all
     for row in rows:
         assert sum(r["row"] == row.name for r in res["runs"]) == len(row.grid) * len(seeds), row.name

@@ -78,13 +78,21 @@ def _train(args: argparse.Namespace, prog: str) -> None:
               + (f" and {m['checkpoint']}" if m.get("checkpoint") else ""))
 
 
+def _one_label_setting(labels: list[int] | None) -> int | None:
+    """``--labels`` with ``--protocol``: one number of training labels a class (or None: the published)."""
+    if labels is not None and len(labels) != 1:
+        raise ValueError(f"--labels takes one value with --protocol (got {len(labels)}); run one protocol "
+                         f"command per setting, e.g. --labels 10")
+    return None if labels is None else labels[0]
+
+
 def _experiment(args: argparse.Namespace, prog: str) -> None:
     """``experiment``: chapter 08's digits comparison, chapter 12's on the other --dataset choices, or the
     field's benchmark with --protocol."""
     if args.protocol is not None:
         for flag, v in (("--dataset", None if args.dataset == "digits" else args.dataset), ("--n", args.n),
                         ("--batch-size", args.batch_size), ("--img-size", args.img_size),
-                        ("--only-seeds", args.only_seeds), ("--labels", args.labels), ("--backbone", args.backbone),
+                        ("--only-seeds", args.only_seeds), ("--backbone", args.backbone),
                         ("--pretrain-epochs", args.pretrain_epochs), ("--warmup-epochs", args.warmup_epochs),
                         ("--lr-backbone", args.lr_backbone)):
             if v is not None:
@@ -92,7 +100,8 @@ def _experiment(args: argparse.Namespace, prog: str) -> None:
                                  f"or choose them on validation (see bgcn.experiments.field.ROWS)")
         res = run_field_experiment(args.protocol, out=args.out or "results/field", seeds=args.seeds or 10,
                                    rows=args.methods, quick=args.quick, resume=args.resume,
-                                   progress=args.progress is not False, epochs=args.epochs)
+                                   progress=args.progress is not False, epochs=args.epochs,
+                                   labels_per_class=_one_label_setting(args.labels))
     elif args.dataset != "digits":
         if args.pretrain_epochs is not None or args.backbone is not None:
             raise ValueError("--pretrain-epochs/--backbone apply to the digits comparison; chapter 12's uses "

@@ -216,7 +216,8 @@ def _add_experiment_parser(sub) -> None:
                         "300 images, 3 epochs, 5 rows)")
     e.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (default 5; 1 with --quick)")
     e.add_argument("--labels", type=_positive_int, nargs="+", default=None,
-                   help="labels per class settings (default 5 10 20; 10 with --quick)")
+                   help="labels per class settings (default 5 10 20; 10 with --quick); with --protocol one "
+                        "value, the training labels a class (default the published 5; writes <protocol>-lpc<n>)")
     e.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: see bgcn.experiment)")
     e.add_argument("--backbone", default=None, help="backbone name (default mlp_digits, see bgcn.experiment.FULL)")
     e.add_argument("--pretrain-epochs", type=_nonneg_int, default=None, help="SimCLR-lite pre-training epochs")

@@ -30,7 +30,7 @@ The setting is transductive (see the book): the kNN graph spans every image, lab
 masks of a published protocol (``"digits-lds"``, the field's split of the digits).
 
 Modules: ``_registry`` (the registry and the dispatch), ``_dataset`` (the return type), ``_digits``,
-``_generated`` (synthetic, nuisance-shapes), ``_fashion`` (IDX files, Fashion-MNIST), ``_folder``
+``_generated`` (synthetic, nuisance-shapes), ``_stamps`` (the digits with label-free stamps), ``_fashion`` (IDX files, Fashion-MNIST), ``_folder``
 (a folder, eager or lazy), ``_sources`` (image sources), ``_masks`` (labels and masks), ``_splits``
 (stratified subsets, benchmark splits), ``_normalize`` (per-channel standardisation).
 """
@@ -41,12 +41,13 @@ from ._dataset import Dataset
 from ._registry import (DatasetSpec, dataset_spec, dataset_specs, list_datasets, load_dataset, open_dataset,
                         register_dataset)
 from ._sources import ImageSource, TensorImages, as_image_source
-from ._splits import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_split, stratified_subset
+from ._splits import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_data, benchmark_split, stratified_subset
 from ._normalize import image_mean_std, normalize_images
 # the built-in data sets register themselves on import
 from ._digits import load_digits
 from ._generated import (NUISANCE_KINDS, NUISANCE_SHAPE_AREAS, NUISANCE_SHAPES, make_nuisance_shapes,
                          make_synthetic)
+from ._stamps import make_digits_stamps
 from ._generated import _hsv_palette, _shape_mask  # noqa: F401 - tests of the shapes read them here
 from ._fashion import (FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_ENV, fashion_mnist_dir,
                        load_fashion_mnist, read_idx)
@@ -57,7 +58,7 @@ from ._folder import IMAGE_EXTENSIONS, ImageFolderSource, ImageReadError, load_i
 DATASETS = tuple(list_datasets())
 
 __all__ = [
-    "Dataset",
+    "Dataset", "make_digits_stamps", "benchmark_data",
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "DatasetSpec",

@@ -17,7 +17,7 @@ from .._checks import check_int
 from ._masks import check_labels
 from ._registry import load_dataset
 
-__all__ = ["stratified_subset", "benchmark_split", "BENCHMARK_SPLITS", "FIELD_SEEDS", "TEN_SEEDS"]
+__all__ = ["stratified_subset", "benchmark_split", "benchmark_data", "BENCHMARK_SPLITS", "FIELD_SEEDS", "TEN_SEEDS"]
 
 #: The seeds of the field's digits benchmark: IDGL's first public commit lists these five for a UCI
 #: set (7545 is its only digits seed); the published tables report mean ± std over such seeds.
@@ -33,6 +33,7 @@ class _Protocol:
     val_size: int  # validation labels in all (not per class)
     labels_per_class: int  # the published setting
     source: str
+    dataset_kw: tuple = ()  # load_dataset options, as (name, value) pairs (a frozen dataclass stays hashable)
 
 
 #: The published split protocols :func:`benchmark_split` knows, by name.
@@ -41,7 +42,28 @@ BENCHMARK_SPLITS = {
                             "LDS-GNN (lucfra/LDS-GNN, lds_gnn/data.py) and IDGL (hugochan/IDGL, "
                             "src/core/utils/uci_data/data_utils.py): two nested stratified "
                             "sklearn.model_selection.train_test_split calls with random_state=seed"),
+    # the control: the same digits, order and labels with a label-free stamp beside each (bgcn's own)
+    "digits-stamps": _Protocol("digits-stamps", 10, 100, 5,
+                               "bgcn's control: the digits-lds split of the stamped digits (same masks)"),
+    # chapter 12's 2 000 Fashion-MNIST images, split by the same recipe (10 labels a class, as there)
+    "fashion-2000": _Protocol("fashion-mnist", 10, 100, 10,
+                              "bgcn's: chapter 12's stratified 2 000 training images (subset seed 0), "
+                              "split by the digits-lds recipe",
+                              (("split", "train"), ("subset", 2000), ("seed", 0))),
 }
+
+
+def benchmark_data(name: str):
+    """The :class:`~bgcn.data.Dataset` a protocol of :data:`BENCHMARK_SPLITS` splits (its order is the masks').
+
+    Shapes: images (N, C, H, W) float32, labels (N,) long.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md)
+    """
+    if not isinstance(name, str) or name not in BENCHMARK_SPLITS:
+        raise ValueError(f"unknown benchmark split {name!r}; known: {', '.join(map(repr, BENCHMARK_SPLITS))}")
+    proto = BENCHMARK_SPLITS[name]
+    return load_dataset(proto.dataset, **dict(proto.dataset_kw))
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0, num_classes: int | None = None) -> torch.Tensor:
@@ -115,7 +137,7 @@ def benchmark_split(name: str, seed: int, labels_per_class: int | None = None,
     seed = check_seed(seed)
     lpc = proto.labels_per_class if labels_per_class is None else check_int(labels_per_class, "labels_per_class", 1)
     if labels is None:
-        labels = load_dataset(proto.dataset).labels
+        labels = benchmark_data(name).labels
     check_labels(labels)
     y = labels.detach().cpu().long().numpy()
     n, n_train = y.shape[0], proto.num_classes * lpc

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_choice, check_int
 from ..backbone import create_backbone
-from ..data import FIELD_SEEDS, TEN_SEEDS, benchmark_split, load_dataset
+from ..data import BENCHMARK_SPLITS, FIELD_SEEDS, TEN_SEEDS, benchmark_data, benchmark_split
 from ..graph import edge_homophily
 from ..model import build_model
 from ..similarity import knn_indices
@@ -57,8 +57,9 @@ from .common import Partial, write_atomic
 __all__ = ["PROTOCOLS", "Row", "ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs"]
 
-PROTOCOLS = ("digits-lds",)
-"""The benchmarks this module runs (one today: the LDS/IDGL digits split)."""
+PROTOCOLS = tuple(BENCHMARK_SPLITS)
+"""The benchmarks this module runs: the LDS/IDGL digits split, and the same split of the stamped
+digits (``"digits-stamps"``, the positive control)."""
 
 REFERENCE = "knn_gcn_pixels"
 """The row every other row is compared with, seed by seed."""
@@ -109,12 +110,14 @@ ROWS: tuple[Row, ...] = (
     Row(REFERENCE, "gcn", tuple({"k": k, "hidden": h} for k in (10, 20) for h in (16, 64)),
         {"backbone": "pixels", "mode": "frozen"}),
     Row("laplace", "laplace", tuple({"k": k, "metric": m} for k in (5, 10) for m in ("euclidean", "angular"))),
+    Row("poisson", "poisson", tuple({"k": k, "metric": m} for k in (5, 10) for m in ("euclidean", "angular"))),
     Row("label_spreading", "spreading", tuple({"k": k, "alpha": a} for k in (10, 20) for a in (0.2, 0.8))),
     _e2e("e2e_features_linear", "identity_linear", "end2end-features"),
     _e2e("e2e_values_diag", "identity_diag", "end2end", "values"),
     _e2e("e2e_values_linear", "identity_linear", "end2end", "values"),
     _e2e("e2e_masked_softmax_linear", "identity_linear", "end2end", "masked_softmax", 0.05),
     _e2e("e2e_ste_linear", "identity_linear", "end2end", "ste"),
+    _e2e("e2e_blackbox_linear", "identity_linear", "end2end", "blackbox"),
 )
 """The rows, in table order (every grid has four settings)."""
 
@@ -153,12 +156,12 @@ def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs
     x = images.reshape(images.shape[0], -1).double().numpy()
     y = labels.numpy()
     train_ind = np.flatnonzero(tr)
-    if row.kind == "laplace":
+    if row.kind in ("laplace", "poisson"):
         import graphlearning as gl
 
         ind, dist = _knn(x, setting["k"], setting["metric"])
         w = gl.weightmatrix.knn(None, setting["k"], knn_data=(ind, dist))
-        pred = gl.ssl.laplace(w).fit_predict(train_ind, y[train_ind])
+        pred = getattr(gl.ssl, row.kind)(w).fit_predict(train_ind, y[train_ind])
     else:
         from sklearn.semi_supervised import LabelSpreading
 
@@ -171,7 +174,7 @@ def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs
 
 
 def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", images=None, labels=None,
-            epochs: int | None = None) -> dict:
+            epochs: int | None = None, labels_per_class: int | None = None) -> dict:
     """One run: ``row`` with one ``setting`` of its grid on the split of ``seed``; validation and test accuracy.
 
     Shapes: none (returns a dict of numbers).
@@ -180,8 +183,8 @@ def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", im
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     if images is None or labels is None:
-        images, labels = load_dataset("digits")
-    masks = benchmark_split(protocol, seed)
+        images, labels = benchmark_data(protocol)
+    masks = benchmark_split(protocol, seed, labels_per_class, labels=labels)
     t0 = time.perf_counter()
     out = (_gcn_run if row.kind == "gcn" else _graph_run)(row, setting, images, labels, masks, seed, epochs)
     return {"row": row.name, "seed": int(seed), "setting": dict(setting), **out, "time": time.perf_counter() - t0}
@@ -251,12 +254,15 @@ def format_field_table(summary: list[dict], title: str) -> str:
 
 def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "results/field", seeds: int = 10,
                          rows: Sequence[str] | None = None, quick: bool = False, resume: bool = False,
-                         progress: bool = True, epochs: int | None = None) -> dict:
+                         progress: bool = True, epochs: int | None = None,
+                         labels_per_class: int | None = None) -> dict:
     """Every row of :data:`ROWS` (or ``rows``), every setting of its grid, every seed; chosen on validation.
 
     ``seeds``: 5 (the field's list, :data:`bgcn.data.FIELD_SEEDS`) or 10 (:data:`bgcn.data.TEN_SEEDS`).
     ``quick``: 2 seeds, the first setting of each grid and 60 epochs (a smoke run, not a result);
-    ``epochs`` shortens every GCN run (the warm-up keeps its share). Writes
+    ``epochs`` shortens every GCN run (the warm-up keeps its share). ``labels_per_class``: the
+    training labels a class (default: the protocol's published 5; 10 and 20 have no published
+    comparator); the files are then ``<protocol>-lpc<n>``. Writes
     ``<out>/<protocol>.json`` (settings, every run, the summaries over the first 5 and all seeds)
     and ``.md``; partial results in ``<out>/<protocol>.partial.json`` let ``resume=True`` continue.
 
@@ -272,42 +278,47 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     chosen_rows = [r for r in ROWS if rows is None or r.name in rows]
     seed_list = list((FIELD_SEEDS if seeds <= 5 else TEN_SEEDS)[:seeds])
     epochs = check_int(epochs, "epochs", 2, optional=True, hint="None: the field's 300")
+    lpc = check_int(labels_per_class, "labels_per_class", 1, optional=True, hint="None: the published 5")
+    stem = protocol if lpc in (None, BENCHMARK_SPLITS[protocol].labels_per_class) else f"{protocol}-lpc{lpc}"
     if quick:
         epochs = epochs or 60
         seed_list = seed_list[:2]
         chosen_rows = [Row(r.name, r.kind, r.grid[:1], r.fixed) for r in chosen_rows]
     out = Path(out)
-    settings = {"protocol": protocol, "seeds": seed_list, "quick": quick, "gcn": GCN_SETTINGS, "epochs": epochs,
+    settings = {"protocol": protocol, "labels_per_class": lpc or BENCHMARK_SPLITS[protocol].labels_per_class,
+                "seeds": seed_list, "quick": quick, "gcn": GCN_SETTINGS, "epochs": epochs,
                 "rows": [{"name": r.name, "kind": r.kind, "grid": list(r.grid), "fixed": r.fixed} for r in chosen_rows]}
-    part = Partial(out / f"{protocol}.partial.json", settings, resume)
-    images, labels = load_dataset("digits")
+    part = Partial(out / f"{stem}.partial.json", settings, resume)
+    images, labels = benchmark_data(protocol)
     todo = [(row, s, seed) for row in chosen_rows for s in row.grid for seed in seed_list]
-    for row, setting, seed in tqdm(todo, desc=f"{protocol}", disable=not progress):
+    for row, setting, seed in tqdm(todo, desc=stem, disable=not progress):
         if part.done(row=row.name, seed=seed, setting=setting):
             continue
-        part.add(run_row(row, setting, seed, protocol, images, labels, epochs))
+        part.add(run_row(row, setting, seed, protocol, images, labels, epochs, lpc))
     runs = part.runs
     cmd = (f"python -m bgcn experiment --protocol {protocol} --seeds {seeds}" + (" --quick" if quick else "")
            + (f" --epochs {epochs}" if epochs and not quick else "")
+           + (f" --labels {lpc}" if stem != protocol else "")
            + (f" --methods {' '.join(r.name for r in chosen_rows)}" if rows else ""))
     res = {"command": cmd, "settings": settings, "versions": versions(), "runs": runs,
            "summary_5": summarize(runs, chosen_rows, seed_list[:5]),
            "summary": summarize(runs, chosen_rows, seed_list)}
-    md = format_field_table(res["summary"], f"{protocol}, {len(seed_list)} seeds")
+    md = format_field_table(res["summary"], f"{stem}, {len(seed_list)} seeds")
     if len(seed_list) > 5:
-        md += "\n" + format_field_table(res["summary_5"], f"{protocol}, the field's 5 seeds")
-    files = [write_atomic(out / f"{protocol}.json", json.dumps(json_safe(res), indent=1, allow_nan=False)),
-             write_atomic(out / f"{protocol}.md", md)]
+        md += "\n" + format_field_table(res["summary_5"], f"{stem}, the field's 5 seeds")
+    files = [write_atomic(out / f"{stem}.json", json.dumps(json_safe(res), indent=1, allow_nan=False)),
+             write_atomic(out / f"{stem}.md", md)]
     part.finish()
     res.update(table_md=md, files=[str(f) for f in files])
     return res
 
 
-def load_field_results(path: str | Path | None = None) -> dict:
+def load_field_results(path: str | Path | None = None, name: str = "digits-lds") -> dict:
     """The committed results of :func:`run_field_experiment` (plain JSON), with each summary line keyed by row.
 
-    ``path`` defaults to ``results/field/digits-lds.json`` of the repository (or of the folder in
-    the ``BGCN_RESULTS`` environment variable). Returns the file's dict plus ``"by_row"`` (all seeds) and ``"by_row_5"`` (the field's five):
+    ``path`` defaults to ``results/field/<name>.json`` of the repository (or of the folder in the
+    ``BGCN_RESULTS`` environment variable); ``name`` is a protocol, optionally with ``-lpc<n>``
+    (e.g. ``"digits-stamps"``, ``"digits-lds-lpc10"``). Returns the file's dict plus ``"by_row"`` (all seeds) and ``"by_row_5"`` (the field's five):
     ``{row: summary line}``.
 
     Shapes: none.
@@ -316,11 +327,13 @@ def load_field_results(path: str | Path | None = None) -> dict:
     """
     if path is None:
         root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
-        path = root / "field" / "digits-lds.json"
+        path = root / "field" / f"{name}.json"
     path = Path(path)
     if not path.is_file():
+        proto, _, lpc = path.stem.partition("-lpc")
         raise FileNotFoundError(f"{str(path)!r} does not exist: run python -m bgcn experiment --protocol "
-                                f"{path.stem} (about an hour on 2 cores), or --quick for a smoke run")
+                                f"{proto}{' --labels ' + lpc if lpc else ''} (see results/README.md for its "
+                                f"rows and cost), or add --quick for a smoke run")
     res = json.loads(path.read_text())
     res["by_row"] = {s["row"]: s for s in res["summary"]}
     res["by_row_5"] = {s["row"]: s for s in res["summary_5"]}
