@@ -20,6 +20,7 @@ from ._checks import check_finite, check_k, check_positive, check_seed, check_ta
 
 __all__ = [
     "NotFoundError",
+    "command_line",
     "get_device",
     "seed_everything",
     "check_seed",
@@ -190,3 +191,27 @@ def peak_memory_bytes(device: str | torch.device = "cpu") -> int | None:
     except OSError:
         return None
     return None
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as a reader would retype it from the repository root.
+
+    ``python -m bgcn …`` when the entry point is the package's ``__main__.py`` (whatever its absolute
+    path on this machine), else the script's path relative to the working directory: committed
+    results must not carry the path of the machine that made them.
+
+    Shapes: none.
+
+    Taught in: no chapter (results files; see results/README.md).
+    """
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    head = argv[0] if argv else "python"
+    if os.path.basename(head) == "__main__.py" and os.path.basename(os.path.dirname(head)) == "bgcn":
+        head = "python -m bgcn"
+    elif os.path.isabs(head):
+        rel = os.path.relpath(head)
+        head = rel if not rel.startswith("..") else os.path.basename(head)
+    return " ".join([head, *map(shlex.quote, argv[1:])])

@@ -125,7 +125,7 @@ def test_cli_refuses_settings_the_protocol_fixes(capsys):
 
 
 @pytest.mark.parametrize("name, n_seeds", [("digits-lds", 10), ("digits-stamps", 10), ("digits-lds-lpc10", 5),
-                                           ("digits-lds-lpc20", 5)])
+                                           ("digits-lds-lpc20", 5), ("fashion-2000", 3)])
 def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     # the committed table is what summarize() makes of the committed runs: the choice on validation,
     # the paired differences and the comparisons count (no number typed by hand)
@@ -136,8 +136,31 @@ def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     seeds = res["settings"]["seeds"]
     again = json.loads(json.dumps(F.json_safe(F.summarize(res["runs"], rows, seeds))))
     assert again == res["summary"]
-    assert len(seeds) == n_seeds and seeds[:5] == list(bgcn.data.FIELD_SEEDS)
+    assert len(seeds) == n_seeds and seeds[:5] == list(bgcn.data.FIELD_SEEDS)[:n_seeds]
     assert res["command"].startswith(f"python -m bgcn experiment --protocol {name.partition('-lpc')[0]}")
     # every row tried its whole grid on every seed: the same budget for all
     for row in rows:
         assert sum(r["row"] == row.name for r in res["runs"]) == len(row.grid) * len(seeds), row.name
+
+
+def test_verdict_and_columns_read_the_summary():
+    line = {"val_acc": 90.0, "test_mean": 90.0, "test_std": 1.0, "n": 3, "homophily_before": 0.9,
+            "homophily_after": 0.9, "setting": {}}
+    summary = [{**line, "row": F.REFERENCE},
+               {**line, "row": "e2e_a", "val_acc": 95.0, "test_mean": 89.0, "diff_mean": -1.0, "diff_se": 0.2,
+                "beyond_noise": True, "comparisons": 3},
+               {**line, "row": "e2e_b", "val_acc": 91.0, "test_mean": 92.0, "diff_mean": 2.0, "diff_se": 0.5,
+                "beyond_noise": True, "comparisons": 3},
+               {**line, "row": "laplace", "diff_mean": 0.1, "diff_se": 0.5, "beyond_noise": False, "comparisons": 3}]
+    v = F.verdict({"summary": summary})
+    # the end-to-end row is chosen on validation (e2e_a), not on test (e2e_b)
+    assert v["best"]["row"] == "e2e_a" and v["best_test"]["row"] == "e2e_b"
+    assert (v["e2e"], v["ahead"], v["behind"], v["level"]) == (2, 1, 1, 0) and not v["goal_reached"]
+    with pytest.raises(ValueError, match="e2e"):
+        F.verdict({"summary": summary[:1]})
+    res = {"summary": summary, "settings": {"seeds": [1, 2, 3]}}
+    table = F.columns_table({5: res, 10: {"summary": summary[:2], "settings": {"seeds": [1, 2, 3, 4, 5]}}})
+    assert "| 5 labels a class | 10 labels a class |" in table and "laplace" not in table
+    assert "89.0 ± 1.0 (-1.0 ± 0.2*)" in table and "Seeds: 3/5." in table
+    vt = F.verdict_table({"toy": res})
+    assert "| toy | 3 | 90.0 ± 1.0 | `e2e_a` 89.0 ± 1.0 | -1.00 ± 0.20 * | 3 | 1 / 0 / 1 |" in vt

@@ -183,3 +183,23 @@ def test_gcn_and_similarity_on_cuda_with_other_dtypes():
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="x is on cpu but the GCN's parameters are on cuda"):
         m(x.float(), kg.edge_index, kg.edge_weight)
+
+
+def test_command_line_carries_no_machine_path(tmp_path):
+    from bgcn.utils import command_line
+
+    assert command_line(["/any/where/bgcn/__main__.py", "experiment", "--out", "a b"]) == \
+        "python -m bgcn experiment --out 'a b'"
+    assert command_line([str(tmp_path / "x.py"), "-q"]).endswith("x.py -q")
+    assert not command_line([str(tmp_path / "x.py")]).startswith("/")
+
+
+def test_committed_results_carry_no_absolute_path():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    for path in root.rglob("*.json"):
+        text = path.read_text()
+        for bad in ("/work/", "/home/", "/tmp/", "/root/"):
+            assert bad not in text, f"{path.relative_to(root)} records a machine path ({bad})"

@@ -18,12 +18,19 @@ Rows:
 - ``laplace``: Laplace learning (Zhu, Ghahramani, Lafferty 2003) on a self-tuning Gaussian kNN graph of
   the pixels, from the ``graphlearning`` package (Calder et al.): a classic graph baseline a
   well-kept library already implements.
+- ``poisson``: Poisson learning (Calder et al. 2020), the same package and graph: built for very
+  few labels, where Laplace learning's solution flattens.
 - ``label_spreading``: scikit-learn's ``LabelSpreading`` on a kNN graph of the pixels.
 - ``e2e_*``: end to end from the pixels with an extractor initialised to the identity
   (``identity_diag``: IDGL's weighted cosine; ``identity_linear``: a linear map at I), so that
   the first graph *is* the frozen kNN graph; the GCN trains alone for ``warmup`` epochs, then the
   extractor joins, through the node features only (``end2end-features``) or through the ranking
   with the estimator in the row's name.
+
+The other protocols run the same rows on other images: ``"digits-stamps"`` (the positive
+control, :func:`bgcn.data.make_digits_stamps`) and ``"fashion-2000"`` (chapter 12's 2 000
+Fashion-MNIST images, 10 labels a class); ``labels_per_class`` (``--labels``) gives the digits'
+10 and 20 labels-a-class columns, which have no published comparator.
 
 ``python -m bgcn experiment --protocol digits-lds`` writes ``results/field/digits-lds.json`` and
 ``.md`` (``--quick``: 2 seeds, one setting a row; ``--resume`` continues a partial run).
@@ -55,7 +62,8 @@ from ..utils import json_safe, versions
 from .common import Partial, write_atomic
 
 __all__ = ["PROTOCOLS", "Row", "ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
-           "format_field_table", "load_field_results", "published_table", "chosen_runs"]
+           "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "columns_table",
+           "verdict_table"]
 
 PROTOCOLS = tuple(BENCHMARK_SPLITS)
 """The benchmarks this module runs: the LDS/IDGL digits split, and the same split of the stamped
@@ -86,7 +94,7 @@ class Row:
     """One row of the table: how it trains (``kind``), what is fixed, and the grid searched on validation.
 
     ``kind`` is ``"gcn"`` (:func:`bgcn.train.train` on an :class:`~bgcn.model.EndToEnd` built from
-    ``fixed``), ``"laplace"`` (graphlearning's Laplace learning) or ``"spreading"`` (scikit-learn's
+    ``fixed``), ``"laplace"`` / ``"poisson"`` (graphlearning's Laplace / Poisson learning) or ``"spreading"`` (scikit-learn's
     label spreading). Every row's grid has the same size (the tuning budget).
 
     Shapes: none.
@@ -369,3 +377,79 @@ def chosen_runs(res: dict, seeds: int | None = None) -> list[dict]:
     allowed = set(res["settings"]["seeds"][:5] if seeds == 5 else res["settings"]["seeds"])
     return [r for r in res["runs"] if (r["row"], json.dumps(r["setting"], sort_keys=True)) in keep
             and r["seed"] in allowed]
+
+
+def verdict(res: dict) -> dict:
+    """The answer one committed table gives: the reference row, the end-to-end row *chosen on validation*
+    and how many end-to-end rows are ahead of / behind the reference beyond noise.
+
+    ``res`` is :func:`load_field_results`'s dict. Returns ``{"reference", "best", "best_test",
+    "e2e", "ahead", "behind", "level", "comparisons", "goal_reached"}``: ``reference`` and ``best``
+    are summary lines (``best`` has the highest mean *validation* accuracy of the ``e2e_*`` rows),
+    ``best_test`` the line with the highest test mean (for "no row reaches …"), ``e2e`` their
+    number, ``comparisons`` the rows the table compares with the reference, ``goal_reached``
+    whether ``best`` is ahead beyond noise (:func:`bgcn.stats.beyond_noise`).
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    summary = res["summary"]
+    e2e = [s for s in summary if s["row"].startswith("e2e_")]
+    if not e2e:
+        raise ValueError("the results have no end-to-end (e2e_*) row to judge; run them with --methods")
+    best = max(e2e, key=lambda s: s["val_acc"])
+    ahead = sum(bool(s["beyond_noise"]) and s["diff_mean"] > 0 for s in e2e)
+    behind = sum(bool(s["beyond_noise"]) and s["diff_mean"] < 0 for s in e2e)
+    return {"reference": next(s for s in summary if s["row"] == REFERENCE), "best": best,
+            "best_test": max(e2e, key=lambda s: s["test_mean"]), "e2e": len(e2e), "ahead": ahead,
+            "behind": behind, "level": len(e2e) - ahead - behind, "comparisons": best["comparisons"],
+            "goal_reached": bool(best["beyond_noise"]) and best["diff_mean"] > 0}
+
+
+def columns_table(results: dict[int, dict]) -> str:
+    """Markdown: one row per method, one column per labels-a-class setting (``{lpc: res}``), each cell
+    test mean ± std and the seed-paired difference to :data:`REFERENCE` (``*``: beyond noise).
+
+    Only rows present in every setting are shown, in the first setting's order.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    lpcs = sorted(results)
+    by = {lpc: {s["row"]: s for s in results[lpc]["summary"]} for lpc in lpcs}
+    names = [s["row"] for s in results[lpcs[0]]["summary"] if all(s["row"] in by[l] for l in lpcs)]
+    seeds = "/".join(str(len(results[l]["settings"]["seeds"])) for l in lpcs)
+    head = ("| row | " + " | ".join(f"{l} labels a class" for l in lpcs) + " |\n|---|"
+            + "---|" * len(lpcs) + "\n")
+    lines = []
+    for name in names:
+        cells = []
+        for l in lpcs:
+            s = by[l][name]
+            d = ("" if "diff_mean" not in s else
+                 f" ({s['diff_mean']:+.1f} ± {s['diff_se']:.1f}{'*' if s['beyond_noise'] else ''})")
+            cells.append(f"{s['test_mean']:.1f} ± {s['test_std']:.1f}{d}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + f"\n\nSeeds: {seeds}.\n"
+
+
+def verdict_table(results: dict[str, dict]) -> str:
+    """Markdown: one line per setting (``{title: res}``): the frozen reference, the end-to-end row chosen on
+    validation, their seed-paired difference ± se, the comparisons m and the rows ahead / level / behind.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    lines = ["| setting | seeds | frozen kNN-GCN on pixels | end to end, chosen on validation | Δ (paired, ± se) "
+             "| m | e2e rows ahead / level / behind |", "|---|---|---|---|---|---|---|"]
+    for title, res in results.items():
+        v = verdict(res)
+        ref, best = v["reference"], v["best"]
+        lines.append(f"| {title} | {ref['n']} | {ref['test_mean']:.1f} ± {ref['test_std']:.1f} | `{best['row']}` "
+                     f"{best['test_mean']:.1f} ± {best['test_std']:.1f} | {best['diff_mean']:+.2f} ± "
+                     f"{best['diff_se']:.2f}{' *' if best['beyond_noise'] else ''} | {v['comparisons']} | "
+                     f"{v['ahead']} / {v['level']} / {v['behind']} |")
+    return "\n".join(lines) + "\n"

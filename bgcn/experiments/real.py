@@ -55,11 +55,11 @@ from ..minibatch import train_minibatch
 from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
-from ..utils import get_device, versions
+from ..utils import command_line, get_device, versions
 from .common import Partial, schedule_config, summarize_runs
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
-           "load_real_dataset"]
+           "load_real_dataset", "load_real_results"]
 
 BASELINES = ("knn_pixels", "knn", "label_spreading")
 GCN_ROWS = ("frozen", "end2end_features", "end2end_softmax", "end2end_masked_softmax", "end2end_features_bntrain")
@@ -256,7 +256,7 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
     result = {"settings": settings, "summary": summary, "runs": runs, "tau": tau,
               "frozen_features_s": t_feat, "wall_s": time.perf_counter() - t_all,
               "meta": {"versions": versions(), "device": str(dev), "cpu_count": os.cpu_count(),
-                       "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+                       "torch_threads": torch.get_num_threads(), "command": command_line(),
                        "date": time.strftime("%Y-%m-%d")}}
     table = format_table(summary, cfg["rows"], cfg["labels_per_class"])
     files = [atomic_write_json(out / f"{dataset}.json", result), atomic_write_text(out / f"{dataset}.md", table + "\n")]
@@ -339,3 +339,29 @@ def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) 
                      if "time_per_epoch" in d else
                      f"| {d['labels_per_class']} | {d['row']} | {pm(d, 'test_acc')} | — | — | — | — | — |")
     return "\n".join(lines)
+
+
+def load_real_results(dataset: str = "fashion-mnist", path: str | os.PathLike | None = None,
+                      labels_per_class: int = 10) -> dict:
+    """The committed results of :func:`run_real_experiment` (plain JSON) with ``"by_row"``: ``{row: test
+    accuracy in %}`` (mean over seeds, at ``labels_per_class``) beside the file's own keys.
+
+    ``path`` defaults to ``results/real/<dataset>.json`` of the repository (or of the folder in the
+    ``BGCN_RESULTS`` environment variable).
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    import json
+
+    if path is None:
+        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        path = root / "real" / f"{dataset}.json"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: run python -m bgcn experiment --dataset {dataset}")
+    res = json.loads(path.read_text())
+    res["by_row"] = {s["row"]: 100 * s["test_acc"] for s in res["summary"]
+                     if s.get("labels_per_class") == labels_per_class}
+    return res
