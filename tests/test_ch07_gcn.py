@@ -111,7 +111,7 @@ def test_sparse_edge_grad_equals_dense_grad_on_edges_and_nonedges_are_nonzero():
     assert (a.grad.abs() * nonedge).sum() > (a.grad.abs() * ~nonedge).sum()
 
 
-@pytest.mark.parametrize("hid,C", [(4, 3), (6, 5)])
+@pytest.mark.parametrize("hid,C", [(4, 3), (6, 5), (4, 10), (3, 8)])
 def test_dL_dA_low_rank_bound(hid, C):
     feats, y, m, graph = _knn_problem(n=80, C=C, seed=hid)
     torch.manual_seed(hid)
@@ -119,7 +119,9 @@ def test_dL_dA_low_rank_bound(hid, C):
     a = _dense_grad(model, feats, y, m, graph)
     sv = torch.linalg.svdvals(a.grad)
     rank = int((sv > sv[0] * 1e-10).sum())
-    assert 1 < rank <= hid + C + 1          # eq-ch07-lowrank (C - 1 from the softmax rows: even <= hid + C)
+    # eq-ch07-lowrank, tightened: G1 has rank <= hid, G2 = dZ2 (H1 W2)^T <= min(hid, C - 1) (softmax
+    # rows sum to zero; H1 W2 passes through hid columns), the degree term + 1 (exercise 07-3)
+    assert 1 < rank <= hid + min(hid, C - 1) + 1
     assert rank < 80 // 2
 
 
