@@ -259,3 +259,13 @@ def test_suggest_tau_from_features_equals_the_matrix_version_on_the_same_rows():
     rows = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:120]
     assert sampled == pytest.approx(suggest_tau(cosine_similarity(f), 10, rows=rows), rel=1e-6)
     assert sampled == pytest.approx(exact, rel=0.2)
+
+
+def test_the_live_widget_starts_where_the_page_says():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "chapters" / "05_temperature.md").read_text()
+    call = re.search(r"widget_softmax_temperature\([^)]*tau=([0-9.e-]+)\)", text)
+    said = re.search(r"The slider starts at \$\\tau = ([0-9.]+)\$", text)
+    assert call and said and float(call.group(1)) == float(said.group(1))
