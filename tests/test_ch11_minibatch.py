@@ -99,3 +99,16 @@ def test_predict_does_not_depend_on_the_companions(ds, estimator, tiny_model):
     # and the prediction does depend on the bank (the check could fail)
     other = FeatureBank.from_backbone(m, ds.images[:60].double())
     assert float((predict(m, new_x[:5], other) - ref[:5]).abs().max()) > 1e-6
+
+
+def test_the_staleness_sentence_matches_the_committed_benchmark():
+    # chapter 11 says the mini-batch run is ahead of full batch by more than two standard errors
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    d = json.loads((root / "benchmarks" / "results" / "staleness.json").read_text())
+    diff = d["accuracy"]["summary"]["test_acc_at_best_val"]["paired_difference"]
+    text = (root / "chapters" / "11_minibatch.md").read_text()
+    said = "The first difference is more than two standard errors\nfrom zero" in text
+    assert said == (diff["mean"] > 2 * diff["se"]), diff
