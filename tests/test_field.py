@@ -164,3 +164,37 @@ def test_verdict_and_columns_read_the_summary():
     assert "89.0 ± 1.0 (-1.0 ± 0.2*)" in table and "Seeds: 3/5." in table
     vt = F.verdict_table({"toy": res})
     assert "| toy | 3 | 90.0 ± 1.0 | `e2e_a` 89.0 ± 1.0 | -1.00 ± 0.20 * | 3 | 1 / 0 / 1 |" in vt
+
+
+def test_feature_protocol_reads_the_frozen_extractor_and_the_fashion_split(monkeypatch):
+    # a feature protocol's inputs are the backbone's features of the split protocol's images, as
+    # (N, 1, 1, D) "images", with the split protocol's masks (a small stand-in backbone keeps it fast)
+    monkeypatch.setitem(F.FEATURE_PROTOCOLS, "digits-mlp", ("digits-lds", "mlp_digits", None))
+    monkeypatch.setattr(F, "PROTOCOLS", F.PROTOCOLS + ("digits-mlp",))
+    calls = []
+    real_create = F.create_backbone
+
+    def create(name, img_size=None, **kw):
+        calls.append((name, img_size))
+        return real_create(name, **kw)
+
+    monkeypatch.setattr(F, "create_backbone", create)
+    x, y = F.protocol_data("digits-mlp")
+    digits = bgcn.load_dataset("digits")
+    assert x.shape[:3] == (1797, 1, 1) and torch.equal(y, digits.labels) and calls == [("mlp_digits", None)]
+    torch.manual_seed(0)
+    want = bgcn.backbone.embed_images(real_create("mlp_digits"), digits.images)
+    torch.testing.assert_close(x.reshape(1797, -1), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="protocol"):
+        F.protocol_data("nope")
+
+
+def test_committed_extractor_probe_chose_on_validation():
+    path = F.Path(__file__).resolve().parents[1] / "results" / "field" / "fashion-2000-extractors.json"
+    res = json.loads(path.read_text())
+    best = max(res["candidates"], key=lambda c: c["val_laplace"])
+    assert res["chosen"] == best["input"]
+    # the feature protocol runs the extractor at the side the probe chose
+    _, _, side = F.FEATURE_PROTOCOLS["fashion-2000-imagenet96"]
+    assert res["chosen"] == f"imagenet@{side}px"
+    assert {c["input"] for c in res["candidates"]} >= {"pixels", "imagenet@32px", "imagenet@64px"}

@@ -61,13 +61,43 @@ from ..train import train
 from ..utils import json_safe, versions
 from .common import Partial, write_atomic
 
-__all__ = ["PROTOCOLS", "Row", "ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
+__all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "columns_table",
-           "verdict_table"]
+           "verdict_table", "extractor_probe"]
 
-PROTOCOLS = tuple(BENCHMARK_SPLITS)
-"""The benchmarks this module runs: the LDS/IDGL digits split, and the same split of the stamped
-digits (``"digits-stamps"``, the positive control)."""
+#: Protocols whose input is a frozen pretrained extractor's features instead of the pixels:
+#: name -> (the split protocol, the backbone, its input side). The rows then read the features as
+#: their "pixels" (``knn_gcn_pixels`` is the frozen kNN-GCN on them, ``e2e_*`` learn a head on them).
+FEATURE_PROTOCOLS = {"fashion-2000-imagenet96": ("fashion-2000", "efficientnet_lite0_imagenet", 96)}
+
+PROTOCOLS = tuple(BENCHMARK_SPLITS) + tuple(FEATURE_PROTOCOLS)
+"""The benchmarks this module runs: the LDS/IDGL digits split, the same split of the stamped digits
+(``"digits-stamps"``, the positive control), chapter 12's Fashion-MNIST images from the pixels
+(``"fashion-2000"``) and from the ImageNet extractor's features (``"fashion-2000-imagenet96"``)."""
+
+
+def _split_name(protocol: str) -> str:
+    return FEATURE_PROTOCOLS[protocol][0] if protocol in FEATURE_PROTOCOLS else protocol
+
+
+def protocol_data(protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` of a protocol: its images, or for :data:`FEATURE_PROTOCOLS` the frozen
+    extractor's features of them as (N, 1, 1, D) "images" (one pass, eval mode, no gradient).
+
+    Shapes: inputs (N, C, H, W) float32, labels (N,) long.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    check_choice(protocol, "protocol", PROTOCOLS)
+    images, labels = benchmark_data(_split_name(protocol))
+    if protocol in FEATURE_PROTOCOLS:
+        from ..backbone import embed_images
+
+        _, name, side = FEATURE_PROTOCOLS[protocol]
+        torch.manual_seed(0)
+        feats = embed_images(create_backbone(name, img_size=side), images, batch_size=250)
+        images = feats.reshape(len(feats), 1, 1, -1).contiguous()
+    return images, labels
 
 REFERENCE = "knn_gcn_pixels"
 """The row every other row is compared with, seed by seed."""
@@ -128,6 +158,12 @@ ROWS: tuple[Row, ...] = (
     _e2e("e2e_blackbox_linear", "identity_linear", "end2end", "blackbox"),
 )
 """The rows, in table order (every grid has four settings)."""
+
+EXTRA_ROWS: tuple[Row, ...] = (
+    _e2e("e2e_values_residual", "identity_residual", "end2end", "values"),
+)
+"""Rows run only when named (``--methods``): a residual head on a pretrained extractor's features
+(:data:`FEATURE_PROTOCOLS`), whose last layer starts at zero so that the first graph is the frozen one."""
 
 
 def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
@@ -191,8 +227,8 @@ def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", im
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     if images is None or labels is None:
-        images, labels = benchmark_data(protocol)
-    masks = benchmark_split(protocol, seed, labels_per_class, labels=labels)
+        images, labels = protocol_data(protocol)
+    masks = benchmark_split(_split_name(protocol), seed, labels_per_class, labels=labels)
     t0 = time.perf_counter()
     out = (_gcn_run if row.kind == "gcn" else _graph_run)(row, setting, images, labels, masks, seed, epochs)
     return {"row": row.name, "seed": int(seed), "setting": dict(setting), **out, "time": time.perf_counter() - t0}
@@ -280,24 +316,25 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     seeds = check_int(seeds, "seeds", 2, 10, hint="5: the field's list, 10: with 0-4")
-    names = [r.name for r in ROWS]
+    names = [r.name for r in ROWS + EXTRA_ROWS]
     for r in rows or ():
         check_choice(r, "rows", names)
-    chosen_rows = [r for r in ROWS if rows is None or r.name in rows]
+    chosen_rows = list(ROWS) if rows is None else [r for r in ROWS + EXTRA_ROWS if r.name in rows]
     seed_list = list((FIELD_SEEDS if seeds <= 5 else TEN_SEEDS)[:seeds])
     epochs = check_int(epochs, "epochs", 2, optional=True, hint="None: the field's 300")
     lpc = check_int(labels_per_class, "labels_per_class", 1, optional=True, hint="None: the published 5")
-    stem = protocol if lpc in (None, BENCHMARK_SPLITS[protocol].labels_per_class) else f"{protocol}-lpc{lpc}"
+    published = BENCHMARK_SPLITS[_split_name(protocol)].labels_per_class
+    stem = protocol if lpc in (None, published) else f"{protocol}-lpc{lpc}"
     if quick:
         epochs = epochs or 60
         seed_list = seed_list[:2]
         chosen_rows = [Row(r.name, r.kind, r.grid[:1], r.fixed) for r in chosen_rows]
     out = Path(out)
-    settings = {"protocol": protocol, "labels_per_class": lpc or BENCHMARK_SPLITS[protocol].labels_per_class,
+    settings = {"protocol": protocol, "labels_per_class": lpc or published,
                 "seeds": seed_list, "quick": quick, "gcn": GCN_SETTINGS, "epochs": epochs,
                 "rows": [{"name": r.name, "kind": r.kind, "grid": list(r.grid), "fixed": r.fixed} for r in chosen_rows]}
     part = Partial(out / f"{stem}.partial.json", settings, resume)
-    images, labels = benchmark_data(protocol)
+    images, labels = protocol_data(protocol)
     todo = [(row, s, seed) for row in chosen_rows for s in row.grid for seed in seed_list]
     for row, setting, seed in tqdm(todo, desc=stem, disable=not progress):
         if part.done(row=row.name, seed=seed, setting=setting):
@@ -453,3 +490,56 @@ def verdict_table(results: dict[str, dict]) -> str:
                      f"{best['diff_se']:.2f}{' *' if best['beyond_noise'] else ''} | {v['comparisons']} | "
                      f"{v['ahead']} / {v['level']} / {v['behind']} |")
     return "\n".join(lines) + "\n"
+
+
+def extractor_probe(protocol: str = "fashion-2000", sizes: Sequence[int] = (32, 64, 96), seeds: int = 3,
+                    k: int = 10, progress: bool = True) -> dict:
+    """Which input makes the better frozen graph: the raw pixels, or the ImageNet extractor's features at
+    each input side in ``sizes``? Judged on the *validation* labels only.
+
+    For every candidate: the seconds to embed all N images (one pass, eval mode), and over the
+    protocol's first ``seeds`` splits the validation accuracy of Laplace learning on the angular
+    ``k``-NN graph (graphlearning, as the ``laplace`` row) and of a cosine ``k``-NN classifier, both
+    reading the training labels only; the graph's edge homophily (all labels, an analysis number).
+    The candidate with the best mean validation accuracy of Laplace learning is ``"chosen"``.
+
+    Shapes: none (returns ``{"candidates": [{"input", "embed_s", "dim", "val_laplace", "val_knn",
+    "homophily"}], "chosen", "seeds", "k"}``).
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    import graphlearning as gl
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from ..backbone import embed_images
+
+    check_choice(protocol, "protocol", PROTOCOLS)
+    seed_list = list(FIELD_SEEDS[:check_int(seeds, "seeds", 1, 5, hint="the field's first seeds")])
+    images, labels = benchmark_data(protocol)
+    y = labels.numpy()
+    out = []
+    for cand in tqdm(["pixels", *[int(s) for s in sizes]], desc="extractors", disable=not progress):
+        t0 = time.perf_counter()
+        if cand == "pixels":
+            x = images.reshape(len(images), -1).double()
+        else:
+            torch.manual_seed(0)
+            bb = create_backbone("efficientnet_lite0_imagenet", img_size=cand)
+            x = embed_images(bb, images, batch_size=250).double()
+        seconds = time.perf_counter() - t0
+        xn = x.numpy()
+        ind, dist = _knn(xn, k, "angular")
+        w = gl.weightmatrix.knn(None, k, knn_data=(ind, dist))
+        lap, knn = [], []
+        for seed in seed_list:
+            tr, va, _ = (m.numpy() for m in benchmark_split(protocol, seed, labels=labels))
+            pred = gl.ssl.laplace(w).fit_predict(np.flatnonzero(tr), y[tr])
+            lap.append(float((pred[va] == y[va]).mean()))
+            clf = KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine").fit(xn[tr], y[tr])
+            knn.append(float((clf.predict(xn[va]) == y[va]).mean()))
+        hom = edge_homophily(knn_indices(x.float(), k), labels)
+        out.append({"input": "pixels" if cand == "pixels" else f"imagenet@{cand}px", "embed_s": seconds,
+                    "dim": int(x.shape[1]), "val_laplace": float(np.mean(lap)), "val_knn": float(np.mean(knn)),
+                    "homophily": hom})
+    chosen = max(out, key=lambda c: c["val_laplace"])["input"]
+    return {"protocol": protocol, "seeds": seed_list, "k": k, "candidates": out, "chosen": chosen}
