@@ -480,7 +480,7 @@ def verdict_table(results: dict[str, dict]) -> str:
 
     Taught in: chapter 13 (chapters/13_what_we_found.md).
     """
-    lines = ["| setting | seeds | frozen kNN-GCN on pixels | end to end, chosen on validation | Δ (paired, ± se) "
+    lines = ["| setting | seeds | frozen kNN-GCN on the input | end to end, chosen on validation | Δ (paired, ± se) "
              "| m | e2e rows ahead / level / behind |", "|---|---|---|---|---|---|---|"]
     for title, res in results.items():
         v = verdict(res)
