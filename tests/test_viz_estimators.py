@@ -154,11 +154,21 @@ def test_paired_differences_pairs_by_seed():
              for s in range(3)]
     runs += [{"row": "f", "seed": 0, "test_acc": 0.95}]
     d = paired_differences(runs, "a")
-    cls = classify_differences(d, exclude=["a"])
+    cls = classify_differences(d, exclude=["a"], rule="std")
     # b: mean +1.67, std 1.15 -> ahead; e: mean -2.1, std 0.1 -> behind; f: one seed
     assert cls == {"ahead": ["b"], "within": [], "behind": ["e"], "one_seed": ["f"]}
+    # the book's rule (the default): b's se is 1.15 / sqrt(3) = 0.67, so 1.67 > 2 se: ahead
+    assert classify_differences(d, exclude=["a"]) == cls
     d["b"]["std"] = 2.0
+    assert classify_differences(d, exclude=["a"], rule="std")["within"] == ["b"]
+    # 2 se = 2.31 > 1.67: within by the book's rule too; 1.5 std (2 se = 1.73) is within by 2 se
+    # but ahead by one std
     assert classify_differences(d, exclude=["a"])["within"] == ["b"]
+    d["b"]["std"] = 1.5
+    assert classify_differences(d, exclude=["a"])["within"] == ["b"]
+    assert classify_differences(d, exclude=["a"], rule="std")["ahead"] == ["b"]
+    with pytest.raises(ValueError, match="rule"):
+        classify_differences(d, rule="sd")
     fig = plot_paired_differences([("vs a", d)])
     assert len(fig.axes) == 1
     plt.close(fig)
@@ -170,8 +180,12 @@ def test_paired_reading_lines():
     runs = [{"row": "ref", "seed": s, "test_acc": 0.90} for s in range(3)]
     runs += [{"row": "up", "seed": s, "test_acc": 0.92 + 0.001 * s} for s in range(3)]     # +2.1 ± 0.1
     runs += [{"row": "same", "seed": s, "test_acc": 0.90 + 0.01 * (s - 1)} for s in range(3)]  # +0.0 ± 1.0
-    (line,) = paired_reading(runs, {"ref": "the reference"})
+    (line,) = paired_reading(runs, {"ref": "the reference"}, rule="std")
     assert line.startswith("- against the reference (`ref`, 3 seeds): ahead by > 1 std: `up` +2.1 ± 0.1")
     assert "within one std: `same` +0.0 ± 1.0" in line and "`ref`" not in line.split(":", 1)[1]
+    # the book's rule (the default): mean ± standard error, two standard errors
+    (line,) = paired_reading(runs, {"ref": "the reference"})
+    assert line.startswith("- against the reference (`ref`, 3 seeds): ahead beyond 2 se: `up` +2.1 ± 0.1")
+    assert "within 2 se: `same` +0.0 ± 0.6" in line
     with pytest.raises(ValueError, match="references"):
         paired_reading(runs, {})

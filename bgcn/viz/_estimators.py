@@ -31,7 +31,7 @@ import torch
 
 from ..estimators import (ESTIMATORS, SELECTION_ESTIMATORS, get_spec, plackett_luce_log_prob, reinforce_surrogate,
                           row_std)
-from ..stats import paired_difference, paired_runs
+from ..stats import beyond_noise, paired_difference, paired_runs
 from .._checks import check_int, check_k
 
 __all__ = [
@@ -264,26 +264,36 @@ def paired_differences(runs: Sequence[dict], reference: str, key: str = "test_ac
     return out
 
 
-def classify_differences(diffs: dict, exclude: Sequence[str] = ()) -> dict:
-    r"""Sort the rows of :func:`paired_differences` into ahead / within / behind by one standard deviation.
+def classify_differences(diffs: dict, exclude: Sequence[str] = (), rule: str = "se") -> dict:
+    r"""Sort the rows of :func:`paired_differences` into ahead / within / behind a reference.
 
-    A row is ``"within"`` when :math:`|\bar d| \le \text{std}(d)` (the paired differences'
-    sample standard deviation over seeds), ``"ahead"`` when :math:`\bar d > \text{std}(d)`,
-    ``"behind"`` when :math:`\bar d < -\text{std}(d)`, and ``"one_seed"`` when there is a single
-    seed (no spread to compare with). Rows in ``exclude`` (e.g. the reference itself) are left out.
-    Each list is ordered by decreasing mean difference.
+    ``rule="se"`` (the default, the book's rule, :func:`bgcn.stats.beyond_noise`): a row is
+    ``"ahead"`` / ``"behind"`` when its mean paired difference is more than two standard errors
+    (:math:`\text{std}(d)/\sqrt n`) above / below zero, ``"within"`` otherwise. With *m* such
+    comparisons about *m*/20 pass by chance alone, so the caller names *m*.
+    ``rule="std"``: the older reading by one standard deviation of the paired differences
+    (:math:`|\bar d| \le \text{std}(d)` is ``"within"``). Either way a row with a single seed
+    (no spread to compare with) is ``"one_seed"``, and rows in ``exclude`` (e.g. the reference
+    itself) are left out. Each list is ordered by decreasing mean difference.
 
     Shapes: dict of dicts -> {"ahead", "within", "behind", "one_seed"}: lists of row names.
 
     Taught in: chapter 09 (chapters/09_estimators_digits.md).
     """
+    if rule not in ("se", "std"):
+        raise ValueError(f"rule must be 'se' (two standard errors, the book's rule) or 'std'; got {rule!r}")
     out = {"ahead": [], "within": [], "behind": [], "one_seed": []}
     for row, d in sorted(diffs.items(), key=lambda kv: -kv[1]["mean"]):
         if row in exclude:
             continue
         if d["n"] < 2 or not math.isfinite(d["std"]):
             out["one_seed"].append(row)
-        elif abs(d["mean"]) <= d["std"]:
+            continue
+        if rule == "se":
+            counts = beyond_noise(d["mean"], d["std"] / math.sqrt(d["n"]), d["n"])
+        else:
+            counts = abs(d["mean"]) > d["std"]
+        if not counts:
             out["within"].append(row)
         elif d["mean"] > 0:
             out["ahead"].append(row)
@@ -292,12 +302,14 @@ def classify_differences(diffs: dict, exclude: Sequence[str] = ()) -> dict:
     return out
 
 
-def paired_reading(runs: Sequence[dict], references: dict) -> list[str]:
-    r"""One markdown bullet per reference row: every other row ahead / within / behind it by one std.
+def paired_reading(runs: Sequence[dict], references: dict, rule: str = "se") -> list[str]:
+    r"""One markdown bullet per reference row: every other row ahead / within / behind it.
 
     For each ``reference -> description`` of ``references``, :func:`paired_differences` against the
-    reference, sorted by :func:`classify_differences`, written as
-    ``- against <description> (`ref`, n seeds): ahead by > 1 std: `row` +d ± s; ...``.
+    reference, sorted by :func:`classify_differences` with ``rule``. With ``rule="se"`` (the book's
+    rule) the line reads ``- against <description> (`ref`, n seeds): ahead beyond 2 se: `row` +d ±
+    se; within 2 se: ...`` (mean ± standard error of the paired differences); with ``rule="std"``,
+    ``ahead by > 1 std: `row` +d ± std; within one std: ...``.
 
     Shapes: runs: list of dicts -> list of str.
 
@@ -305,15 +317,19 @@ def paired_reading(runs: Sequence[dict], references: dict) -> list[str]:
     """
     if not isinstance(references, dict) or not references:
         raise ValueError("references must be a non-empty dict {reference row: description}")
+    spread = "se" if rule == "se" else "std"
     lines = []
     for ref, what in references.items():
         d = paired_differences(runs, ref)
-        cls = classify_differences(d, exclude=[ref])
+        cls = classify_differences(d, exclude=[ref], rule=rule)
         parts = []
         for kind in ("ahead", "within", "behind"):
             if cls[kind]:
-                rows = ", ".join(f"`{r}` {d[r]['mean']:+.1f} ± {d[r]['std']:.1f}" for r in cls[kind])
-                how = "within one std" if kind == "within" else f"{kind} by > 1 std"
+                rows = ", ".join(f"`{r}` {d[r]['mean']:+.1f} ± {d[r][spread]:.1f}" for r in cls[kind])
+                if rule == "se":
+                    how = "within 2 se" if kind == "within" else f"{kind} beyond 2 se"
+                else:
+                    how = "within one std" if kind == "within" else f"{kind} by > 1 std"
                 parts.append(f"{how}: {rows}")
         if cls["one_seed"]:
             parts.append("one seed only: " + ", ".join(f"`{r}`" for r in cls["one_seed"]))

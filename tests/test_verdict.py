@@ -1,0 +1,43 @@
+"""The book's verdict is stated once, in chapter 13, and the chapters before it agree with it.
+
+Chapters 8, 9 and 12 run their experiments from weaker starts (a label-free MLP, an ImageNet
+extractor at 32×32); each says so and points to chapter 13, whose answer on the field's benchmark
+must be the one the committed table supports. Every chapter that compares rows states the same
+significance rule.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bgcn.experiments import field
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTING = ["08_end_to_end", "09_estimators", "09_estimators_digits", "12_real_extractor"]
+COMPARING = ["08_end_to_end", "09_estimators_digits", "12_real_extractor", "13_what_we_found"]
+RULE = ("more than two standard errors from zero; with m comparisons about m/20 such differences "
+        "appear by chance alone, so every table names m")
+
+
+def page(name: str) -> str:
+    return " ".join((ROOT / "chapters" / f"{name}.md").read_text(encoding="utf-8").split())
+
+
+@pytest.fixture(scope="module")
+def res():
+    return field.load_field_results()
+
+
+@pytest.mark.parametrize("name", POINTING)
+def test_chapter_points_to_chapter_13_and_its_answer_matches_the_committed_table(res, name):
+    text = page(name)
+    e2e = [s for s in res["summary"] if s["row"].startswith("e2e_")]
+    ahead = [s["row"] for s in e2e if s["beyond_noise"] and s["diff_mean"] > 0]
+    assert "{doc}`13_what_we_found`" in text
+    assert ("there the answer is no" in text) == (not ahead), (name, ahead)
+
+
+@pytest.mark.parametrize("name", COMPARING)
+def test_chapter_states_the_one_significance_rule(name):
+    assert RULE in page(name), name
