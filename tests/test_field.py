@@ -198,3 +198,6 @@ def test_committed_extractor_probe_chose_on_validation():
     _, _, side = F.FEATURE_PROTOCOLS["fashion-2000-imagenet96"]
     assert res["chosen"] == f"imagenet@{side}px"
     assert {c["input"] for c in res["candidates"]} >= {"pixels", "imagenet@32px", "imagenet@64px"}
+    assert F.load_extractor_probe(path) == res
+    table = F.probe_table(res)
+    assert f"**{res['chosen']}** (chosen)" in table and table.count("(chosen)") == 1

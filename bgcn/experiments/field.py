@@ -63,7 +63,7 @@ from .common import Partial, write_atomic
 
 __all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "columns_table",
-           "verdict_table", "extractor_probe"]
+           "verdict_table", "extractor_probe", "load_extractor_probe", "probe_table"]
 
 #: Protocols whose input is a frozen pretrained extractor's features instead of the pixels:
 #: name -> (the split protocol, the backbone, its input side). The rows then read the features as
@@ -293,7 +293,10 @@ def format_field_table(summary: list[dict], title: str) -> str:
         setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["setting"].items())
         lines.append(f"| {s['row']} | {setting} | {s['test_mean']:.2f} ± {s['test_std']:.2f} | {diff} | "
                      f"{s['homophily_before']:.3f} → {s['homophily_after']:.3f} |")
-    return head + "\n".join(lines) + "\n"
+    m = next((s["comparisons"] for s in summary if "comparisons" in s), 0)
+    note = (f"\n\n\\*: the seed-paired difference is more than two standard errors from zero ({m} comparisons "
+            f"with the reference; about {m}/20 such differences appear by chance alone).\n" if m else "\n")
+    return head + "\n".join(lines) + note
 
 
 def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "results/field", seeds: int = 10,
@@ -543,3 +546,36 @@ def extractor_probe(protocol: str = "fashion-2000", sizes: Sequence[int] = (32, 
                     "homophily": hom})
     chosen = max(out, key=lambda c: c["val_laplace"])["input"]
     return {"protocol": protocol, "seeds": seed_list, "k": k, "candidates": out, "chosen": chosen}
+
+
+def load_extractor_probe(path: str | Path | None = None) -> dict:
+    """The committed result of :func:`extractor_probe` (``results/field/fashion-2000-extractors.json``).
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    if path is None:
+        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        path = root / "field" / "fashion-2000-extractors.json"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: run OMP_NUM_THREADS=1 python scripts/extractor_probe.py")
+    return json.loads(path.read_text())
+
+
+def probe_table(probe: dict) -> str:
+    """Markdown of :func:`extractor_probe`'s candidates: validation accuracy (Laplace learning, kNN
+    classifier), homophily and the seconds to embed, the chosen one in bold.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    lines = [f"| input | val. acc., Laplace learning (%) | val. acc., {probe['k']}-NN classifier (%) | "
+             "homophily | seconds to embed |", "|---|---|---|---|---|"]
+    for c in probe["candidates"]:
+        name = f"**{c['input']}** (chosen)" if c["input"] == probe["chosen"] else c["input"]
+        lines.append(f"| {name} | {100 * c['val_laplace']:.1f} | {100 * c['val_knn']:.1f} | "
+                     f"{c['homophily']:.3f} | {c['embed_s']:.1f} |")
+    return "\n".join(lines) + f"\n\nMeans over {len(probe['seeds'])} seeds' validation labels.\n"
