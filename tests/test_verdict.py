@@ -36,6 +36,10 @@ def test_chapter_points_to_chapter_13_and_its_answer_matches_the_committed_table
     ahead = [s["row"] for s in e2e if s["beyond_noise"] and s["diff_mean"] > 0]
     assert "{doc}`13_what_we_found`" in text
     assert ("there the answer is no" in text) == (not ahead), (name, ahead)
+    # "barely": exactly one row ahead by the rule, and the graph baseline above every row
+    assert ("there the answer is barely" in text) == (len(ahead) == 1), (name, ahead)
+    if "Laplace learning on the frozen pixels beats every row" in text:
+        assert all(s["test_mean"] < res["by_row"]["laplace"]["test_mean"] for s in e2e)
 
 
 @pytest.mark.parametrize("name", COMPARING)
