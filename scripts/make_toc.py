@@ -24,7 +24,7 @@ PARTS = [  # (caption, first NN, last NN, numbered)
     ("Part III: Real images, real scale", 11, 12, True),
     ("Part IV: The answer", 13, 13, True),
 ]
-REFERENCE = ["chapters/related_work", "chapters/api", "chapters/bibliography"]
+REFERENCE = ["chapters/notation", "chapters/sources", "chapters/related_work", "chapters/api", "chapters/bibliography"]
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
 
 
