@@ -23,8 +23,18 @@ from ..stats import mean_std
 from ..train import TrainConfig, TrainResult, train
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
+__all__ = ["write_atomic", "results_root", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
            "schedule_config", "train_digits_row"]
+
+
+def results_root() -> Path:
+    """The folder committed results are read from: ``BGCN_RESULTS`` if set, else the repository's ``results/``.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    """
+    return Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -60,7 +60,7 @@ from ..similarity import knn_indices
 from ..stats import mean_std, paired_difference
 from ..train import train
 from ..utils import json_safe, versions
-from .common import Partial, write_atomic
+from .common import Partial, results_root, write_atomic
 
 __all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "columns_table",
@@ -378,7 +378,7 @@ def load_field_results(path: str | Path | None = None, name: str = "digits-lds")
     Taught in: chapter 13 (chapters/13_what_we_found.md).
     """
     if path is None:
-        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        root = results_root()
         path = root / "field" / f"{name}.json"
     path = Path(path)
     if not path.is_file():
@@ -560,7 +560,7 @@ def load_extractor_probe(path: str | Path | None = None) -> dict:
     Taught in: chapter 13 (chapters/13_what_we_found.md).
     """
     if path is None:
-        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        root = results_root()
         path = root / "field" / "fashion-2000-extractors.json"
     path = Path(path)
     if not path.is_file():

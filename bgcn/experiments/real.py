@@ -56,7 +56,7 @@ from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
 from ..utils import command_line, get_device, versions
-from .common import Partial, schedule_config, summarize_runs
+from .common import Partial, results_root, schedule_config, summarize_runs
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
            "load_real_dataset", "load_real_results"]
@@ -356,7 +356,7 @@ def load_real_results(dataset: str = "fashion-mnist", path: str | os.PathLike | 
     import json
 
     if path is None:
-        root = Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+        root = results_root()
         path = root / "real" / f"{dataset}.json"
     path = Path(path)
     if not path.is_file():
