@@ -30,7 +30,7 @@ def scratch_registry():
 
 
 def test_the_built_in_sets_are_registered():
-    assert set(DATASETS) == {"digits", "synthetic", "fashion-mnist", "nuisance-shapes"}
+    assert set(DATASETS) == {"digits", "digits-stamps", "synthetic", "fashion-mnist", "nuisance-shapes"}
     assert set(DATASETS) <= set(list_datasets()) and list_datasets() == sorted(list_datasets())
     assert dataset_spec("digits").builder is bd.load_digits
     assert dataset_spec("Fashion_MNIST").builder is bd.load_fashion_mnist  # case and "_" do not matter
