@@ -72,6 +72,18 @@ def test_more_labels_a_class_train_on_more_labels(digits_data, tmp_path):
         F.load_field_results(tmp_path / "nope" / "digits-lds-lpc20.json")
 
 
+def test_a_tag_names_the_files_and_never_overwrites_the_table(tmp_path):
+    pytest.importorskip("graphlearning")
+    F.run_field_experiment(out=tmp_path, rows=["laplace"], quick=True, progress=False, tag="extra")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-lds-extra.json", "digits-lds-extra.md"]
+    data = json.loads((tmp_path / "digits-lds-extra.json").read_text())
+    assert data["command"].endswith("--tag extra --methods laplace")
+    with pytest.raises(ValueError, match="tag must be lowercase"):
+        F.run_field_experiment(out=tmp_path, rows=["laplace"], quick=True, progress=False, tag="../x")
+    from bgcn.cli import main
+    assert main(["experiment", "--tag", "x", "--quick"]) == 2
+
+
 def test_the_choice_reads_validation_only():
     row = F.Row("x", "gcn", ({"k": 1}, {"k": 2}))
     ref = F.Row(F.REFERENCE, "gcn", ({"k": 1}, {"k": 2}))
@@ -137,7 +149,8 @@ def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     again = json.loads(json.dumps(F.json_safe(F.summarize(res["runs"], rows, seeds))))
     assert again == res["summary"]
     assert len(seeds) == n_seeds and seeds[:5] == list(bgcn.data.FIELD_SEEDS)[:n_seeds]
-    assert res["command"].startswith(f"python -m bgcn experiment --protocol {name.partition('-lpc')[0]}")
+    protocol = name.partition("-lpc")[0].removesuffix("-estimators")
+    assert res["command"].startswith(f"python -m bgcn experiment --protocol {protocol}")
     # every row tried its whole grid on every seed: the same budget for all
     for row in rows:
         assert sum(r["row"] == row.name for r in res["runs"]) == len(row.grid) * len(seeds), row.name

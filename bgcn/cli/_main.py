@@ -101,7 +101,9 @@ def _experiment(args: argparse.Namespace, prog: str) -> None:
         res = run_field_experiment(args.protocol, out=args.out or "results/field", seeds=args.seeds or 10,
                                    rows=args.methods, quick=args.quick, resume=args.resume,
                                    progress=args.progress is not False, epochs=args.epochs,
-                                   labels_per_class=_one_label_setting(args.labels))
+                                   labels_per_class=_one_label_setting(args.labels), tag=args.tag)
+    elif args.tag is not None:
+        raise ValueError("--tag applies only with --protocol (it names that run's files); drop it")
     elif args.dataset != "digits":
         if args.pretrain_epochs is not None or args.backbone is not None:
             raise ValueError("--pretrain-epochs/--backbone apply to the digits comparison; chapter 12's uses "

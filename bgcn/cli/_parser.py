@@ -219,6 +219,8 @@ def _add_experiment_parser(sub) -> None:
                    help="labels per class settings (default 5 10 20; 10 with --quick); with --protocol one "
                         "value, the training labels a class (default the published 5; writes <protocol>-lpc<n>)")
     e.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: see bgcn.experiment)")
+    e.add_argument("--tag", default=None, help="with --protocol: a name appended to the output files "
+                                               "(OUT/<protocol>-<tag>.json), for rows run apart from a committed table")
     e.add_argument("--backbone", default=None, help="backbone name (default mlp_digits, see bgcn.experiment.FULL)")
     e.add_argument("--pretrain-epochs", type=_nonneg_int, default=None, help="SimCLR-lite pre-training epochs")
     e.add_argument("--warmup-epochs", type=_nonneg_int, default=None,

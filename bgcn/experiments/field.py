@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -315,14 +316,16 @@ def format_field_table(summary: list[dict], title: str) -> str:
 def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "results/field", seeds: int = 10,
                          rows: Sequence[str] | None = None, quick: bool = False, resume: bool = False,
                          progress: bool = True, epochs: int | None = None,
-                         labels_per_class: int | None = None) -> dict:
+                         labels_per_class: int | None = None, tag: str | None = None) -> dict:
     """Every row of :data:`ROWS` (or ``rows``), every setting of its grid, every seed; chosen on validation.
 
     ``seeds``: 5 (the field's list, :data:`bgcn.data.FIELD_SEEDS`) or 10 (:data:`bgcn.data.TEN_SEEDS`).
     ``quick``: 2 seeds, the first setting of each grid and 60 epochs (a smoke run, not a result);
     ``epochs`` shortens every GCN run (the warm-up keeps its share). ``labels_per_class``: the
     training labels a class (default: the protocol's published 5; 10 and 20 have no published
-    comparator); the files are then ``<protocol>-lpc<n>``. Writes
+    comparator); the files are then ``<protocol>-lpc<n>``. ``tag``: a name appended to the files
+    (``<protocol>-<tag>``), for rows run apart from a committed table (e.g. the estimator rows at
+    the field's 5 seeds, ``tag="estimators"``), so that they never overwrite it. Writes
     ``<out>/<protocol>.json`` (settings, every run, the summaries over the first 5 and all seeds)
     and ``.md``; partial results in ``<out>/<protocol>.partial.json`` let ``resume=True`` continue.
 
@@ -341,6 +344,11 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     lpc = check_int(labels_per_class, "labels_per_class", 1, optional=True, hint="None: the published 5")
     published = BENCHMARK_SPLITS[_split_name(protocol)].labels_per_class
     stem = protocol if lpc in (None, published) else f"{protocol}-lpc{lpc}"
+    if tag is not None:
+        if not isinstance(tag, str) or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", tag):
+            raise ValueError(f"tag must be lowercase letters and digits joined by '-' (got {tag!r}), "
+                             f"e.g. tag='estimators'")
+        stem = f"{stem}-{tag}"
     if quick:
         epochs = epochs or 60
         seed_list = seed_list[:2]
@@ -359,7 +367,8 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     runs = part.runs
     cmd = (f"python -m bgcn experiment --protocol {protocol} --seeds {seeds}" + (" --quick" if quick else "")
            + (f" --epochs {epochs}" if epochs and not quick else "")
-           + (f" --labels {lpc}" if stem != protocol else "")
+           + (f" --labels {lpc}" if lpc not in (None, published) else "")
+           + (f" --tag {tag}" if tag is not None else "")
            + (f" --methods {' '.join(r.name for r in chosen_rows)}" if rows else ""))
     res = {"command": cmd, "settings": settings, "versions": versions(), "runs": runs,
            "summary_5": summarize(runs, chosen_rows, seed_list[:5]),
