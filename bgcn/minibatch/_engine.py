@@ -18,6 +18,7 @@ import torch
 
 from .. import distributed as bd
 from ..bank import FeatureBank, bank_estimator, ema_backbone, momentum_update
+from ..index import ExactIndex, make_index, recall_at_k, resolve_index_kind
 from ..train import TrainConfig
 from ..model import EndToEnd
 from ..train import (Engine, NonFiniteImages, Plugin, TrainingDiverged, TrainResult, analysis_plugins,
@@ -121,6 +122,9 @@ class MinibatchEngine(Engine):
         self.bank: FeatureBank | None = None
         self.steps: list[list[int]] = []
         self.t_search, self.t_feat, self._fixed, self._eval_feats = 0.0, 0.0, False, None
+        # the neighbour index: exact (the reference) or approximate, built with every bank fill
+        self.index_kind = resolve_index_kind(cfg.index, self.n)
+        self._eval_index, self.recall = None, []  # recall: [epoch, recall@k on a sample] per epoch
 
     def _record(self) -> dict:
         cfg, model = self.cfg, self.model
@@ -132,7 +136,7 @@ class MinibatchEngine(Engine):
                 "bank_chunk": cfg.bank_chunk, "cache_neighbours": cfg.cache_neighbours, "num_nodes": int(self.n),
                 "num_train": int(self.train_cpu.sum()), "max_grad_norm": cfg.max_grad_norm,
                 "checkpoint_every": cfg.checkpoint_every, "world_size": int(self.world),
-                "num_workers": cfg.num_workers}
+                "num_workers": cfg.num_workers, "index": cfg.index}
 
     # -- checkpoint ----------------------------------------------------------------------------------
     def before_resume(self, path: Path) -> None:
@@ -185,9 +189,34 @@ class MinibatchEngine(Engine):
                             cfg.embed_batch_size, self.device,
                             num_workers=cfg.num_workers if num_workers is None else num_workers)
 
+    def _new_index(self):
+        """An unbuilt index of the run's kind, or None for the exact search."""
+        if self.index_kind == "exact":
+            return None
+        return make_index(self.index_kind, self.n, chunk_size=self.cfg.chunk_size, key_chunk=self.cfg.bank_chunk)
+
+    def _build_index(self) -> None:
+        index = self._new_index()
+        if index is not None:
+            self.bank.build_index(index)
+
+    def _measure_recall(self, epoch: int, sample: int = 512) -> None:
+        """recall@k of the bank's index against the exact search on the bank's current rows (a fixed
+        sample of rows): what the approximation and the rows written since the build cost."""
+        if self.bank.index is None or isinstance(self.bank.index, ExactIndex):
+            return
+        g = torch.Generator().manual_seed(12345)
+        rows = torch.randperm(self.n, generator=g)[:sample].sort().values.to(self.device)
+        q = self.bank.features[rows]
+        exact = ExactIndex(self.cfg.chunk_size, self.cfg.bank_chunk).build(self.bank.features)
+        self.recall.append([epoch, recall_at_k(self.bank.search(q, self.model.k, exclude=rows),
+                                               exact.search(q, self.model.k, exclude=rows))])
+
     def prepare(self, start_epoch: int) -> None:
-        """A fresh run: fill the bank (and the neighbour lists) from the initial backbone."""
+        """A fresh run: fill the bank (and the neighbour lists) from the initial backbone, build the index."""
         if self.bank is not None:
+            if self.bank.index is None:
+                self._build_index()  # a resumed run: the index is rebuilt, not saved
             return
         t0 = time.perf_counter()
         feats0 = self._embed()
@@ -201,6 +230,7 @@ class MinibatchEngine(Engine):
         self.bank = FeatureBank(self.n, feats0.shape[1], feats0.dtype, self.device)
         self.bank.features.copy_(feats0)
         self.bank.filled = True
+        self._build_index()
         if self.cfg.cache_neighbours:
             self.bank.fill_neighbours(self.model.k, self.cfg.chunk_size, self.cfg.bank_chunk)
         self.t_feat = time.perf_counter() - t0
@@ -258,25 +288,31 @@ class MinibatchEngine(Engine):
 
     def evaluate(self, epoch: int):
         cfg = self.cfg
+        self._eval_index = self._new_index()
         with _diverged_features("of the evaluation pass (the epoch's steps diverged)"):
             logp, graph, self._eval_feats = evaluate_full(
                 self.model, self.images, fixed=self._fixed, chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
                 batch_size=cfg.embed_batch_size, device=self.device,
                 features=self.bank.features if self._fixed and self.ema is None else None,
-                num_workers=cfg.num_workers)
+                num_workers=cfg.num_workers, index=self._eval_index)
         return logp, graph
 
     def end_epoch(self, epoch: int, evaluated) -> None:
         """Refresh the bank every ``bank_refresh`` epochs (from the evaluation's pass when there was one)."""
         cfg, bank = self.cfg, self.bank
+        self._measure_recall(epoch)
         refresh = cfg.bank_refresh > 0 and epoch % cfg.bank_refresh == 0
         if evaluated is not None and refresh and self.ema is None:
             bank.features.copy_(self._eval_feats.to(bank.dtype))
+            if self._eval_index is not None:  # built on these very features by the evaluation
+                self._eval_index.keys = bank.features
+                bank.index = self._eval_index
             if cfg.cache_neighbours:
                 bank.neighbours = evaluated[1].indices.clone()
-        self._eval_feats = None
+        self._eval_feats, self._eval_index = None, None
         if refresh and (self.ema is not None or evaluated is None):
             bank.features.copy_(self._embed().to(bank.dtype))
+            self._build_index()
             if cfg.cache_neighbours:
                 bank.fill_neighbours(self.model.k, cfg.chunk_size, cfg.bank_chunk)
 
@@ -288,7 +324,8 @@ class MinibatchEngine(Engine):
         run_steps = sum(history.time_step) if h else float("nan")
         return {"search": self.t_search,
                 "images_per_s": float(self.n * h / max(run_steps, 1e-12)) if h else float("nan"),
-                "peak_memory_bytes": peak_memory_bytes(self.device), "bank_bytes": int(self.bank.nbytes)}
+                "peak_memory_bytes": peak_memory_bytes(self.device), "bank_bytes": int(self.bank.nbytes),
+                "index": self.index_kind, "index_recall": [list(r) for r in self.recall]}
 
     def finish(self, result: TrainResult) -> TrainResult:
         result.bank = self.bank
@@ -307,7 +344,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                     max_grad_norm: float | None = None, progress: bool | None = False,
                     callback=None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                     resume: bool = False, analysis_labels: torch.Tensor | None = None,
-                    extra_config: dict | None = None, num_workers: int = 0) -> TrainResult:
+                    extra_config: dict | None = None, num_workers: int = 0, index: str = "exact") -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
 
     Each epoch draws :func:`stratified_batches` (every batch holds labelled nodes; a CPU
@@ -344,6 +381,12 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     with it; a batch rewrites its own rows) and reads the out-of-batch rows from it instead of
     searching them: about k times fewer queries a step, the lists as stale as the bank
     (:meth:`FeatureBank.fill_neighbours`).
+    ``index``: the bank's neighbour index (:mod:`bgcn.index`): ``"exact"`` (the chunked exact
+    search, the reference), ``"ivf"`` / ``"hnsw"`` / ``"flat"`` (FAISS proposes candidates, re-ranked
+    exactly against the current rows; built with every bank fill, i.e. once an epoch) or
+    ``"auto"`` (exact below :data:`bgcn.index.APPROXIMATE_FROM` images). With an approximate index,
+    ``result.timings["index_recall"]`` holds per epoch the recall@k of the bank's search against the
+    exact one on 512 fixed rows, measured after the epoch's steps (approximation and staleness).
 
     ``images`` may be a float tensor, a uint8 tensor (kept as uint8, each batch divided by 255:
     a quarter of the memory) or an image source read lazily (:class:`bgcn.data.ImageSource`):
@@ -406,7 +449,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                       chunk_size=chunk_size, bank_chunk=bank_chunk, cache_neighbours=cache_neighbours,
                       embed_batch_size=embed_batch_size, deterministic=deterministic, max_grad_norm=max_grad_norm,
                       progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                      num_workers=num_workers, extra=extra_config)
+                      num_workers=num_workers, extra=extra_config, index=index)
     if cfg.batch_size == 0:
         raise ValueError("batch_size=0 must be a positive int (>= N for one full batch); the full-batch engine is "
                          "bgcn.train.train")

@@ -123,7 +123,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
 @torch.no_grad()
 def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False, chunk_size: int = 4096,
                   bank_chunk: int | None = None, batch_size: int = 512, device: torch.device | None = None,
-                  features: torch.Tensor | None = None, num_workers: int = 0):
+                  features: torch.Tensor | None = None, num_workers: int = 0, index=None):
     r"""Log-probabilities of every node under the current model, without an N×N matrix.
 
     One chunked no-grad pass of the backbone (eval mode; :func:`embed_images`, sharded over the
@@ -132,7 +132,9 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
     ``chunk_size`` × ``bank_chunk`` blocks) with the k similarities
     :math:`\hat f_i\cdot\hat f_j` and the estimator's weights (``"hard"`` when ``fixed``), as
     :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the GCN over all N nodes. Returns
-    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill.
+    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill. ``index`` (an
+    unbuilt :class:`bgcn.index.NeighbourIndex`) is built on those features and searched instead
+    (the engine keeps it for the next epoch's steps: one build an epoch).
 
     Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
 
@@ -148,6 +150,8 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         n = feats.shape[0]
         tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
         tmp.features = feats
+        if index is not None:
+            tmp.build_index(index)
         ids = torch.arange(n, device=feats.device)
         idx = tmp.search(feats, model.k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
         fn = normalize_rows(feats)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..index import INDEX_KINDS
 from .._checks import MAX_LR, check_bool, check_int, check_lr, check_number
 
 __all__ = ["TrainConfig", "ENGINES", "MAX_LR"]
@@ -24,7 +25,7 @@ ENGINES = ("full", "minibatch")
 _MODES = ("frozen", "end2end-features", "end2end")
 # settings only the mini-batch engine has, with their defaults (a full-batch config must keep them)
 _MINIBATCH_ONLY = {"bank_refresh": 1, "bank_momentum": None, "cache_neighbours": False, "num_workers": 0,
-                   "embed_batch_size": 512, "bank_chunk": None}
+                   "embed_batch_size": 512, "bank_chunk": None, "index": "exact"}
 # settings only the full-batch engine has
 _FULL_ONLY = {"amp": False, "graph_every": 1, "reinforce_reward": "node", "param_path_norms": False}
 
@@ -51,7 +52,10 @@ class TrainConfig:
     ``embed_batch_size``) belong to the mini-batch engine and ``amp``, ``graph_every``,
     ``reinforce_reward``, ``param_path_norms`` to the full-batch one: setting one for the other
     engine is an error, not silently ignored. ``mode=None`` follows the model's own mode.
-    ``bank_chunk`` (mini-batch; None = the whole bank) is the bank columns of one search block.
+    ``bank_chunk`` (mini-batch; None = the whole bank) is the bank columns of one search block;
+    ``index`` (mini-batch) the bank's neighbour index, ``"exact"`` or one of
+    :func:`bgcn.index.make_index`'s kinds (``"auto"``: exact below
+    :data:`bgcn.index.APPROXIMATE_FROM` images).
 
     This is the only place a setting is checked: :func:`bgcn.train.train` and
     :func:`bgcn.minibatch.train_minibatch` build one from their keyword arguments. Numbers are
@@ -86,6 +90,7 @@ class TrainConfig:
     num_workers: int = 0
     embed_batch_size: int = 512
     bank_chunk: int | None = None
+    index: str = "exact"
     amp: bool = False
     graph_every: int = 1
     reinforce_reward: str = "node"
@@ -139,6 +144,8 @@ class TrainConfig:
             put("bank_momentum", _num("bank_momentum", self.bank_momentum, 0.0, 1.0, open_hi=True))
         if self.bank_chunk is not None:
             put("bank_chunk", _int("bank_chunk", self.bank_chunk, 1))
+        if self.index not in ("auto",) + INDEX_KINDS:
+            raise ValueError(f"TrainConfig.index={self.index!r}: use one of {['auto', *INDEX_KINDS]}")
         if self.reinforce_reward not in ("node", "global"):
             raise ValueError(f"TrainConfig.reinforce_reward={self.reinforce_reward!r}: use 'node' or 'global'")
         if self.extra is None:
