@@ -138,3 +138,21 @@ def test_a_bad_index_setting_is_one_line():
         from bgcn.cli import run_train
         from bgcn.cli import build_parser
         run_train(build_parser().parse_args(["train", "--index", "ivf", "--epochs", "1"]))
+
+
+def test_bench_index_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_index", root / "benchmarks" / "bench_index.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "index.json"
+    assert mod.main(["--sizes", "1500", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    run = data["runs"][0]["methods"]
+    assert run["exact"]["recall"] == 1.0 and set(run) == {"exact", "flat", "ivf", "hnsw"}
+    assert all(0.9 < r["recall"] <= 1.0 and r["search_s"] > 0 for r in run.values())
+    assert out.with_suffix(".png").is_file()
