@@ -278,7 +278,7 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
 
 @torch.no_grad()
 def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", exclude_self: bool = True,
-                         max_rows: int = 2048, seed: int = 0, **kwargs) -> float:
+                         max_rows: int = 2048, seed: int = 0, max_entries: int = 2**26, **kwargs) -> float:
     r""":func:`suggest_tau` from features, without the N×N similarity matrix.
 
     With N ≤ ``max_rows`` it is exactly ``suggest_tau(cosine_similarity(F), k, ...)``. Above, it
@@ -286,7 +286,9 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
     :math:`S_R = \hat F_R \hat F^	op` (``max_rows`` × N), each row's own column pushed to
     :math:`-10^4` when ``exclude_self`` (a softmax weight of :math:`e^{-10^4/	au}` = 0): the
     same rows, the same estimate as ``suggest_tau(..., rows=R)`` on the full matrix, in
-    ``max_rows``·N memory.
+    ``max_rows``·N memory. ``max_entries`` caps that matrix: at most ``max_entries // N`` rows (at
+    least 32) are drawn, so that a million images cost 67 rows × N (0.5 GB in float64), not
+    2 048 × N (16 GB).
 
     Shapes: features (N, D) -> float
 
@@ -295,9 +297,11 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]
     max_rows = check_int(max_rows, "max_rows", 1)
-    if n <= max_rows:
+    max_entries = check_int(max_entries, "max_entries", 1)
+    if n <= max_rows and n * n <= max_entries:
         return suggest_tau(cosine_similarity(features), k, method=method, exclude_self=exclude_self, **kwargs)
     seed = check_seed(seed)
+    max_rows = min(max_rows, max(32, max_entries // n), n)
     g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=g)[:max_rows].to(features.device)
     s = cosine_similarity(features[rows], features)

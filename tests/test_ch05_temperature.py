@@ -259,6 +259,8 @@ def test_suggest_tau_from_features_equals_the_matrix_version_on_the_same_rows():
     rows = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:120]
     assert sampled == pytest.approx(suggest_tau(cosine_similarity(f), 10, rows=rows), rel=1e-6)
     assert sampled == pytest.approx(exact, rel=0.2)
+    # max_entries caps the sampled matrix at max_entries // N rows: the same draw as max_rows=that
+    assert suggest_tau_features(f, 10, max_entries=300 * 120, seed=3) == sampled
 
 
 def test_the_live_widget_starts_where_the_page_says():

@@ -119,3 +119,16 @@ def test_dataset_flags_that_do_not_apply_are_refused(tmp_path, capsys):
     code = main(SMALL + ["--subset", "50", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "--subset" in err and "synthetic" in err
+
+
+def test_seed_softmax_on_a_large_bank_prints_its_cost_first(tmp_path, capsys, monkeypatch):
+    import bgcn.cli._train as T
+
+    line = T.softmax_cost_note(1_000_000, 64, 10, torch.device("cpu"))
+    assert "N = 1,000,000" in line and "1.2e+13 similarities an epoch" in line and "masked_softmax" in line
+    monkeypatch.setattr(T, "SOFTMAX_NOTE_FROM", 100)  # a small bank stands in for a large one
+    args = [a for a in SMALL if a not in ("--estimator", "masked_softmax")] + ["--estimator", "softmax"]
+    assert main(args + ["--batch-size", "32", "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
+    assert "--estimator softmax normalises every row over all N = 120 images" in capsys.readouterr().err
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert m["config"]["index"] == "auto"  # the default: exact at this size

@@ -150,7 +150,7 @@ def _add_optim_args(o) -> None:
                    help="with --batch-size: refill the feature bank every R epochs (0: never)")
     o.add_argument("--cache-neighbours", action="store_true",
                    help="with --batch-size: keep every node's neighbour list in the bank (faster, staler)")
-    o.add_argument("--index", default="exact", choices=["auto", "exact", "flat", "ivf", "hnsw"],
+    o.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "ivf", "hnsw"],
                    help="with --batch-size: the bank's neighbour index (bgcn.index): exact (the reference), or "
                         "FAISS candidates re-ranked exactly (ivf, hnsw, flat), rebuilt once an epoch; auto = "
                         "exact below 100 000 images, ivf from there; metrics.json records recall@k a epoch")

@@ -78,6 +78,9 @@ def run_train(args: argparse.Namespace) -> dict:
                         exclude_self=not args.include_self, symmetric=args.symmetric, chunk_size=args.chunk_size)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local)
+    if args.batch_size and estimator == "softmax" and len(images) >= SOFTMAX_NOTE_FROM and rank == 0:
+        print(softmax_cost_note(len(images), int(getattr(backbone, "num_features", 64)), args.k, device),
+              file=sys.stderr, flush=True)
     extra = {"dataset": args.dataset, **dataset_record(args), "image_shape": [int(v) for v in image_shape(images)],
              "num_classes": int(ds.num_classes), "class_names": list(ds.class_names), "backbone": args.backbone,
              "backbone_kwargs": backbone_kw, "pretrained_file": args.pretrained_file,
@@ -89,6 +92,36 @@ def run_train(args: argparse.Namespace) -> dict:
     metrics = _metrics(args, res, cfg, device, world, len(images), out, time.perf_counter() - t0)
     bd.write_if_main(out / "metrics.json", lambda path: write_atomic(path, json.dumps(json_safe(metrics), indent=2)))
     return metrics
+
+
+SOFTMAX_NOTE_FROM = 20_000
+"""From this many images a mini-batch run with seed 000's full-row softmax prints its cost first."""
+
+
+def softmax_cost_note(n: int, d: int, k: int, device: torch.device, rows: int = 256) -> str:
+    """What seed 000's softmax costs an epoch over a bank of ``n`` rows, measured here, and the way out.
+
+    Every subgraph row (about (k + 1)·N an epoch, plus N for the evaluation) needs a log-sum-exp
+    over all N bank rows: (k + 2)·N² similarities. Their rate is timed on one (``rows`` × N)
+    block of random ``d``-dimensional features on ``device``.
+
+    Shapes: none (returns one line).
+
+    Taught in: chapter 11 (chapters/11_minibatch.md).
+    """
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(rows, d, generator=g).to(device)
+    bank = torch.randn(min(n, 200_000), d, generator=g).to(device)
+    t0 = time.perf_counter()
+    torch.logsumexp(q @ bank.T / 0.1, dim=1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = rows * bank.shape[0] / max(time.perf_counter() - t0, 1e-9)
+    work = (k + 2) * float(n) ** 2
+    return (f"python -m bgcn train: note: --estimator softmax normalises every row over all N = {n:,} images: "
+            f"about (k + 2)·N² = {work:.2g} similarities an epoch, at {rate:.2g}/s here about "
+            f"{work / rate / 60:.0f} min an epoch before anything else. --estimator masked_softmax (the same "
+            f"weights renormalised over the k kept neighbours) is linear in N, with --index auto")
 
 
 def _check_engine_flags(args: argparse.Namespace, defaults: dict) -> None:
