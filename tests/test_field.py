@@ -72,6 +72,16 @@ def test_more_labels_a_class_train_on_more_labels(digits_data, tmp_path):
         F.load_field_results(tmp_path / "nope" / "digits-lds-lpc20.json")
 
 
+def test_every_chapter_09_estimator_has_a_row():
+    from bgcn.estimators import SELECTION_ESTIMATORS
+
+    fixed = {r.fixed.get("estimator") for r in F.ROWS + F.ESTIMATOR_ROWS}
+    assert set(SELECTION_ESTIMATORS) | {"softmax", "masked_softmax", "values"} <= fixed
+    names = [r.name for r in F.ROWS + F.ESTIMATOR_ROWS + F.EXTRA_ROWS]
+    assert len(names) == len(set(names))
+    assert all(len(r.grid) == 4 for r in F.ROWS + F.ESTIMATOR_ROWS + F.EXTRA_ROWS)  # one tuning budget
+
+
 def test_a_tag_names_the_files_and_never_overwrites_the_table(tmp_path):
     pytest.importorskip("graphlearning")
     F.run_field_experiment(out=tmp_path, rows=["laplace"], quick=True, progress=False, tag="extra")
