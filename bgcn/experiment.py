@@ -14,7 +14,7 @@ row                          what it is
                              pre-training: the extractor has learned nothing)
 ``frozen``                   frozen GCN on the pre-trained backbone (seed 000 §1)
 ``end2end_features``         end to end from the pre-trained backbone, hard graph, weights unused
-                             (seed 000 §3 as written)
+                             (seed 000 §3 as intended)
 ``end2end_softmax_tau1``     end to end, seed 000's soft top-k at the seed's τ = 1
 ``end2end_softmax_taudata``  the same at τ from the data: the τ at which the k nearest neighbours
                              hold half of the softmax mass on the pre-trained features
@@ -45,7 +45,7 @@ frozen/end-to-end row loads them with ``create_backbone(pretrained_file=...)``, 
 Outputs: ``OUT/experiment.json`` (config, versions, every run with its history summary, the
 summary table), ``OUT/results.md`` and ``OUT/results.csv``.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ import torch
 from ._version import __version__
 from .backbone import (create_backbone, extract_features, load_backbone_weights, save_backbone_weights)
 from .data import label_masks
-from .experiments.common import Partial, digits_subset, schedule_config, train_digits_row
+from .experiments.common import Partial, digits_subset, results_root, schedule_config, train_digits_row
 from .graph import edge_change_fraction, edge_homophily
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .model import build_model
@@ -73,8 +73,9 @@ from .temperature import suggest_tau
 from .train import pretrain_backbone, progress_enabled
 from .utils import get_device, seed_everything, versions
 
-__all__ = ["METHODS", "run_experiment", "sk_baselines", "summarize", "format_table", "format_paths_table", "write_report", "QUICK",
-           "FULL", "paired_difference", "run_measures", "hard_knn", "rows_changed"]
+__all__ = ["METHODS", "run_experiment", "sk_baselines", "summarize", "format_table", "format_paths_table",
+           "write_report", "QUICK", "FULL", "paired_difference", "run_measures", "hard_knn", "rows_changed", "CONTROLS",
+           "load_experiment", "experiment_command", "paired_table", "experiment_findings"]
 
 #: GCN rows: name -> (mode, estimator, tau ("1" or "data"), backbone init ("random"/"pretrained"))
 METHODS: dict[str, tuple[str, str, str, str]] = {
@@ -90,6 +91,8 @@ METHODS: dict[str, tuple[str, str, str, str]] = {
 }
 BASELINES = ("knn_pixels", "knn", "label_spreading")
 ROWS = BASELINES + tuple(METHODS)
+#: The controls: a row trained end to end from a *random* extractor -> that extractor frozen, its reference.
+CONTROLS = {"end2end_features_random": "frozen_random", "end2end_softmax_random": "frozen_random"}
 
 #: Settings of the full and the quick experiment (overridable by run_experiment's arguments).
 FULL = {"labels_per_class": [5, 10, 20], "seeds": 5, "epochs": 60, "warmup_epochs": 40, "backbone": "mlp_digits",
@@ -106,7 +109,7 @@ def sk_baselines(feats: np.ndarray, pixels: np.ndarray, labels: np.ndarray, trai
 
     Shapes: feats (N, D), pixels (N, P), labels (N,), train/test (N,) bool -> {row: {"test_acc", "time_total"}}
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.semi_supervised import LabelSpreading
@@ -156,7 +159,7 @@ def run_experiment(out: str | os.PathLike = "results", quick: bool = False, seed
 
     Shapes: none (file outputs).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     cfg, rows = _settings(quick, {"seeds": seeds, "labels_per_class": labels_per_class, "epochs": epochs,
                                   "backbone": backbone, "pretrain_epochs": pretrain_epochs,
@@ -284,7 +287,7 @@ def hard_knn(backbone, images: torch.Tensor, k: int, device: str | torch.device 
 
     Shapes: images (N, C_in, H, W) -> (N, k) long
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     f = extract_features(backbone, images, device=get_device(device), to_cpu=True)
     return knn_indices(f.double(), k, exclude_self=True)
@@ -295,7 +298,7 @@ def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
 
     Shapes: old, new (N, k) -> float in [0, 1]
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     return float((old.sort(1).values != new.sort(1).values).any(1).double().mean())
 
@@ -317,7 +320,7 @@ def run_measures(res, warm: int, init_state: dict, images: torch.Tensor, labels:
 
     Shapes: images (N, C_in, H, W), labels (N,)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     h = res.history
     backbone0 = copy.deepcopy(res.model.backbone)
@@ -349,7 +352,7 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
 
     Shapes: none (lists of dicts, text).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     out = []
     for name in rows:
@@ -396,7 +399,7 @@ def paired_difference(runs: list[dict], method: str, baseline: str, labels_per_c
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     a = paired_runs(runs, method, key, labels_per_class=labels_per_class)
     b = paired_runs(runs, baseline, key, labels_per_class=labels_per_class)
@@ -408,7 +411,7 @@ def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) 
 
     Shapes: none (lists of dicts, text).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     head = "| method | " + " | ".join(f"{l} labels/class" for l in lpcs) + " | s/epoch |"
     sep = "|---|" + "---:|" * (len(lpcs) + 1)
@@ -438,7 +441,7 @@ def format_paths_table(summary: list[dict], rows: Sequence[str], lpc: int) -> st
 
     Shapes: none (text).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     lines = [f"| method ({lpc} labels/class) | test % after warm-up | gain (points) | homophily before → after | "
              "edges changed | rows changed | graph share of ∇θ |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -465,7 +468,7 @@ def write_report(out: str | os.PathLike) -> list[Path]:
 
     Shapes: none (lists of dicts, text).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     out = Path(out)
     res = json.loads((out / "experiment.json").read_text())
@@ -504,3 +507,157 @@ def _write_csv(path: Path, summary: list[dict]) -> None:
             w.writerow({k: r.get(k, "") for k in keys})
 
     atomic_write(path, write, "w", newline="")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the committed results (chapter 08 shows the tables and writes the reading as prose)
+def experiment_command(cfg: dict, out: str = "results") -> str:
+    """The ``python -m bgcn experiment`` command line that regenerates a results file with config ``cfg``.
+
+    Only the settings that differ from :data:`FULL` (and the rows, when not all of :data:`ROWS`) are
+    spelled out; ``--threads`` is kept because it was part of how the file was made.
+
+    Shapes: none (text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
+    """
+    cmd = f"python -m bgcn experiment --out {out}"
+    for key, flag in (("seeds", "--seeds"), ("epochs", "--epochs"), ("warmup_epochs", "--warmup-epochs"),
+                      ("pretrain_epochs", "--pretrain-epochs"), ("lr_backbone", "--lr-backbone")):
+        if key in cfg and cfg[key] != FULL[key]:
+            cmd += f" {flag} {cfg[key]:g}"
+    if list(cfg["labels_per_class"]) != FULL["labels_per_class"]:
+        cmd += " --labels " + " ".join(map(str, cfg["labels_per_class"]))
+    if list(cfg["methods"]) != list(ROWS):
+        cmd += " --methods " + " ".join(cfg["methods"])
+    if cfg.get("threads"):
+        cmd += f" --threads {cfg['threads']}"
+    return cmd
+
+
+def load_experiment(path: str | os.PathLike | None = None, run: str | None = None) -> dict:
+    """The committed results of :func:`run_experiment` (plain JSON), with ``"summary"`` recomputed from
+    its runs (:func:`summarize`) and ``"command"``, the command line that regenerates it.
+
+    ``path`` is the JSON file; by default ``experiment.json`` in the committed results folder
+    (:func:`bgcn.experiments.common.results_root`: the repository's ``results/`` or ``BGCN_RESULTS``),
+    or in its sub-folder ``run`` (``run="longer_joint"``: the longer training budget).
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
+    """
+    out = "results" if run is None else f"results/{run}"
+    if path is None:
+        path = results_root() / (run or "") / "experiment.json"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: `python -m bgcn experiment --out {out}` "
+                                "(about 25 minutes on 2 CPU cores; see results/README.md) writes it")
+    res = json.loads(path.read_text())
+    cfg = res["config"]
+    res["summary"] = summarize(res["runs"], cfg["methods"], cfg["labels_per_class"])
+    res["command"] = experiment_command(cfg, out)
+    return res
+
+
+def _end_to_end_rows(methods: Sequence[str]) -> list[str]:
+    return [n for n in methods if n in METHODS and METHODS[n][0] != "frozen"]
+
+
+def paired_table(res: dict, rows: Sequence[str] | None = None, reference: str = "frozen",
+                 controls: dict[str, str] | None = None) -> dict:
+    """Every end-to-end row minus its reference, paired by seed, for every labels-per-class setting.
+
+    ``res`` is :func:`load_experiment`'s dict; ``rows`` default to its end-to-end rows. A row of
+    ``controls`` (default :data:`CONTROLS`) is compared with its own reference (the same random
+    extractor frozen), every other row with ``reference``. The table reads
+    ``m = len(rows) * len(labels settings)`` differences with the two-standard-error rule of
+    :func:`bgcn.stats.paired_difference`, and each cell carries that ``m``.
+
+    Returns ``{"cells": {(row, lpc): PairedDifference}, "comparisons": m, "markdown": str}``; a
+    markdown cell reads ``mean ± std (wins/n)`` in points, with ``*`` where the difference counts.
+
+    Shapes: none (lists of dicts, text).
+
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
+    """
+    cfg = res["config"]
+    lpcs = list(cfg["labels_per_class"])
+    rows = _end_to_end_rows(cfg["methods"]) if rows is None else list(rows)
+    controls = CONTROLS if controls is None else controls
+    m = len(rows) * len(lpcs)
+    lines = ["| row − reference (points) | " + " | ".join(f"{l} labels/class" for l in lpcs) + " |",
+             "|---|" + "---:|" * len(lpcs)]
+    cells = {}
+    for a in rows:
+        ref = controls.get(a, reference)
+        text = []
+        for lpc in lpcs:
+            d = paired_difference(res["runs"], a, ref, lpc, comparisons=m)
+            cells[(a, lpc)] = d
+            star = "*" if d["beyond_noise"] else ""
+            text.append(f"{100 * d['mean']:+.1f}{star} ± {100 * d['std']:.1f} ({d['wins']}/{d['n']})")
+        lines.append(f"| {a} − {ref} | " + " | ".join(text) + " |")
+    return {"cells": cells, "comparisons": m, "markdown": "\n".join(lines)}
+
+
+def experiment_findings(res: dict, reference: str = "frozen", controls: dict[str, str] | None = None) -> dict:
+    """The numbers a reading of one results file quotes, all in points (percent of the test images).
+
+    ``res`` is :func:`load_experiment`'s dict. Returns
+
+    - ``"paired"``: :func:`paired_table`'s dict, and ``"comparisons"`` (its m) and ``"chance"`` (m/20,
+      the differences expected to count by chance alone);
+    - ``"ahead"`` / ``"behind"``: the (row, labels) cells that count, ahead of / behind their reference;
+    - ``"best"`` / ``"worst"``: the cell of a non-control row with the largest / smallest mean paired
+      difference, ``{"row", "lpc", "mean", "std", "wins", "n"}``;
+    - ``"warmup"``: over every end-to-end run, the best joint epoch minus the same run's warm-up
+      model, ``{"mean", "min", "max", "runs"}``;
+    - ``"by_row"``: for each end-to-end row, ``diff_min`` / ``diff_max`` (its paired mean over the
+      labels settings), ``gain_over_warmup``, ``homophily_change`` (after − before, on the scored
+      model) and ``graph_share`` (of the backbone's parameter gradient; None without a graph path),
+      means over its runs;
+    - ``"test"``: ``{row: {lpc: mean test accuracy}}`` for every row of the file.
+
+    Shapes: none.
+
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
+    """
+    controls = CONTROLS if controls is None else controls
+    paired = paired_table(res, reference=reference, controls=controls)
+    cells = paired["cells"]
+    runs = res["runs"]
+
+    def pts(d: dict) -> dict:
+        return {"mean": 100 * d["mean"], "std": 100 * d["std"], "wins": d["wins"], "n": d["n"]}
+
+    main = [(a, l) for (a, l) in cells if a not in controls]
+    best = max(main, key=lambda t: cells[t]["mean"])
+    worst = min(main, key=lambda t: cells[t]["mean"])
+    e2e_runs = [r for r in runs if r.get("warmup_epochs") and r.get("gain_over_warmup") is not None]
+    gains = 100 * np.array([r["gain_over_warmup"] for r in e2e_runs], dtype=np.float64)
+    by_row = {}
+    for a in dict.fromkeys(a for a, _ in cells):
+        rr = [r for r in runs if r["method"] == a]
+        diffs = [100 * cells[(a, l)]["mean"] for (b, l) in cells if b == a]
+        share = [r["grad_graph_share"] for r in rr if r.get("grad_graph_share") is not None]
+        hom = [100 * (r["homophily_after"] - r["homophily_before"]) for r in rr
+               if r.get("homophily_after") is not None and r.get("homophily_before") is not None]
+        wg = [100 * r["gain_over_warmup"] for r in rr if r.get("gain_over_warmup") is not None]
+        by_row[a] = {"diff_min": min(diffs), "diff_max": max(diffs),
+                     "gain_over_warmup": float(np.mean(wg)) if wg else None,
+                     "homophily_change": float(np.mean(hom)) if hom else None,
+                     "graph_share": float(np.mean(share)) if share else None}
+    test: dict[str, dict[int, float]] = {}
+    for s in res["summary"]:
+        test.setdefault(s["method"], {})[s["labels_per_class"]] = 100 * s["test_acc_mean"]
+    return {"paired": paired, "comparisons": paired["comparisons"], "chance": paired["comparisons"] / 20,
+            "ahead": [t for t, d in cells.items() if d["beyond_noise"] and d["mean"] > 0],
+            "behind": [t for t, d in cells.items() if d["beyond_noise"] and d["mean"] < 0],
+            "best": {"row": best[0], "lpc": best[1], **pts(cells[best])},
+            "worst": {"row": worst[0], "lpc": worst[1], **pts(cells[worst])},
+            "warmup": {"mean": float(gains.mean()) if gains.size else float("nan"),
+                       "min": float(gains.min()) if gains.size else float("nan"),
+                       "max": float(gains.max()) if gains.size else float("nan"), "runs": int(gains.size)},
+            "by_row": by_row, "test": test}

@@ -5,7 +5,7 @@ Edge direction follows PyG (``flow="source_to_target"``): ``edge_index[0]`` is t
 matrix has ``A[i, j] = e_{j,i}`` (row = target, column = source), see :func:`edge_index_to_dense`.
 
 Taught in: chapter 07 (chapters/07_gcn_backward.md); used end to end in chapter 08
-(chapters/08_end_to_end.md).
+(chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ class GCN(nn.Module):
         - **output:** log-probabilities (N, C)
 
     Taught in: chapter 07 (chapters/07_gcn_backward.md); used in chapter 08
-    (chapters/08_end_to_end.md).
+    (chapters/08_end_to_end_1_loop.md).
     """
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, dropout: float = 0.5,
@@ -278,7 +278,7 @@ class GCN(nn.Module):
             - returns (N, C) log-probabilities
 
         Taught in: chapter 07 (chapters/07_gcn_backward.md); used in chapter 08
-        (chapters/08_end_to_end.md).
+        (chapters/08_end_to_end_1_loop.md).
         """
         x, edge_index, edge_weight, a_hat = self._prepare(x, edge_index, edge_weight, adj)
         h = F.relu(self._conv(self.conv1, x, edge_index, edge_weight, a_hat))

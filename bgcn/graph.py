@@ -194,7 +194,7 @@ def edge_change_fraction(old_indices: torch.Tensor, new_indices: torch.Tensor) -
 
     Shapes: old_indices, new_indices (N, k) -> float in [0, 1]
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
     for nm, t in (("old_indices", old_indices), ("new_indices", new_indices)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
@@ -250,7 +250,7 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
 
     Shapes: indices (N, k) integer, labels (N,) integer -> float in [0, 1]
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
     if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.is_floating_point():
         raise ValueError(f"indices must be an integer (N, k) tensor of neighbour indices (KNNGraph.indices), got "

@@ -7,7 +7,7 @@ the previous file intact and no temporary file behind.
 
 Shapes: none (files).
 
-Taught in: chapter 08 (chapters/08_end_to_end.md), where checkpoints and ``metrics.json`` are written.
+Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md), where checkpoints and ``metrics.json`` are written.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode={mode!r} is not valid: use 'wb' (bytes) or 'w' (text)")
@@ -98,7 +98,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1)
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md), where ``metrics.json`` is written.
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md), where ``metrics.json`` is written.
     """
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False))
 
@@ -108,6 +108,6 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
     Shapes: any (tensors inside ``obj``).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md), where checkpoints are written.
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md), where checkpoints are written.
     """
     return atomic_write(path, lambda fh: torch.save(obj, fh), "wb")

@@ -13,10 +13,10 @@ The two paths are kept measurable: the features enter the GCN as two aliases ``F
 ``F_graph`` (``F.clone()`` each; the clone's backward is the identity), so the gradient arriving
 through each path is the gradient of the loss with respect to that alias. A backward hook records
 both (``EndToEnd.last_path_grads``) at no extra cost; :meth:`EndToEnd.path_gradients` returns them
-as tensors. With a hard graph whose weights are unused (seed 000's code as written) path 2 does
+as tensors. With a hard graph whose weights are unused (seed 000's loop as intended) path 2 does
 not exist in the autograd graph at all, and its gradient is exactly zero.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class EndToEnd(nn.Module):
         - output: log-probabilities (N, C)
         - ``last_graph.edge_index`` (2, E), ``.edge_weight`` (E,), ``.indices``/``.weights`` (N, k)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     def __init__(self, backbone: nn.Module, gcn: nn.Module, k: int, estimator: Any = "softmax", tau: float = 1.0,
@@ -139,7 +139,7 @@ class EndToEnd(nn.Module):
 
         - ``"frozen"``: ``train_backbone=False``, hard graph, weights unused (seed 000 §1);
         - ``"end2end-features"``: ``train_backbone=True``, hard graph, weights unused (seed 000 §3
-          as written);
+          as intended);
         - ``"end2end"``: ``train_backbone=True``, the estimator's weights on the edges.
 
         The estimator given at construction (``self.estimator``) is never overwritten: the first two
@@ -360,7 +360,7 @@ def build_model(backbone: nn.Module, num_classes: int, k: int = 10, estimator: A
 
     Shapes: the returned module maps images (N, C_in, H, W) to log-probabilities (N, num_classes)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     d = getattr(backbone, "num_features", None)
     if not isinstance(d, int) or d <= 0:

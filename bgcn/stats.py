@@ -20,7 +20,7 @@ All sums are in float64; missing values (``None``) and NaN are skipped, never av
 
 Shapes: none (sequences of floats and lists of run dicts).
 
-Taught in: chapter 08 (chapters/08_end_to_end.md), chapter 09 (chapters/09_estimators_digits.md)
+Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md), chapter 09 (chapters/09_estimators_digits.md)
 and chapter 12 (chapters/12_real_extractor.md).
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def beyond_noise(mean: float, se: float, n: int, comparisons: int = 1, k: float 
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     comparisons = check_int(comparisons, "comparisons", 1,
                             hint="the number of differences the table reads with this rule")
@@ -93,7 +93,7 @@ class PairedDifference(dict):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -114,7 +114,7 @@ def paired_difference(a: dict[Any, float] | Sequence[float], b: dict[Any, float]
 
     Shapes: a, b: (n,) -> scalars and ``diffs`` (n_shared,).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     if not isinstance(a, dict) or not isinstance(b, dict):
         if isinstance(a, dict) or isinstance(b, dict) or len(a) != len(b):
@@ -146,7 +146,7 @@ def paired_runs(runs: Iterable[dict], row: str, key: str = "test_acc", **match: 
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     out = {}
     for r in runs:

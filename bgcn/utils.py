@@ -57,7 +57,7 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
 
     Shapes: none (returns a ``torch.device``).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md) and chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md) and chapter 10 (chapters/10_scaling.md).
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +115,8 @@ def json_safe(obj: Any) -> Any:
 
     Shapes: none (nested Python containers).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md), where ``metrics.json`` and the results files are written.
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md), where ``metrics.json`` and the results files
+    are written.
     """
     if isinstance(obj, (np.floating, np.integer)):
         obj = obj.item()
@@ -137,7 +138,7 @@ def versions() -> dict:
 
     Shapes: none (a dict of strings and ints).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "bgcn": __version__,

@@ -1,4 +1,5 @@
-"""Claims of chapter 08 (chapters/08_end_to_end.md) not covered by test_model.py / test_train.py.
+"""Claims of chapter 08 (chapters/08_end_to_end_1_loop.md and 08_end_to_end_2_tau_n.md) not covered by
+test_model.py / test_train.py.
 
 - ``bgcn.train(mode="end2end")`` is the hand-written loop of seed 000 §3 (same losses, same
   parameters) — eqs. (eq-ch08-loss), (eq-ch08-adamw);

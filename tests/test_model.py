@@ -51,7 +51,7 @@ def test_no_gradient_reaches_backbone_when_frozen(data, tiny_model):
                                                          ("end2end", "masked_softmax", False),
                                                          ("end2end", "hard", True)])
 def test_graph_path_gradient(data, mode, estimator, graph_zero, tiny_model):
-    """Seed 000 as written (weights unused) gives an exactly zero ranking-path gradient."""
+    """Seed 000 as intended (weights unused) gives an exactly zero ranking-path gradient."""
     images, labels, tr = data
     model = tiny_model(estimator, mode=mode)
     loss = _loss(model, images, labels, tr)

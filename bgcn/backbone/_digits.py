@@ -45,7 +45,7 @@ class MLPBackbone(nn.Module):
     Shapes:
         x: (N, in_chans, img_size, img_size), floats in [0, 1] -> F: (N, num_features)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md)
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 8, in_chans: int = 1, hidden: int = 128,
@@ -74,7 +74,7 @@ class CNNBackbone(nn.Module):
     Shapes:
         x: (N, in_chans, H, W), floats in [0, 1] -> F: (N, num_features)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md)
     """
 
     def __init__(self, in_chans: int = 1, width: int = 32, num_features: int = 64):

@@ -79,7 +79,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained_file: str | os.Path
         returned module: images (N, C_in, H, W) in [0, 1] -> F (N, D), D = module.num_features
 
     Taught in: chapter 01 (chapters/01_frozen_pipeline.md); end to end in chapter 08
-    (chapters/08_end_to_end.md)
+    (chapters/08_end_to_end_1_loop.md)
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a backbone name (str), got {name!r}")

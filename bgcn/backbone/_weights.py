@@ -167,7 +167,7 @@ def save_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> Path:
     Shapes:
         every parameter and buffer as stored in ``backbone.state_dict()``
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md)
     """
     path = Path(path).expanduser()
     target = backbone.model if isinstance(backbone, TimmFeatures) else backbone

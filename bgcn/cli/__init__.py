@@ -13,7 +13,7 @@ Parts: ``_types`` (argument types and the constants behind ``auto``), ``_parser`
 ``_backbone`` (which options a backbone gets from the images), ``_train`` (``train``), ``_main``
 (the entry point and the experiment commands). Nothing in the library imports this package.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Shapes: none (command line).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["estimators"]:  # chapter 09's comparison has its own parser

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Shapes: none (command line).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     p = _Parser(prog="python -m bgcn", description="BackProp GCN: a GCN on a kNN graph of image features, "
                 "trained end to end through the ranking step.", formatter_class=_Formatter)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Train one model full-batch on all images (transductive: the kNN graph spans "
                            "labelled and unlabelled images).\n\nModes: frozen = features once, hard graph, only "
                            "the GCN learns; end2end-features = the extractor learns through the node features, "
-                           "hard graph (seed 000's loop as written); end2end = through the features and the "
+                           "hard graph (seed 000's loop as intended); end2end = through the features and the "
                            "estimator's edge weights.\n\nExample:\n  python -m bgcn train --dataset digits --mode "
                            "end2end --estimator softmax --k 10 --tau 0.05 --labels-per-class 10 --epochs 100 "
                            "--device auto --out runs/softmax"))

@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> dict:
 
     Shapes: none (command line).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     defaults = train_defaults()
     _check_engine_flags(args, defaults)

@@ -26,7 +26,7 @@ def check_labels(labels: Any, n: int | None = None, mask: Any = None, name: str 
         labels: (N,) long
         mask:   (N,) bool, optional
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md)
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md)
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}; "

@@ -128,7 +128,7 @@ def score_function_surrogate(log_prob: torch.Tensor, node_loss: torch.Tensor, ma
         - mask: (N,) bool, the labelled nodes M
         - output: () scalar
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md); used in chapter 09.
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md); used in chapter 09.
     """
     _check_node_inputs(log_prob, node_loss, mask, reward)
     ell = node_loss.detach().to(log_prob.dtype)

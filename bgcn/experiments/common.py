@@ -55,7 +55,7 @@ def fixed_subset(labels: torch.Tensor, max_images: int | None) -> torch.Tensor:
 
     Shapes: labels (N,) -> (min(max_images, N),) long
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     n = labels.shape[0]
     if max_images is None or max_images >= n:
@@ -69,7 +69,7 @@ def digits_subset(max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
     Shapes: returns images (M, 1, 8, 8), labels (M,) long; M = min(max_images, 1797).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     ds = load_dataset("digits")
     keep = fixed_subset(ds.labels, max_images)
@@ -90,7 +90,7 @@ def schedule_config(cfg: dict, modes: Iterable[str]) -> TrainConfig:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     joint = any(m != "frozen" for m in modes)
     return TrainConfig(mode="end2end" if joint else "frozen", **{k: cfg[k] for k in _RUN_SETTINGS if k in cfg})
@@ -106,7 +106,7 @@ def train_digits_row(model: Any, images: torch.Tensor, labels: torch.Tensor, mas
 
     Shapes: images (N, C_in, H, W), labels (N,), masks three (N,) bool.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
     """
     warm = 0 if mode == "frozen" else cfg["warmup_epochs"]
     tr, va, te = masks
@@ -220,7 +220,7 @@ class Partial:
 
         Shapes: none.
 
-        Taught in: chapter 08 (chapters/08_end_to_end.md).
+        Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md).
         """
         if runs is not None:
             self.runs = [_normalise(r) for r in runs]

@@ -20,7 +20,7 @@ The parts (timm's layout: private modules behind this public one):
 
 ``bgcn.train`` is both this module and, called, :func:`train` (see ``bgcn/__init__.py``).
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Everything here is ``torch.load(weights_only=True)``-safe: tensors, (nested) dicts/lists and plain
 Python values, never pickled code.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 
     Shapes: any.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Shapes: state dicts as saved.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     path = Path(path)
     if not path.is_file():
@@ -84,7 +84,7 @@ def rng_state(generator: torch.Generator | None) -> dict:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     st = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -100,7 +100,7 @@ def set_rng_state(st: dict, generator: torch.Generator | None) -> None:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
@@ -121,7 +121,7 @@ def graphs_dir(ckpt_path: Path) -> Path:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     return ckpt_path.with_name(ckpt_path.name + ".graphs")
 
@@ -132,7 +132,7 @@ def history_apart(ckpt_path: Path | None, history, written: set) -> dict:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     d = history.state_dict()
     if ckpt_path is None:
@@ -154,7 +154,7 @@ def load_graph_files(ckpt_path: Path, hist: dict) -> list | None:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     epochs = hist.get("graph_epochs")
     if epochs is None:

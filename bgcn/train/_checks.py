@@ -4,7 +4,7 @@ One helper a kind of argument, shared by both engines: the model, the images (no
 :class:`NonFiniteImages` on both), the labels, the masks (their labels, and train/validation
 disjoint) and the analysis labels.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def check_model(model: Any) -> EndToEnd:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if not isinstance(model, EndToEnd):
         raise TypeError(f"model must be a bgcn.EndToEnd (see bgcn.model.build_model), got {type(model).__name__}")
@@ -38,7 +38,7 @@ def default_mode(model: EndToEnd, mode: str | None) -> str | None:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if mode is None:
         mode = model.mode if model.mode is not None else ("end2end" if model.train_backbone else "frozen")
@@ -54,7 +54,7 @@ def check_images(images: Any, *, lazy: bool = False):
 
     Shapes: images (N, C_in, H, W) (2 to 5 dimensions) -> unchanged.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if lazy and not isinstance(images, torch.Tensor):
         if isinstance(images, torch.utils.data.Dataset) and callable(getattr(images, "take", None)):
@@ -79,7 +79,7 @@ def check_finite_images(images: torch.Tensor) -> torch.Tensor:
 
     Shapes: images (N, ...) -> unchanged.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if not images.is_floating_point() or images.numel() == 0:
         return images
@@ -95,7 +95,7 @@ def check_labels(labels: Any, n: int) -> torch.Tensor:
 
     Shapes: labels (N,).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor of shape ({n},) (one class per image), got "
@@ -114,7 +114,7 @@ def check_masks(model: EndToEnd, labels: torch.Tensor, train_mask: Any, val_mask
 
     Shapes: labels (N,) on ``device``; masks (N,) bool.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     n = labels.shape[0]
     masks = {"train_mask": check_mask(train_mask, n, "train_mask", device, required=True),
@@ -167,7 +167,7 @@ def check_analysis_labels(analysis_labels: Any, n: int) -> torch.Tensor | None:
 
     Shapes: analysis_labels (N,).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     if analysis_labels is None:
         return None

@@ -7,13 +7,15 @@ r"""The full-batch engine: one step an epoch on the kNN graph of all N images (c
 Modes (seed 000):
 
 - ``"frozen"`` (§1): features once under ``no_grad``, hard kNN graph, only the GCN learns;
-- ``"end2end-features"`` (§3 as written): the extractor learns through the node features; the
-  graph is hard and its weights unused, so the ranking path carries exactly zero gradient;
-- ``"end2end"`` (§3 as intended): through the node features *and* the estimator's edge weights.
+- ``"end2end-features"`` (§3's loop as intended, once its three bugs are fixed): the extractor
+  learns through the node features; the graph is hard and its weights unused, so the ranking path
+  carries exactly zero gradient;
+- ``"end2end"`` (what §2.5 claims of that loop): through the node features *and* the estimator's
+  edge weights.
 
 The loop around the step (selection, resume, divergence, history) is :mod:`bgcn.train._loop`'s.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class ParamPathNorms:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     def on_loss(self, engine: "FullBatchEngine", loss: torch.Tensor, fixed: bool) -> dict:
@@ -82,7 +84,7 @@ class FullBatchEngine(Engine):
 
     Shapes: images (N, C_in, H, W); labels, masks (N,) on the device.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     kind, checkpoint_format, resume_free, required_keys = "full-batch", CHECKPOINT_FORMAT, _RESUME_FREE, ()
@@ -307,7 +309,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
         - images: (N, C_in, H, W); labels, masks: (N,)
         - history.graphs[m]["indices"], ["weights"]: (N, k)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     check_model(model)
     cfg = TrainConfig(mode=default_mode(model, mode), epochs=epochs, warmup_epochs=warmup_epochs,

@@ -11,7 +11,7 @@ An engine is an :class:`Engine`; a NaN/Inf its ``step``/``evaluate`` finds is ra
 ``FloatingPointError(what)``, which the loop reports as :class:`TrainingDiverged` with the last
 good checkpoint.
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class LoopSettings:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     mode: str
@@ -86,7 +86,7 @@ class Engine:
 
     Shapes: logp (N, C); graph.indices (N, k).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     kind, resume_hint, checkpoint_format, required_keys, resume_free = "", "", None, (), frozenset()
@@ -127,7 +127,7 @@ class Plugin:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     def after_step(self, run: "_Run", epoch: int) -> None:
@@ -146,7 +146,7 @@ class Homophily(Plugin):
 
     Shapes: labels (N,) long on the CPU.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     def __init__(self, labels: torch.Tensor):
@@ -165,7 +165,7 @@ class GraphSnapshots(Plugin):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
 
     def __init__(self, every: int):
@@ -182,7 +182,7 @@ def analysis_plugins(analysis_labels, n: int) -> list:
 
     Shapes: analysis_labels (N,).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     labels = check_analysis_labels(analysis_labels, n)
     return [] if labels is None else [Homophily(labels)]
@@ -193,7 +193,7 @@ def snapshot(graph, epoch: int) -> dict:
 
     Shapes: graph.indices (N, k) -> indices, weights (N, k).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     idx = graph.indices.detach().cpu()
     idx = idx.to(torch.int16 if graph.num_nodes < 2**15 else torch.int32)
@@ -206,7 +206,7 @@ def make_optimizer(model, mode: str, lr_backbone: float, lr_gcn: float, weight_d
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
@@ -225,7 +225,7 @@ def deterministic_algorithms(deterministic: bool | None, dev: torch.device):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if deterministic is None:
@@ -251,7 +251,7 @@ def merge_extra(config: dict, extra: dict | None, owner: str) -> dict:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     clash = sorted(set(extra or {}) & set(config))
     if clash:
@@ -461,7 +461,7 @@ def restore_state(obj, state: dict, path: Path, what: str) -> None:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     try:
         obj.load_state_dict(state)
@@ -475,7 +475,7 @@ def run(engine, settings: LoopSettings, plugins=()) -> TrainResult:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     return _Run(engine, settings, plugins).fit()
 
@@ -486,7 +486,7 @@ def train_with(cfg: TrainConfig, dev: torch.device, build, plugins=()) -> TrainR
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     with deterministic_algorithms(cfg.deterministic, dev):
         seed_everything(cfg.seed)

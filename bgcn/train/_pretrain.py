@@ -1,6 +1,6 @@
 """Self-supervised pre-training of a backbone (SimCLR-lite), so that "frozen" is not "random".
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def augment_images(images: torch.Tensor, generator: torch.Generator | None = Non
 
     Shapes: images (B, C, H, W) -> (B, C, H, W)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     check_tensor(images, "images", ndim=4)
     b, c, h, w = images.shape
@@ -74,7 +74,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
 
     Shapes: z1, z2 (B, P) -> ()
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     check_tensor(z1, "z1", ndim=2)
     check_tensor(z2, "z2", ndim=2)
@@ -111,7 +111,7 @@ def pretrain_backbone(backbone: nn.Module, images: torch.Tensor, *, epochs: int 
 
     Shapes: images (N, C_in, H, W); backbone: (B, C_in, H, W) -> (B, D)
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_1_loop.md).
     """
     check_tensor(images, "images", ndim=4)
     epochs = check_int(epochs, "epochs", 1)

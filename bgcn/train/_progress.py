@@ -1,6 +1,6 @@
 """The progress bar of the training loops (tqdm).
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def progress_enabled(progress: bool | None = None) -> bool:
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
     if progress is not None:
         return bool(progress)
@@ -32,7 +32,7 @@ def pbar(iterable, enabled: bool, **kw):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
     from tqdm.auto import tqdm  # at call time: tqdm.auto probes IPython, which `import bgcn` must not load
 

@@ -2,7 +2,7 @@
 
 Shared by both engines (:func:`bgcn.train.train`, :func:`bgcn.minibatch.train_minibatch`).
 
-Taught in: chapter 08 (chapters/08_end_to_end.md).
+Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class TrainingDiverged(RuntimeError):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
 
     def __init__(self, message: str, epoch: int, checkpoint: str | None = None):
@@ -41,7 +41,7 @@ class NonFiniteImages(TrainingDiverged, ValueError):
 
     Shapes: none.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
 
     def __init__(self, message: str):
@@ -84,7 +84,7 @@ class History:
 
     Shapes: every series is a list of length = number of epochs run; graphs[m]["indices"] (N, k).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
 
     epoch: list = field(default_factory=list)
@@ -161,7 +161,7 @@ class TrainResult:
 
     Shapes: ``best_state`` tensors as in ``model.state_dict()``.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
 
     model: EndToEnd
@@ -201,7 +201,7 @@ def accuracy(logp: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
 
     Shapes: logp (N, C), labels (N,), mask (N,) bool -> float
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
     """
     if mask is None or not bool(mask.any()):
         return float("nan")

@@ -28,7 +28,7 @@ segments), ``_temperature`` (chapter 05), ``_graph`` (chapters 06 and 08), ``_st
 ipywidgets are imported inside the functions that draw.
 
 Taught in: chapter 05 (chapters/05_temperature.md), chapter 06 (chapters/06_rankings_to_graph.md),
-chapter 08 (chapters/08_end_to_end.md), chapter 09 (chapters/09_estimators.md).
+chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators.md).
 """
 from __future__ import annotations
 

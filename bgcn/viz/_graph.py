@@ -201,7 +201,7 @@ def graph_evolution_figure(positions: Any, labels: Any, graphs: Any, accuracies:
 
     Shapes: T frames; every graph has N rows.
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     import plotly.graph_objects as go
 

@@ -177,7 +177,7 @@ def widget_graph_evolution(positions: Any, labels: Any, graphs: Any, accuracies:
 
     Shapes: T recorded graphs of N rows; positions (N, 2); labels (N,).
 
-    Taught in: chapter 08 (chapters/08_end_to_end.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md).
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
