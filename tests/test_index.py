@@ -6,7 +6,7 @@ import torch
 
 import bgcn
 from bgcn.bank import FeatureBank
-from bgcn.index import (APPROXIMATE_FROM, ExactIndex, FaissIndex, make_index, recall_at_k,
+from bgcn.index import (APPROXIMATE_FROM, FLAT_FROM, ExactIndex, FaissIndex, make_index, recall_at_k,
                         resolve_index_kind)
 from bgcn.similarity import knn_search, normalize_rows
 
@@ -87,8 +87,12 @@ def test_recall_counts_the_shared_ids():
 
 
 def test_auto_is_exact_below_the_threshold_and_ivf_from_it():
-    assert resolve_index_kind("auto", APPROXIMATE_FROM - 1) == "exact"
+    assert resolve_index_kind("auto", FLAT_FROM - 1) == "exact"
+    assert resolve_index_kind("auto", FLAT_FROM) == "flat"
+    assert resolve_index_kind("auto", APPROXIMATE_FROM - 1) == "flat"
     assert resolve_index_kind("auto", APPROXIMATE_FROM) == "ivf"
+    assert resolve_index_kind("auto", APPROXIMATE_FROM, device="cuda") == "exact"
+    assert resolve_index_kind("hnsw", 10) == "hnsw"
     assert isinstance(make_index("auto", 10), ExactIndex)
     with pytest.raises(ValueError, match="index"):
         make_index("annoy")

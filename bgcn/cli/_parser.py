@@ -152,8 +152,9 @@ def _add_optim_args(o) -> None:
                    help="with --batch-size: keep every node's neighbour list in the bank (faster, staler)")
     o.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "ivf", "hnsw"],
                    help="with --batch-size: the bank's neighbour index (bgcn.index): exact (the reference), or "
-                        "FAISS candidates re-ranked exactly (ivf, hnsw, flat), rebuilt once an epoch; auto = "
-                        "exact below 100 000 images, ivf from there; metrics.json records recall@k a epoch")
+                        "FAISS candidates re-ranked exactly (flat: exhaustive; ivf, hnsw: approximate), rebuilt "
+                        "once an epoch; auto = on the CPU exact below 20 000 images, flat below 100 000, ivf from "
+                        "there; exact on a GPU. metrics.json records recall@k a epoch")
     o.add_argument("--bank-chunk", type=_positive_int, default=None,
                    help="with --batch-size: bank rows per exact-search block (bounds the search's memory to "
                         "chunk x bank-chunk similarities; default: the whole bank)")

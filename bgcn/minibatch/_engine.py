@@ -123,7 +123,7 @@ class MinibatchEngine(Engine):
         self.steps: list[list[int]] = []
         self.t_search, self.t_feat, self._fixed, self._eval_feats = 0.0, 0.0, False, None
         # the neighbour index: exact (the reference) or approximate, built with every bank fill
-        self.index_kind = resolve_index_kind(cfg.index, self.n)
+        self.index_kind = resolve_index_kind(cfg.index, self.n, dev)
         self._eval_index, self.recall = None, []  # recall: [epoch, recall@k on a sample] per epoch
 
     def _record(self) -> dict:
