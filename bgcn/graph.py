@@ -281,7 +281,7 @@ def hop_reach(indices: torch.Tensor, sources: torch.Tensor, hops: int) -> torch.
 
     Shapes: indices (N, k) integer, sources (N,) bool -> (N,) bool
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.is_floating_point():
         raise ValueError("indices must be an integer (N, k) tensor of neighbour indices (KNNGraph.indices)")

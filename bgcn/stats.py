@@ -26,6 +26,7 @@ and chapter 12 (chapters/12_real_extractor.md).
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy as np
 from ._checks import check_int
 
 __all__ = ["finite_values", "mean_std", "PairedDifference", "paired_difference", "beyond_noise",
-           "paired_runs", "NOISE_SE"]
+           "bonferroni_z", "paired_runs", "NOISE_SE"]
 
 #: The "beyond noise" rule: a mean paired difference more than this many standard errors from 0.
 NOISE_SE = 2.0
@@ -85,6 +86,26 @@ def beyond_noise(mean: float, se: float, n: int, comparisons: int = 1, k: float 
     comparisons = check_int(comparisons, "comparisons", 1,
                             hint="the number of differences the table reads with this rule")
     return bool(n > 1 and math.isfinite(mean) and math.isfinite(se) and abs(mean) > k * se)
+
+
+def bonferroni_z(comparisons: int, level: float = 0.05) -> float:
+    r"""The :math:`|z|` a difference must pass when ``comparisons`` are read at once (Bonferroni, two-sided).
+
+    .. math:: z_m = \Phi^{-1}\!\left(1 - \frac{\alpha}{2m}\right)
+
+    with :math:`\alpha` = ``level``: about 1.96 for one comparison, 2.81 for ten. The stricter rule
+    that :func:`beyond_noise`'s ``comparisons`` only names: a mean paired difference counts past the
+    correction when ``abs(mean / se) > bonferroni_z(m)``.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
+    """
+    comparisons = check_int(comparisons, "comparisons", 1,
+                            hint="the number of differences the table reads with this rule")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return float(NormalDist().inv_cdf(1.0 - level / (2 * comparisons)))
 
 
 class PairedDifference(dict):

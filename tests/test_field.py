@@ -189,6 +189,27 @@ def test_verdict_and_columns_read_the_summary():
     assert "| toy | 3 | 90.0 ± 1.0 | `e2e_a` 89.0 ± 1.0 | -1.00 ± 0.20 * | 3 | 1 / 0 / 1 |" in vt
 
 
+def test_headline_is_the_verdict_flat_and_gluable():
+    line = {"val_acc": 90.0, "test_mean": 90.0, "test_std": 1.0, "n": 3, "homophily_before": 0.9,
+            "homophily_after": 0.95, "setting": {}}
+    summary = [{**line, "row": F.REFERENCE},
+               {**line, "row": "laplace", "test_mean": 93.0, "diff_mean": 3.0, "diff_se": 0.5,
+                "beyond_noise": True, "comparisons": 3},
+               {**line, "row": "e2e_a", "val_acc": 95.0, "test_mean": 91.0, "diff_mean": 1.0, "diff_se": 0.4,
+                "beyond_noise": True, "comparisons": 3},
+               {**line, "row": "e2e_b", "val_acc": 91.0, "test_mean": 92.0, "diff_mean": 2.0, "diff_se": 1.5,
+                "beyond_noise": False, "comparisons": 3}]
+    h = F.headline({"summary": summary})
+    assert h["best_name"] == "`e2e_a`" and h["best_diff_mean"] == 1.0 and h["best_z"] == pytest.approx(2.5)
+    assert (h["gcn"], h["laplace"], h["laplace_gap"], h["e2e_max"]) == (90.0, 93.0, 3.0, 92.0)
+    assert (h["e2e"], h["comparisons"], h["ahead"], h["behind"], h["level"]) == (2, 3, 1, 0, 1)
+    assert h["hom_pct"] == pytest.approx(90.0) and h["bonf_z"] == pytest.approx(bgcn.stats.bonferroni_z(3))
+    assert all(type(x) in (float, int, str) for x in h.values())
+    # the committed table: what chapter 13's pages glue
+    h = F.headline(F.load_field_results())
+    assert h["best_name"] == "`e2e_blackbox_linear`" and h["ahead"] == 1 and h["best_z"] < h["bonf_z"]
+
+
 def test_feature_protocol_reads_the_frozen_extractor_and_the_fashion_split(monkeypatch):
     # a feature protocol's inputs are the backbone's features of the split protocol's images, as
     # (N, 1, 1, D) "images", with the split protocol's masks (a small stand-in backbone keeps it fast)

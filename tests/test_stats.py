@@ -69,6 +69,21 @@ def test_beyond_noise_rule_and_comparisons():
             stats.beyond_noise(1.0, 0.1, 5, comparisons=bad)
 
 
+def test_bonferroni_z_matches_scipy_and_grows_with_the_comparisons():
+    from scipy.stats import norm
+
+    for m in (1, 2, 9, 10, 100):
+        assert stats.bonferroni_z(m) == pytest.approx(norm.ppf(1 - 0.025 / m), abs=1e-9)
+    assert stats.bonferroni_z(1, level=0.1) == pytest.approx(norm.ppf(0.95), abs=1e-9)
+    assert isinstance(stats.bonferroni_z(9), float)
+    assert stats.bonferroni_z(1) < stats.bonferroni_z(2) < stats.bonferroni_z(10)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="comparisons="):
+            stats.bonferroni_z(bad)
+    with pytest.raises(ValueError, match="level"):
+        stats.bonferroni_z(3, level=1.0)
+
+
 def test_paired_runs_and_experiment_delegate():
     runs = [{"method": "a", "labels_per_class": 10, "seed": s, "test_acc": v} for s, v in enumerate([0.9, 0.8, 0.7])]
     runs += [{"method": "b", "labels_per_class": 10, "seed": s, "test_acc": v} for s, v in enumerate([0.85, 0.79, 0.71])]

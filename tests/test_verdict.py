@@ -1,4 +1,5 @@
-"""The book's verdict is stated once, in chapter 13, and the chapters before it agree with it.
+"""The book's verdict is stated once, in chapter 13 (its landing page and its verdict page), and the
+chapters before it agree with it.
 
 Chapters 8, 9 and 12 run their experiments from weaker starts (a label-free MLP, an ImageNet
 extractor at 32×32); each says so and points to chapter 13, whose answer on the field's benchmark
@@ -15,7 +16,8 @@ from bgcn.experiments import field
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTING = ["08_end_to_end_3_experiment", "09_estimators", "09_estimators_digits", "12_real_extractor"]
-COMPARING = ["08_end_to_end_3_experiment", "09_estimators_digits", "12_real_extractor", "13_what_we_found"]
+COMPARING = ["08_end_to_end_3_experiment", "09_estimators_digits", "12_real_extractor", "13_what_we_found_1_benchmark",
+             "13_what_we_found_3_verdict"]
 RULE = ("more than two standard errors from zero; with m comparisons about m/20 such differences "
         "appear by chance alone, so every table names m")
 

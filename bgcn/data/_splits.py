@@ -58,7 +58,7 @@ def benchmark_data(name: str):
 
     Shapes: images (N, C, H, W) float32, labels (N,) long.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md)
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md)
     """
     if not isinstance(name, str) or name not in BENCHMARK_SPLITS:
         raise ValueError(f"unknown benchmark split {name!r}; known: {', '.join(map(repr, BENCHMARK_SPLITS))}")

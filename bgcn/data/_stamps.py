@@ -7,7 +7,7 @@ the frozen kNN graph joins images of different classes that share a stamp. An ex
 learns to turn the stamp's pixels down restores the digit graph — which only a gradient through
 the ranking asks it to do; the GCN can ignore the stamp in its node features on its own.
 
-Taught in: chapter 13 (chapters/13_what_we_found.md)
+Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md)
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def make_digits_stamps(num_stamps: int = 100, density: float = 0.25, strength: f
         images: (1797, 1, 8, 16) float32 in [0, max(1, strength)]
         labels: (1797,) long in {0, …, 9};  nuisance: (1797,) long in {0, …, M-1}
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md)
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md)
     """
     m = check_int(num_stamps, "num_stamps", 2)
     density = check_number(density, "density", 0.0, 1.0, open_min=True)

@@ -32,7 +32,7 @@ def results_root() -> Path:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     return Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
 

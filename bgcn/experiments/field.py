@@ -35,7 +35,7 @@ Fashion-MNIST images, 10 labels a class); ``labels_per_class`` (``--labels``) gi
 ``python -m bgcn experiment --protocol digits-lds`` writes ``results/field/digits-lds.json`` and
 ``.md`` (``--quick``: 2 seeds, one setting a row; ``--resume`` continues a partial run).
 
-Taught in: chapter 13 (chapters/13_what_we_found.md).
+Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ from ..utils import json_safe, versions
 from .common import Partial, results_root, write_atomic
 
 __all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "ESTIMATOR_ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
-           "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "columns_table",
+           "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "headline", "columns_table",
            "verdict_table", "extractor_probe", "load_extractor_probe", "probe_table"]
 
 #: Protocols whose input is a frozen pretrained extractor's features instead of the pixels:
@@ -88,7 +88,7 @@ def protocol_data(protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
 
     Shapes: inputs (N, C, H, W) float32, labels (N,) long.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     images, labels = benchmark_data(_split_name(protocol))
@@ -131,7 +131,7 @@ class Row:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
 
     name: str
@@ -238,7 +238,7 @@ def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", im
 
     Shapes: none (returns a dict of numbers).
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     if images is None or labels is None:
@@ -271,7 +271,7 @@ def summarize(runs: list[dict], rows: Sequence[Row], seeds: Sequence[int]) -> li
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     seeds = list(seeds)
     chosen = {row.name: _choose(runs, row, seeds) for row in rows}
@@ -300,7 +300,7 @@ def format_field_table(summary: list[dict], title: str) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     head = (f"**{title}**\n\n| row | chosen setting | test acc. (%) | Δ vs {REFERENCE} (paired, ± se) | "
             f"homophily before → after |\n|---|---|---|---|---|\n")
@@ -335,7 +335,7 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     seeds = check_int(seeds, "seeds", 2, 10, hint="5: the field's list, 10: with 0-4")
@@ -397,7 +397,7 @@ def load_field_results(path: str | Path | None = None, name: str = "digits-lds")
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     if path is None:
         root = results_root()
@@ -419,7 +419,7 @@ def published_table(summary: list[dict]) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     lines = ["| method | Digits, 5 labels a class (%) | where the number comes from |", "|---|---|---|"]
     for p in PUBLISHED:
@@ -436,7 +436,7 @@ def chosen_runs(res: dict, seeds: int | None = None) -> list[dict]:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     summary = res["summary_5"] if seeds == 5 else res["summary"]
     keep = {(s["row"], json.dumps(s["setting"], sort_keys=True)) for s in summary}
@@ -458,7 +458,7 @@ def verdict(res: dict) -> dict:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_3_verdict.md).
     """
     summary = res["summary"]
     e2e = [s for s in summary if s["row"].startswith("e2e_")]
@@ -473,6 +473,51 @@ def verdict(res: dict) -> dict:
             "goal_reached": bool(best["beyond_noise"]) and best["diff_mean"] > 0}
 
 
+def headline(res: dict) -> dict[str, float | int | str]:
+    """The numbers a page quotes from one committed table, flat, for ``glue``: the frozen reference,
+    Laplace learning, the end-to-end row chosen on validation and the verdict's counts.
+
+    ``res`` is :func:`load_field_results`'s dict (with a ``laplace`` row). Keys (test accuracies
+    in %, differences in points, seed-paired to :data:`REFERENCE`):
+
+    - ``gcn``, ``gcn_std``: the frozen kNN-GCN on the pixels, test mean and std over the seeds;
+    - ``laplace``, ``laplace_gap`` (Laplace minus the reference's mean), ``laplace_diff``,
+      ``laplace_se`` (its paired difference);
+    - ``best_name`` (the row's name in backticks, Markdown), ``best_test_mean``, ``best_test_std``,
+      ``best_diff_mean``, ``best_diff_se``, ``best_homophily_before``, ``best_homophily_after``,
+      ``hom_pct`` (100 × homophily before) and ``best_z`` (diff / se): the row of :func:`verdict`;
+    - ``e2e``, ``comparisons``, ``ahead``, ``behind``, ``level``: :func:`verdict`'s counts;
+    - ``e2e_max``: the highest test mean of any end-to-end row;
+    - ``bonf_z``: the :math:`|z|` a Bonferroni correction for the comparisons asks
+      (:func:`bgcn.stats.bonferroni_z`).
+
+    Every value is a Python ``float``, ``int`` or ``str``.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
+    """
+    from ..stats import bonferroni_z
+
+    v = verdict(res)
+    ref, best = v["reference"], v["best"]
+    lap = next(s for s in res["summary"] if s["row"] == "laplace")
+    out: dict[str, float | int | str] = {
+        "gcn": ref["test_mean"], "gcn_std": ref["test_std"], "laplace": lap["test_mean"],
+        "laplace_gap": lap["test_mean"] - ref["test_mean"], "laplace_diff": lap["diff_mean"],
+        "laplace_se": lap["diff_se"], "best_name": f"`{best['row']}`"}
+    for key in ("test_mean", "test_std", "diff_mean", "diff_se", "homophily_before", "homophily_after"):
+        out[f"best_{key}"] = best[key]
+    out["hom_pct"] = 100 * best["homophily_before"]
+    out["best_z"] = best["diff_mean"] / best["diff_se"]
+    for key in ("e2e", "comparisons", "ahead", "behind", "level"):
+        out[key] = v[key]
+    out["e2e_max"] = v["best_test"]["test_mean"]
+    out["bonf_z"] = bonferroni_z(v["comparisons"])
+    return {k: (x if isinstance(x, str) else int(x) if isinstance(x, (bool, int, np.integer)) else float(x))
+            for k, x in out.items()}
+
+
 def columns_table(results: dict[int, dict]) -> str:
     """Markdown: one row per method, one column per labels-a-class setting (``{lpc: res}``), each cell
     test mean ± std and the seed-paired difference to :data:`REFERENCE` (``*``: beyond noise).
@@ -481,7 +526,7 @@ def columns_table(results: dict[int, dict]) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
     """
     lpcs = sorted(results)
     by = {lpc: {s["row"]: s for s in results[lpc]["summary"]} for lpc in lpcs}
@@ -507,7 +552,7 @@ def verdict_table(results: dict[str, dict]) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_3_verdict.md).
     """
     lines = ["| setting | seeds | frozen kNN-GCN on the input | end to end, chosen on validation | Δ (paired, ± se) "
              "| m | e2e rows ahead / level / behind |", "|---|---|---|---|---|---|---|"]
@@ -535,7 +580,7 @@ def extractor_probe(protocol: str = "fashion-2000", sizes: Sequence[int] = (32, 
     Shapes: none (returns ``{"candidates": [{"input", "embed_s", "dim", "val_laplace", "val_knn",
     "homophily"}], "chosen", "seeds", "k"}``).
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
     """
     import graphlearning as gl
     from sklearn.neighbors import KNeighborsClassifier
@@ -579,7 +624,7 @@ def load_extractor_probe(path: str | Path | None = None) -> dict:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
     """
     if path is None:
         root = results_root()
@@ -596,7 +641,7 @@ def probe_table(probe: dict) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
     """
     lines = [f"| input | val. acc., Laplace learning (%) | val. acc., {probe['k']}-NN classifier (%) | "
              "homophily | seconds to embed |", "|---|---|---|---|---|"]

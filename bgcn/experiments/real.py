@@ -351,7 +351,7 @@ def load_real_results(dataset: str = "fashion-mnist", path: str | os.PathLike | 
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found.md).
+    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
     """
     import json
 
