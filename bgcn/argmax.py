@@ -13,6 +13,8 @@ function                                  what it computes
 :func:`score_function_gradient`           REINFORCE: :math:`\nabla_\theta \mathbb E_{i\sim p_\theta}[R(i)]`
                                           from samples, with an optional baseline
 :func:`exact_expected_reward_gradient`    the same gradient by enumerating the n outcomes (for checks)
+:func:`score_function_ascent`             many independent training runs of the logits with that estimate,
+                                          optionally with clipped gradients (seed 003's advice)
 ========================================  ==================================================================
 
 Symbols: n categories, S samples, ``...`` any batch shape, :math:`\theta` logits,
@@ -34,6 +36,7 @@ __all__ = [
     "ScoreFunctionEstimate",
     "score_function_gradient",
     "exact_expected_reward_gradient",
+    "score_function_ascent",
 ]  # BASELINES stays importable from here; it is documented in bgcn.estimators
 
 
@@ -249,3 +252,69 @@ def exact_expected_reward_gradient(logits: torch.Tensor, rewards: torch.Tensor) 
     p = torch.softmax(logits.detach(), dim=-1)
     r = rewards.detach().to(p.dtype)
     return p * (r - (p * r).sum(-1, keepdim=True))
+
+
+def score_function_ascent(logits: torch.Tensor, cost: torch.Tensor, *, steps: int = 300, lr: float = 0.5,
+                          num_samples: int = 8, baseline: str | float = "loo", max_grad_norm: float | None = None,
+                          generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    r"""Train R independent copies of the logits by gradient ascent with the score-function estimate.
+
+    Every run starts from its row of ``logits`` and takes ``steps`` steps
+
+    .. math::
+        \hat g = \text{score\_function\_gradient}(\theta, R = -\text{cost}),\qquad
+        \hat g \leftarrow \hat g\,\min\!\Big(1, \frac{\text{max\_grad\_norm}}{\lVert\hat g\rVert}\Big),
+        \qquad \theta \leftarrow \theta + \text{lr}\,\hat g
+
+    (the clipping only when ``max_grad_norm`` is given, run by run, as
+    ``torch.nn.utils.clip_grad_norm_`` does for one run). The step is proportional to the cost:
+    targets and values c times larger multiply the cost, and so the step, by :math:`c^2`.
+    Rescaling them back (seed 003's advice) is the run at c = 1; clipping bounds the step instead.
+    All R runs are one batched call per step, so hundreds of runs cost about what one costs.
+
+    Args:
+        logits: (R, n) or (n,) the initial logits of each run.
+        cost: (n,) the cost of each category (lower is better); the reward is ``-cost``.
+        steps, lr: number of steps and step size.
+        num_samples, baseline: S and the baseline of :func:`score_function_gradient` (``"loo"``
+            needs S >= 2).
+        max_grad_norm: clip each run's estimate to this norm (None: no clipping).
+        generator: for reproducible samples.
+
+    Returns:
+        a dict: ``expected_cost`` (steps + 1, R), the expected cost :math:`\langle p,
+        \text{cost}\rangle` before every step and after the last; ``probs`` (R, n), the final
+        :math:`\mathrm{softmax}(\theta)`; ``logits`` (R, n); ``grad_norm`` (steps, R), the norm of
+        each estimate before clipping; ``finite`` (R,) bool, whether the run's logits stayed finite.
+
+    Shapes:
+        - logits: (R, n) or (n,) (then R = 1); cost: (n,)
+        - expected_cost: (steps + 1, R); probs, logits: (R, n); grad_norm: (steps, R); finite: (R,)
+
+    Taught in: the Sources page (chapters/sources.md); its estimator: chapters/03_argmax_score_function.md.
+    """
+    _check_last_dim(logits, "logits")
+    theta = logits.detach().clone().reshape(-1, logits.shape[-1])
+    cost = check_tensor(cost, "cost", ndim=1).detach().to(theta.dtype)
+    if cost.shape[0] != theta.shape[-1]:
+        raise ValueError(f"cost has {cost.shape[0]} categories but logits has {theta.shape[-1]}; give one cost "
+                         "per category")
+    steps = check_int(steps, "steps", 1)
+    lr = check_number(lr, "lr", 0)
+    if max_grad_norm is not None:
+        max_grad_norm = check_positive(max_grad_norm, "max_grad_norm")
+    reward = -cost
+    history, norms = [], []
+    for _ in range(steps):
+        history.append(torch.softmax(theta, -1) @ cost)
+        g = score_function_gradient(theta, lambda i: reward[i], num_samples, baseline=baseline,
+                                    generator=generator).grad
+        n = g.norm(dim=-1, keepdim=True)
+        norms.append(n[:, 0])
+        if max_grad_norm is not None:
+            g = g * (max_grad_norm / n.clamp_min(torch.finfo(g.dtype).tiny)).clamp(max=1.0)
+        theta = theta + lr * g
+    p = torch.softmax(theta, -1)
+    history.append(p @ cost)
+    return {"expected_cost": torch.stack(history), "probs": p, "logits": theta,
+            "grad_norm": torch.stack(norms), "finite": torch.isfinite(theta).all(-1)}

@@ -46,9 +46,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 MODULE_ORDER = ["utils", "io", "stats", "distributed", "data", "backbone", "similarity", "estimators", "topk",
                 "argmax", "temperature", "graph", "scaling", "gcn_spec", "gcn", "model", "train", "bank", "minibatch",
                 "config", "viz", "viz_estimators", "experiments", "experiments.common", "experiment",
-                "estimator_experiment", "experiments.real", "cli"]
+                "estimator_experiment", "experiments.real", "experiments.seeds", "cli"]
 TAUGHT_RE = re.compile(r"Taught in:?(.*)", re.IGNORECASE)
 CHAPTER_RE = re.compile(r"(?:chapters/)?(\d\d_[A-Za-z0-9_]+)(?:\.md)?")
+# reference pages a docstring may name as where it is taught ("Taught in: the Sources page (chapters/sources.md)")
+REFERENCE_RE = re.compile(r"chapters/(sources|notation)\.md")
 AUTOMODULES_MARK = "<!-- bgcn:automodules -->"
 TAUGHT_MARK = "<!-- bgcn:taught-in -->"
 
@@ -123,11 +125,13 @@ def chapters_of(obj) -> list[str]:
         m = TAUGHT_RE.search(line)
         if m:
             found += ["chapters/" + c for c in CHAPTER_RE.findall(m.group(1))]
+            found += ["chapters/" + c for c in REFERENCE_RE.findall(m.group(1))]
     return list(dict.fromkeys(found))
 
 
 def _chapter_link(docname: str, found_docs) -> str:
-    label = "chapter " + docname.split("/")[-1][:2]
+    name = docname.split("/")[-1]
+    label = "chapter " + name[:2] if name[:2].isdigit() else f"the {name.capitalize()} page"
     return f"{{doc}}`{label} </{docname}>`" if docname in found_docs else f"{label} (to come)"
 
 

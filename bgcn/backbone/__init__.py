@@ -16,7 +16,7 @@ under ``torch.no_grad()`` (the engines use :func:`embed_images`, the same loop);
 Parts: ``_registry`` (names), ``_factory`` (:func:`create_backbone`), ``_input`` (what a backbone
 takes), ``_digits`` (the small ViT/MLP/CNN), ``_timm`` (any timm name), ``_weights`` (local
 files), ``_imagenet`` (EfficientNet-Lite0), ``_pixels`` and ``_identity`` (extractors that start
-from the pixels' graph), ``_embed`` (the one embedding loop).
+from the pixels' graph), ``_embed`` (the one embedding loop), ``_batch`` (whether a feature depends on its batch).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from ._imagenet import (BN_POLICIES, EFFICIENTNET_LITE0_WHEEL, EfficientNetLite0
                         efficientnet_lite0_weights_file)
 from ._factory import create_backbone
 from ._embed import embed_images, extract_features, image_rows, param_dtype
+from ._batch import batch_dependence, norm_layers
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -65,4 +66,6 @@ __all__ = [
     "efficientnet_lite0_weights_file",
     "BN_POLICIES",
     "EFFICIENTNET_LITE0_WHEEL",
+    "batch_dependence",
+    "norm_layers",
 ]

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from ..model import EndToEnd, score_function_surrogate
 from ..utils import check_k, get_device
 from ._checkpoint import CHECKPOINT_FORMAT
 from ._checks import check_images, check_labels, check_masks, check_model, default_mode
-from ._loop import Engine, GraphSnapshots, analysis_plugins, make_optimizer, merge_extra, train_with
+from ._loop import Engine, GraphSnapshots, Plugin, analysis_plugins, make_optimizer, merge_extra, train_with
 from ._result import TrainResult, TrainingDiverged
 
 __all__ = ["train", "FullBatchEngine", "ParamPathNorms"]
@@ -209,7 +210,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
           checkpoint_every: int = 1, resume: bool = False, progress: bool | None = None,
           reinforce_reward: str = "node", max_grad_norm: float | None = None,
           extra_config: dict | None = None, analysis_labels: torch.Tensor | None = None,
-          param_path_norms: bool = False, eval_every: int = 1) -> TrainResult:
+          param_path_norms: bool = False, eval_every: int = 1, plugins: Sequence[Plugin] = ()) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` model full-batch and transductively.
 
     Every epoch is one AdamW step on
@@ -301,6 +302,9 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
         param_path_norms: also split the backbone's parameter gradient by path
             (``history.grad_backbone_node`` / ``_graph``; one extra backward through the backbone
             a step).
+        plugins: more :class:`~bgcn.train.Plugin` measurements for the loop to call (after the
+            library's own); a plugin keeps what it measures itself (e.g. on ``self``), since
+            :class:`History` records only its own series.
 
     Returns:
         :class:`TrainResult`.
@@ -325,7 +329,7 @@ def train(model: EndToEnd, images: torch.Tensor, labels: torch.Tensor, train_mas
     check_k(model.k, n, exclude_self=model.exclude_self)
     images, labels = images.to(dev), labels.to(dev).long()
     masks = check_masks(model, labels, train_mask, val_mask, test_mask, dev)
-    plugins = [GraphSnapshots(cfg.graph_every), *analysis_plugins(analysis_labels, n)]
+    plugins = [GraphSnapshots(cfg.graph_every), *analysis_plugins(analysis_labels, n), *plugins]
     model.configure(cfg.mode)
     model.amp = cfg.amp
     hooks = [ParamPathNorms()] if cfg.param_path_norms else []
