@@ -23,6 +23,7 @@ PARTS = [  # (caption, first NN, last NN, numbered)
     ("Part II: Training end to end", 8, 10, True),
     ("Part III: Real images, real scale", 11, 12, True),
     ("Part IV: The answer", 13, 13, True),
+    ("Part V: Your own images", 14, 14, True),
 ]
 REFERENCE = ["chapters/notation", "chapters/sources", "chapters/related_work", "chapters/api", "chapters/bibliography"]
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")

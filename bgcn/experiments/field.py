@@ -65,7 +65,7 @@ from .common import Partial, results_root, write_atomic
 
 __all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "ESTIMATOR_ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "headline", "columns_table",
-           "verdict_table", "extractor_probe", "load_extractor_probe", "probe_table"]
+           "verdict_table", "extractor_probe", "load_extractor_probe", "probe_table", "propagate_labels"]
 
 #: Protocols whose input is a frozen pretrained extractor's features instead of the pixels:
 #: name -> (the split protocol, the backbone, its input side). The rows then read the features as
@@ -214,13 +214,8 @@ def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs
     tr, va, te = (m.numpy() for m in masks)
     x = images.reshape(images.shape[0], -1).double().numpy()
     y = labels.numpy()
-    train_ind = np.flatnonzero(tr)
     if row.kind in ("laplace", "poisson"):
-        import graphlearning as gl
-
-        ind, dist = _knn(x, setting["k"], setting["metric"])
-        w = gl.weightmatrix.knn(None, setting["k"], knn_data=(ind, dist))
-        pred = getattr(gl.ssl, row.kind)(w).fit_predict(train_ind, y[train_ind])
+        pred = propagate_labels(x, labels, masks[0], setting["k"], setting["metric"], row.kind).numpy()
     else:
         from sklearn.semi_supervised import LabelSpreading
 
@@ -230,6 +225,52 @@ def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs
     hom = edge_homophily(knn_indices(images.reshape(images.shape[0], -1).float(), setting["k"]), labels)
     return {"val_acc": float((pred[va] == y[va]).mean()), "test_acc": float((pred[te] == y[te]).mean()),
             "homophily_before": hom, "homophily_after": hom}
+
+
+def propagate_labels(features, labels, train_mask, k: int = 10, metric: str = "angular",
+                     method: str = "laplace") -> torch.Tensor:
+    r"""Laplace (or Poisson) learning on a kNN graph of ``features``: a class for every node from the training labels.
+
+    The graph is graphlearning's self-tuning Gaussian kNN graph (the ``laplace`` and ``poisson``
+    rows' graph): each node's ``k`` nearest points, itself counted (graphlearning's convention, so
+    k − 1 others), by Euclidean distance (``metric="euclidean"``) or by the Euclidean distance of
+    the unit-normalised rows (``"angular"``, the cosine ranking of the book's kNN graph), weighted
+    :math:`w_{ij} = \exp(-4\,d_{ij}^2 / d_k(i)^2)` with :math:`d_k(i)` the distance to the farthest
+    of them, then symmetrised, :math:`(W + W^\top)/2`. Laplace learning (Zhu,
+    Ghahramani, Lafferty 2003) predicts :math:`\hat y_i = \arg\max_c u_{ic}` for the harmonic
+    :math:`u` (:math:`(Lu)_i = 0` off the training nodes, :math:`u_i` = the one-hot label on them);
+    Poisson learning (Calder et al. 2020, ``method="poisson"``) puts the labels in as sources
+    instead, which keeps the solution from flattening with very few labels. Only
+    ``labels[train_mask]`` is read: the other labels may be anything. No training, no seed: the
+    same graph and labels give the same prediction.
+
+    Shapes:
+        features: (N, D), or images (N, C, H, W) (flattened); labels, train_mask: (N,)
+        returns: (N,) long, the predicted class of every node
+
+    Taught in: chapter 14 (chapters/14_own_images.md)
+    """
+    import graphlearning as gl
+
+    check_choice(method, "method", ("laplace", "poisson"))
+    check_choice(metric, "metric", ("euclidean", "angular"))
+    k = check_int(k, "k", 1)
+    x = torch.as_tensor(features).detach().cpu()
+    x = x.reshape(x.shape[0], -1).double().numpy()
+    y = torch.as_tensor(labels).detach().cpu().numpy()
+    tr = torch.as_tensor(train_mask).detach().cpu().numpy().astype(bool)
+    if not (len(y) == len(tr) == len(x)):
+        raise ValueError(f"features, labels and train_mask need one entry a node, got {len(x)}, {len(y)}, "
+                         f"{len(tr)}")
+    if k >= len(x):
+        raise ValueError(f"k={k} needs more than k nodes, got {len(x)}; use a smaller k")
+    if not tr.any():
+        raise ValueError("train_mask selects no node: Laplace learning needs at least one label a class")
+    ind, dist = _knn(x, k, metric)
+    w = gl.weightmatrix.knn(None, k, knn_data=(ind, dist))
+    train_ind = np.flatnonzero(tr)
+    pred = getattr(gl.ssl, method)(w).fit_predict(train_ind, y[train_ind])
+    return torch.as_tensor(np.asarray(pred), dtype=torch.long)
 
 
 def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", images=None, labels=None,

@@ -11,7 +11,7 @@ labelled ones only), then one evaluation pass records accuracies, the graph and 
 The parts (timm's layout: private modules behind this public one):
 
 - ``_result``: :class:`TrainingDiverged`, :class:`NonFiniteImages`, :class:`History`,
-  :class:`TrainResult`, :func:`accuracy`;
+  :class:`TrainResult`, :func:`accuracy`, :func:`load_metrics` (a run's ``metrics.json``);
 - ``_checkpoint``: :func:`save_checkpoint`, :func:`load_checkpoint`, random states, graphs stored apart;
 - ``_loop``: the loop both engines share (selection, resume, divergence, history, plug-ins);
 - ``_fullbatch``: the full-batch engine and :func:`train`;
@@ -33,7 +33,7 @@ from ._loop import (Engine, GraphSnapshots, Homophily, LoopSettings, Plugin, ana
                     deterministic_algorithms, make_optimizer, merge_extra, restore_state, run, snapshot, train_with)
 from ._pretrain import augment_images, nt_xent_loss, pretrain_backbone
 from ._progress import progress_enabled
-from ._result import History, NonFiniteImages, TrainingDiverged, TrainResult, accuracy
+from ._result import History, NonFiniteImages, TrainingDiverged, TrainResult, accuracy, load_metrics
 
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "TrainResult",
     "train",
     "accuracy",
+    "load_metrics",
     "save_checkpoint",
     "load_checkpoint",
     "pretrain_backbone",

@@ -1,4 +1,5 @@
-"""What a training run returns: :class:`History`, :class:`TrainResult`, the errors, :func:`accuracy`.
+"""What a training run returns: :class:`History`, :class:`TrainResult`, the errors, :func:`accuracy`;
+and :func:`load_metrics`, which reads back the ``metrics.json`` a ``python -m bgcn train`` run wrote.
 
 Shared by both engines (:func:`bgcn.train.train`, :func:`bgcn.minibatch.train_minibatch`).
 
@@ -6,13 +7,18 @@ Taught in: chapter 08 (chapters/08_end_to_end_2_tau_n.md).
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..model import EndToEnd
+from ..utils import NotFoundError
 
-__all__ = ["TrainingDiverged", "NonFiniteImages", "History", "TrainResult", "accuracy"]
+__all__ = ["TrainingDiverged", "NonFiniteImages", "History", "TrainResult", "accuracy", "load_metrics"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -206,3 +212,41 @@ def accuracy(logp: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     if mask is None or not bool(mask.any()):
         return float("nan")
     return float((logp[mask].argmax(-1) == labels[mask]).float().mean())
+
+
+def load_metrics(path: str | os.PathLike) -> dict:
+    """Read the ``metrics.json`` that ``python -m bgcn train`` wrote: give the file or its ``--out`` folder.
+
+    Returns the record as written — ``command``, ``config`` (the run's settings: ``k``, ``tau``,
+    ``class_names``, ``num_train``, …), ``train_config``, ``best_epoch``, ``best_val_acc``,
+    ``test_acc_at_best_val`` (the number to report: the test accuracy of the epoch chosen on the
+    validation labels), ``final`` (the last epoch's accuracies), ``warmup`` and
+    ``gain_over_warmup`` (end-to-end runs: the GCN trained alone on the first graph, and what the
+    joint epochs added to it), ``timings``, ``images_per_s``, ``peak_memory_bytes``, ``status``,
+    ``versions`` — with ``history`` made a :class:`History` (``m["history"].val_acc`` is a list
+    with one value an epoch; a NaN, written as JSON ``null``, is read back as ``nan``).
+    Accuracies are fractions in [0, 1]. The file is plain JSON, so reading one runs no code,
+    whoever wrote it (unlike a pickle or a checkpoint).
+
+    Raises :class:`~bgcn.utils.NotFoundError` for a missing file (or a folder without
+    ``metrics.json``) and ``ValueError`` for a file that is not such a record.
+
+    Shapes: every history series is a list of length ``m["epochs_run"]``.
+
+    Taught in: chapter 14 (chapters/14_own_images.md)
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "metrics.json"
+    if not p.is_file():
+        raise NotFoundError(f"no metrics file at {str(p)!r}; pass the --out folder of a `python -m bgcn train` "
+                            f"run (it writes OUT/metrics.json when it finishes)")
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e}); it is not a metrics file a run wrote") from None
+    if not isinstance(m, dict) or not isinstance(m.get("history"), dict):
+        raise ValueError(f"{str(p)!r} has no 'history': it is not the metrics.json of a `python -m bgcn train` run")
+    hist = {k: ([math.nan if v is None else v for v in vals] if isinstance(vals, list) else vals)
+            for k, vals in m["history"].items()}
+    return {**m, "history": History.from_state_dict(hist)}
