@@ -50,7 +50,7 @@ def plot_hop_reach(a_hat: torch.Tensor, node: int = 0, hops: int = 2, positions:
     pos = _line_or_circle(n) if positions is None else np.asarray(positions, dtype=float)
     if pos.shape != (n, 2):
         raise ValueError(f"positions must have shape ({n}, 2), got {pos.shape}")
-    fig, axes = plt.subplots(1, 1 + hops, figsize=(3.3 * (1 + hops), 1.9))
+    fig, axes = plt.subplots(1, 1 + hops, figsize=(2.7 * (1 + hops), 1.8))
     span = np.ptp(pos[:, 0]) or 1.0
     r = 0.09 * span / max(n - 1, 1) * 3 if n <= 6 else 0.15
 

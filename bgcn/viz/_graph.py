@@ -38,7 +38,7 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
 
     Shapes: positions (N, 2), labels (N,), features (N, D) -> figure with len(ks)·len(taus) frames.
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     import plotly.graph_objects as go
 
