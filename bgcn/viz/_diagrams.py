@@ -61,7 +61,7 @@ def plot_hop_reach(a_hat: torch.Tensor, node: int = 0, hops: int = 2, positions:
                     ax.plot(*pos[[i, j]].T, color=colour, lw=1.5, zorder=1)
 
     def finish(ax, title):
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")
         ax.set_xlim(pos[:, 0].min() - 0.6, pos[:, 0].max() + 0.6)
         ax.set_ylim(pos[:, 1].min() - 0.75, pos[:, 1].max() + 0.75)
@@ -75,9 +75,9 @@ def plot_hop_reach(a_hat: torch.Tensor, node: int = 0, hops: int = 2, positions:
                 mid = pos[[i, j]].mean(0)
                 txt = (f"{a[i, j]:{fmt}}" if torch.isclose(a[i, j], a[j, i])
                        else f"{a[i, j]:{fmt}} | {a[j, i]:{fmt}}")
-                ax.text(*mid + [0, 0.12], txt, ha="center", va="bottom", fontsize=8, color="#444444")
+                ax.text(*mid + [0, 0.12], txt, ha="center", va="bottom", fontsize=9, color="#444444")
         ax.add_patch(plt.Circle(pos[i] + [0, 0.32], 0.17, fill=False, color="#999999", lw=1.2))
-        ax.text(*pos[i] + [0, 0.52], f"{a[i, i]:{fmt}}", ha="center", va="bottom", fontsize=8, color="#444444")
+        ax.text(*pos[i] + [0, 0.52], f"{a[i, i]:{fmt}}", ha="center", va="bottom", fontsize=9, color="#444444")
         ax.scatter(*pos[i], s=260, color="white", edgecolor="black", zorder=2)
         ax.text(*pos[i], str(i), ha="center", va="center", fontsize=9, zorder=3)
     finish(ax, r"$\hat A$: weights on edges and self-loops")
@@ -97,7 +97,7 @@ def plot_hop_reach(a_hat: torch.Tensor, node: int = 0, hops: int = 2, positions:
             ax.scatter(*pos[j], s=260, color=face, edgecolor="black" if j == node else "#888888",
                        linewidths=2.2 if j == node else 0.8, zorder=2)
             ax.text(*pos[j], str(j), ha="center", va="center", fontsize=9, zorder=3)
-            ax.text(*pos[j] - [0, 0.3], f"{row[j]:{fmt}}" if on else "0", ha="center", va="top", fontsize=8,
+            ax.text(*pos[j] - [0, 0.3], f"{row[j]:{fmt}}" if on else "0", ha="center", va="top", fontsize=9,
                     color="black" if on else "#999999")
         sup = "" if h == 1 else f"^{h}"
         finish(ax, f"{h} layer{'s' if h > 1 else ''}: row {node} of $\\hat A{sup}$\n"

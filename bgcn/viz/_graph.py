@@ -79,7 +79,7 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
     fig.update_layout(title={"text": frames[a].layout.title.text, "font": {"size": 12}}, height=height,
                       margin={"t": 80, "l": 10, "r": 10}, plot_bgcolor="white",
                       xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
-                      legend={"title": {"text": "class"}, "font": {"size": 11}},
+                      legend={"title": {"text": "class"}, "font": {"size": 11}, "tracegroupgap": 0},
                       sliders=[_slider(labs, names, "", active=a, y=0.0)])
     return fig
 
