@@ -169,7 +169,7 @@ def check_tau(tau: Any, name: str = "tau") -> float:
 
     Shapes: none (τ is a scalar).
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     return check_positive(tau, name)
 

@@ -15,6 +15,7 @@ function                                  what it computes
 :func:`exact_expected_reward_gradient`    the same gradient by enumerating the n outcomes (for checks)
 :func:`score_function_ascent`             many independent training runs of the logits with that estimate,
                                           optionally with clipped gradients (seed 003's advice)
+:func:`seed003_toy`                       the five-class problem of seed 003 that chapter 03 works on
 ========================================  ==================================================================
 
 Symbols: n categories, S samples, ``...`` any batch shape, :math:`\theta` logits,
@@ -37,6 +38,8 @@ __all__ = [
     "score_function_gradient",
     "exact_expected_reward_gradient",
     "score_function_ascent",
+    "ArgmaxToy",
+    "seed003_toy",
 ]  # BASELINES stays importable from here; it is documented in bgcn.estimators
 
 
@@ -67,7 +70,7 @@ def soft_argmax(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         - x: (..., n)
         - output: (...), same dtype as x
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_1_index.md).
     """
     _check_last_dim(x, "x")
     beta = check_positive(beta, "beta")
@@ -98,7 +101,7 @@ def straight_through_argmax(x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
         - x: (..., n)
         - output: (..., n), one-hot along the last dimension
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_2_straight_through.md).
     """
     _check_last_dim(x, "x")
     tau = check_tau(tau)
@@ -122,7 +125,7 @@ class ScoreFunctionEstimate:
         - grad: (..., n); per_sample: (S, ..., n)
         - samples, rewards, baselines: (S, ...)
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_3_score_function.md).
     """
 
     grad: torch.Tensor
@@ -194,7 +197,7 @@ def score_function_gradient(logits: torch.Tensor, reward_fn: Callable[[torch.Ten
         - reward_fn: (S, ...) long -> (S, ...) float
         - grad: (..., n); per_sample: (S, ..., n); samples, rewards, baselines: (S, ...)
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_3_score_function.md).
     """
     _check_score_function_args(logits, reward_fn, num_samples, baseline, generator)
     theta = logits.detach()
@@ -242,7 +245,7 @@ def exact_expected_reward_gradient(logits: torch.Tensor, rewards: torch.Tensor) 
         - logits, rewards: (..., n)
         - output: (..., n)
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_3_score_function.md).
     """
     _check_last_dim(logits, "logits")
     _check_last_dim(rewards, "rewards")
@@ -318,3 +321,49 @@ def score_function_ascent(logits: torch.Tensor, cost: torch.Tensor, *, steps: in
     history.append(p @ cost)
     return {"expected_cost": torch.stack(history), "probs": p, "logits": theta,
             "grad_norm": torch.stack(norms), "finite": torch.isfinite(theta).all(-1)}
+@dataclass(frozen=True)
+class ArgmaxToy:
+    r"""Seed 003's one-choice problem: a classifier with logits :math:`z` picks one of n classes, and
+    choosing class i costs :math:`(t - v_i)^2`, where :math:`v_i` is what a second network predicts
+    for that class and t is the target.
+
+    Attributes:
+        values: (n,) :math:`v`, the second network's prediction for each class.
+        target: t, a float.
+        logits: (n,) :math:`z_0`, the classifier's logits before any training.
+        cost: (n,) :math:`(t - v_i)^2`; ``reward`` is its negative, :math:`R(i) = -(t - v_i)^2`.
+
+    Shapes:
+        - values, logits, cost, reward: (n,)
+
+    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    """
+
+    values: torch.Tensor
+    target: float
+    logits: torch.Tensor
+
+    @property
+    def cost(self) -> torch.Tensor:
+        return (self.target - self.values) ** 2
+
+    @property
+    def reward(self) -> torch.Tensor:
+        return -self.cost
+
+
+def seed003_toy(dtype: torch.dtype = torch.float64) -> ArgmaxToy:
+    r"""The five-class toy on which every page of chapter 03 measures its estimators.
+
+    :math:`v = (0.2, 1.5, -0.3, 0.9, 2.0)`, :math:`t = 1` and :math:`z_0 = (0.1, 0.5, -0.2, 0.0, 0.6)`:
+    the classifier prefers class 4 (cost 1), the best class is 3 (cost 0.01), the worst is 2; the
+    two largest logits are 0.1 apart, which sets the scale of soft-argmax's useful :math:`\beta`.
+
+    Shapes: none in -> :class:`ArgmaxToy` with (5,) tensors of ``dtype``.
+
+    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
+    return ArgmaxToy(values=torch.tensor([0.2, 1.5, -0.3, 0.9, 2.0], dtype=dtype), target=1.0,
+                     logits=torch.tensor([0.1, 0.5, -0.2, 0.0, 0.6], dtype=dtype))

@@ -5,7 +5,7 @@ and ``edge_index[1]`` the node i (target) whose ranking chose j, so that in a GC
 the features of its k ranked neighbours. Seed 000's loop appends ``[i, neighbour]``, the reverse
 direction, under which each node instead receives messages from the nodes that chose *it*.
 
-Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class KNNGraph:
         - edge_index: (2, E), edge_weight: (E,), E = N·k before symmetrising / self-loops
         - indices, weights: (N, k); dense: (N, N) or None
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
 
     Attributes:
         edge_index: (2, E) long; row 0 = neighbour j (source), row 1 = node i (target).
@@ -97,7 +97,7 @@ def rankings_to_edges(indices: torch.Tensor, weights: torch.Tensor | None = None
         - edge_index: (2, E) long, E = N·k (before symmetrising / self-loops)
         - edge_weight: (E,)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
     """
     if not isinstance(indices, torch.Tensor) or indices.dim() != 2:
         raise ValueError(f"indices must be a 2-D (N, k) tensor of neighbour indices, got "
@@ -137,7 +137,7 @@ def rankings_to_edges_loop(rankings: torch.Tensor) -> torch.Tensor:
 
     Shapes: rankings (N, k) -> (2, N·k)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
     """
     edges = []
     n, k = rankings.shape
@@ -156,7 +156,7 @@ def to_networkx(edge_index: torch.Tensor, edge_weight: torch.Tensor | None = Non
         - edge_weight: (E,) or None (weight 1)
         - output: a DiGraph with N = ``num_nodes`` (default ``edge_index.max() + 1``) nodes
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
     """
     import networkx as nx
 
@@ -224,7 +224,7 @@ def symmetrize_dense(adj: torch.Tensor) -> torch.Tensor:
 
     Shapes: adj (N, N) -> (N, N)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); used in chapter 09.
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md); used in chapter 09.
     """
     check_tensor(adj, "adj", ndim=2, finite=False)
     if adj.shape[0] != adj.shape[1]:
@@ -338,7 +338,7 @@ def knn_graph(features: torch.Tensor, k: int, estimator="softmax", tau: float = 
         - output.edge_index: (2, E), output.edge_weight: (E,), E = N·k before symmetrising
         - output.indices, output.weights: (N, k)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); used in chapter 08.
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md); used in chapter 08.
     """
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]

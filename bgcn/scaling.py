@@ -17,7 +17,7 @@ activation checkpointing, so neither the forward nor the backward pass ever hold
 :func:`saved_tensor_bytes` measures what autograd keeps for the backward pass (exact and
 deterministic, on any device); :func:`memory_model` predicts it from N, D, k.
 
-Taught in: chapter 10 (chapters/10_scaling.md).
+Taught in: chapter 10 (chapters/10_scaling_1_memory.md and chapters/10_scaling_2_measured.md).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def saved_tensor_bytes(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, in
 
     Shapes: any.
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -126,7 +126,7 @@ def peak_memory(fn: Callable[..., Any], *args, device: str | torch.device | None
 
     Shapes: any.
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_2_measured.md).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -186,7 +186,7 @@ def memory_model(n: int, d: int, k: int, method: str = "dense_softmax", *, chunk
 
     Shapes: scalars only.
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     n, d, k = (check_int(v, name, 1) for name, v in (("n", n), ("d", d), ("k", k)))
     if method not in _METHODS:
@@ -256,7 +256,7 @@ def similarity_logsumexp(query: torch.Tensor, keys: torch.Tensor, tau: float, *,
         - query: (Q, D), keys: (M, D), exclude: (Q,) or None
         - output: (Q,)
 
-    Taught in: chapter 10 (chapters/10_scaling.md); over a bank in chapter 11.
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md); over a bank in chapter 11.
     """
     n = keys.shape[0]
     bc = n if key_chunk is None else int(key_chunk)
@@ -306,7 +306,7 @@ def neighbour_similarities(fhat: torch.Tensor, indices: torch.Tensor, *, chunk_s
         - fhat: (N, D), indices: (N, k)
         - output: (N, k)
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     check_tensor(fhat, "fhat", ndim=2)
     if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.shape[0] != fhat.shape[0]:
@@ -357,7 +357,7 @@ def chunked_logsumexp(features: torch.Tensor, tau: float = 1.0, *, exclude_self:
         - features: (N, D)
         - output: (N,)
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     check_tensor(features, "features", ndim=2)
     tau = check_tau(tau)
@@ -391,7 +391,7 @@ def chunked_soft_topk(features: torch.Tensor, k: int, tau: float = 1.0, *, exclu
         - features: (N, D)
         - weights: (N, k) float, indices: (N, k) long
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]

@@ -1,6 +1,6 @@
 """Cosine similarity between feature vectors, dense and chunked.
 
-Taught in: chapter 01 (chapters/01_frozen_pipeline.md) and chapter 10 (chapters/10_scaling.md).
+Taught in: chapter 01 (chapters/01_frozen_pipeline.md) and chapter 10 (chapters/10_scaling_1_memory.md).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         - x: (N, D)
         - output: (N, D)
 
-    Taught in: chapter 01 (chapters/01_frozen_pipeline.md) and chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 01 (chapters/01_frozen_pipeline.md) and chapter 10 (chapters/10_scaling_1_memory.md).
     """
     norm = x.norm(dim=-1, keepdim=True).clamp_min(eps)
     return x / norm
@@ -77,7 +77,7 @@ def mask_diagonal(scores: torch.Tensor, value: float = float("-inf")) -> torch.T
         - scores: (N, M) with N <= M
         - output: (N, M)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md).
     """
     n = scores.shape[0]
     eye = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -101,7 +101,7 @@ def gather_similarities(rows: torch.Tensor, keys: torch.Tensor, indices: torch.T
         - rows: (N, D), keys: (M, D), indices: (N, k) long in [0, M)
         - output: (N, k)
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     return (rows.unsqueeze(1) * keys[indices]).sum(-1)
 
@@ -140,7 +140,7 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
         - query: (Q, D), keys: (M, D), exclude: (Q,) or None
         - values: (Q, k) float, indices: (Q, k) long
 
-    Taught in: chapter 10 (chapters/10_scaling.md) and chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch.md).
     """
     check_tensor(query, "query", ndim=2, finite=False)  # callers check finiteness where it matters
     check_tensor(keys, "keys", ndim=2, finite=False)
@@ -198,7 +198,7 @@ def knn_indices(features: torch.Tensor, k: int, exclude_self: bool = True, chunk
         - features: (N, D)
         - output: (N, k) long, row i sorted by decreasing similarity
 
-    Taught in: chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md).
     """
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]

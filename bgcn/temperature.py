@@ -5,7 +5,7 @@ softmax over a whole row of N entries is then nearly uniform once N is large: wh
 against the *spread* of a row, and against log N. This module measures that and picks τ from the
 data (:func:`suggest_tau`).
 
-Taught in: chapter 05 (chapters/05_temperature.md).
+Taught in: chapter 05 (chapters/05_temperature_1_weights.md and chapters/05_temperature_2_gradient.md).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def temperature_sweep(scores: torch.Tensor, taus: Sequence[float], k: int = 10,
         - output: dict of (T,) float64 CPU tensors ``tau``, ``entropy``, ``effective``, ``topk_mass``
           (T = len(taus)) and the int ``n`` (candidates per row)
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     taus = _taus(taus)
     s = _rows(scores, exclude_self, rows, seed)
@@ -121,7 +121,7 @@ def soft_topk_gradient(scores: torch.Tensor, upstream: torch.Tensor, k: int, tau
         - scores: (N, M); upstream: (N, k)
         - output: (N, M)
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_2_gradient.md).
     """
     check_tensor(scores, "scores", ndim=2)
     check_tensor(upstream, "upstream", ndim=2)
@@ -157,7 +157,7 @@ def gradient_norm_vs_tau(scores: torch.Tensor, taus: Sequence[float], k: int = 1
         - output: dict of (T,) float64 CPU tensors ``tau``, ``grad_norm`` (mean), ``grad_norm_median``,
           ``outside_share``, ``saturated``
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_2_gradient.md).
     """
     taus = _taus(taus)
     check_tensor(scores, "scores", ndim=2)
@@ -228,7 +228,7 @@ def suggest_tau(similarities: torch.Tensor, k: int, method: str = "mass", target
         - similarities: (N, M)
         - output: float
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_2_gradient.md).
     """
     check_tensor(similarities, "similarities", ndim=2)
     if method not in TAU_METHODS:
@@ -292,7 +292,7 @@ def suggest_tau_features(features: torch.Tensor, k: int, method: str = "mass", e
 
     Shapes: features (N, D) -> float
 
-    Taught in: chapter 05 (chapters/05_temperature.md); used at scale in chapter 11.
+    Taught in: chapter 05 (chapters/05_temperature_2_gradient.md); used at scale in chapter 11.
     """
     check_tensor(features, "features", ndim=2)
     n = features.shape[0]

@@ -115,7 +115,7 @@ def soft_topk(scores: torch.Tensor, k: int, tau: float = 1.0, exclude_self: bool
         - scores: (n,) or (N, M)
         - weights, indices: (k,) or (N, k)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); the softmax in chapters 04 and 05.
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_1_edges.md); the softmax in chapters 04 and 05.
     """
     _check_scores(scores)
     tau = check_tau(tau)
@@ -157,7 +157,7 @@ def effective_neighbours(w: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
         - w: (n,) or (N, n)
         - output: () or (N,)
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     check_tensor(w, "w", ndim=(1, 2))
     ent = -(w * torch.log(w.clamp_min(eps))).sum(-1)
@@ -171,7 +171,7 @@ def topk_mass(w: torch.Tensor, k: int) -> torch.Tensor:
         - w: (n,) or (N, n)
         - output: () or (N,)
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     check_tensor(w, "w", ndim=(1, 2))
     k = check_k(k, w.shape[-1])
@@ -224,7 +224,7 @@ def row_weights(values: torch.Tensor, estimator: str, tau: float = 1.0, lse: tor
         - values: (N, k); lse: (N,) or None
         - output: (N, k)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); chunked in chapters 10 and 11.
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md); chunked in chapters 10 and 11.
     """
     spec = get_spec(estimator)
     if not spec.rowwise:
@@ -285,7 +285,7 @@ def softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude
 
     Shapes: scores (N, M) -> indices, weights (N, k).
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md).
     """
     check_tensor(scores, "scores", ndim=2)
     w, idx = soft_topk(scores, k, tau, exclude_self=exclude_self)
@@ -305,7 +305,7 @@ def masked_softmax_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, 
 
     Shapes: scores (N, M) -> indices, weights (N, k).
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md).
     """
     tau = check_tau(tau)
     s, k = _prep(scores, k, exclude_self)

@@ -57,7 +57,7 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
 
     Shapes: none (returns a ``torch.device``).
 
-    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md) and chapter 10 (chapters/10_scaling.md).
+    Taught in: chapter 08 (chapters/08_end_to_end_4_watching.md) and chapter 10 (chapters/10_scaling_2_measured.md).
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

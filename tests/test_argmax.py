@@ -210,3 +210,19 @@ def test_soft_argmax_gradient_formula_eq_ch03_softargmax():
         w = torch.softmax(beta * x.detach(), -1)
         idx = torch.arange(5, dtype=D)
         assert torch.allclose(g, beta * w * (idx - (idx * w).sum()), atol=1e-13, rtol=0)
+
+
+def test_seed003_toy_is_the_chapter_03_problem():
+    from bgcn.argmax import seed003_toy
+
+    toy = seed003_toy()
+    assert toy.values.dtype == torch.float64 and toy.target == 1.0
+    assert torch.allclose(toy.cost, torch.tensor([0.64, 0.25, 1.69, 0.01, 1.0], dtype=D))
+    assert torch.equal(toy.reward, -toy.cost)
+    # the classifier prefers class 4; the best class is 3 and the worst 2; the top logit gap is 0.1
+    assert int(toy.logits.argmax()) == 4 and int(toy.cost.argmin()) == 3 and int(toy.cost.argmax()) == 2
+    top2 = torch.topk(toy.logits, 2).values
+    assert (top2[0] - top2[1]).item() == pytest.approx(0.1)
+    assert seed003_toy(torch.float32).logits.dtype == torch.float32
+    with pytest.raises(TypeError, match="dtype"):
+        seed003_toy(torch.long)

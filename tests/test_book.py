@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK_RE = re.compile(r"^CHECK (?P<name>[^:\n]+): max error (?P<value>\S+) \(tol (?P<tol>[^)\s]+)\)\s*$", re.M)
 CHAPTER_RE = re.compile(r"^chapters/\d\d_")
 ERROR_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
-TEMPERATURE = "chapters/05_temperature"
+TEMPERATURE = "chapters/05_temperature_1_weights"  # the page with the tau slider (Figure 5.1)
 
 
 def toc_files() -> list[str]:

@@ -267,7 +267,7 @@ def test_the_live_widget_starts_where_the_page_says():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "chapters" / "05_temperature.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "chapters" / "05_temperature_1_weights.md").read_text()
     call = re.search(r"widget_softmax_temperature\([^)]*tau=([0-9.e-]+)\)", text)
     said = re.search(r"The slider starts at \$\\tau = ([0-9.]+)\$", text)
     assert call and said and float(call.group(1)) == float(said.group(1))

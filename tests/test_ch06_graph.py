@@ -184,7 +184,7 @@ def test_chapter_quotes_the_edge_loop_speedup_from_the_cell():
     import re
     from pathlib import Path
 
-    ch06 = (Path(__file__).resolve().parents[1] / "chapters" / "06_rankings_to_graph.md").read_text(encoding="utf-8")
+    ch06 = (Path(__file__).resolve().parents[1] / "chapters" / "06_rankings_to_graph_1_edges.md").read_text(encoding="utf-8")
     prose = re.sub(r"```.*?```", "", ch06, flags=re.S)         # the text outside code
     assert not re.search(r"\b\d[\d,]*\s*(×|x|times)\s+faster", prose), "a typed speed-up in chapter 06"
     assert not re.search(r"(a|about a) thousand times faster", prose)

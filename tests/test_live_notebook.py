@@ -4,7 +4,7 @@ The second kind of reader does not read the static book: they open a chapter as 
 (Binder, Colab, their own JupyterLab) and run it. This test does that with chapter 05 (Plotly
 figures and the τ slider of :func:`bgcn.viz.widget_softmax_temperature`):
 
-1. puts into a temporary folder ``chapters/05_temperature.md`` converted to ``.ipynb`` with
+1. puts into a temporary folder ``chapters/05_temperature_1_weights.md`` converted to ``.ipynb`` with
    jupytext (what Colab opens), and the ``.md`` file itself (what Binder opens);
 2. starts JupyterLab on 127.0.0.1 (a free port, a random token, the test's own settings
    folders, with binder/overrides.json's settings, so that ``.md`` opens as a Jupytext
@@ -41,7 +41,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = ROOT / "chapters" / "05_temperature.md"
+CHAPTER = ROOT / "chapters" / "05_temperature_1_weights.md"  # the page with the live tau widget
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 RUN_TIMEOUT_S = 240      # Run All of chapter 05 takes ~20 s alone, longer on a loaded machine

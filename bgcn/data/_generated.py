@@ -41,7 +41,7 @@ def make_synthetic(n: int = 1000, num_classes: int = 10, image_size: int = 8, ch
         images: (n, channels, image_size, image_size) float32 in (0, 1)
         labels: (n,) long in {0, …, num_classes-1}
 
-    Taught in: chapter 10 (chapters/10_scaling.md)
+    Taught in: chapter 10 (chapters/10_scaling_2_measured.md)
     """
     n = check_int(n, "n", 1)
     num_classes = check_int(num_classes, "num_classes", 1)

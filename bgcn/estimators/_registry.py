@@ -16,7 +16,7 @@ flag                    meaning (who reads it)
 ``stochastic``          it samples (takes ``generator``; may carry a ``log_prob`` for a score function)
 ======================  ===============================================================================
 
-Taught in: chapter 06 (chapters/06_rankings_to_graph.md) and chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators.md).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Selection:
         - indices, weights: (N, k)
         - dense: (N, M) or None
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md); ``dense`` in chapter 09.
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md); ``dense`` in chapter 09.
     """
 
     indices: torch.Tensor
@@ -148,7 +148,7 @@ def get_estimator(name: str | EstimatorFn) -> EstimatorFn:
 
     Shapes: none (returns the estimator callable).
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md) and chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators.md).
     """
     if callable(name):
         return name
@@ -203,6 +203,6 @@ def rowwise_names(normaliser: bool = True) -> tuple[str, ...]:
 
     Shapes: none.
 
-    Taught in: chapter 10 (chapters/10_scaling.md) and chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch.md).
     """
     return estimator_names(rowwise=True) if normaliser else estimator_names(chunkable=True)

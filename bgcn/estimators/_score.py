@@ -17,7 +17,7 @@ labelled node), :func:`bgcn.estimators.reinforce_surrogate` (rewards over S samp
 :func:`bgcn.argmax.score_function_gradient` (chapter 03's explicit estimate of
 :math:`\nabla\mathbb E[R]`).
 
-Taught in: chapter 03 (chapters/03_argmax_score_function.md), chapter 08 and chapter 09.
+Taught in: chapter 03 (chapters/03_argmax_score_function_3_score_function.md), chapter 08 and chapter 09.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def reinforce_baseline(values: torch.Tensor, baseline: str | float | torch.Tenso
         - values: any shape with ``dim``
         - output: the shape of ``values``
 
-    Taught in: chapter 03 (chapters/03_argmax_score_function.md).
+    Taught in: chapter 03 (chapters/03_argmax_score_function_3_score_function.md).
     """
     v = values.detach()
     if baseline is None or (isinstance(baseline, str) and baseline == "none"):

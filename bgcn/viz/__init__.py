@@ -21,6 +21,11 @@ Chapter 09's figures of one row of the score matrix (:func:`estimator_row`,
 :func:`plot_estimator_row`, the paired differences) are here too; ``bgcn.viz_estimators`` keeps
 their old import path.
 
+Two diagrams explain a computation rather than a result (``_diagrams``): a toy graph's weights and
+what a node reaches in one and two layers (:func:`plot_hop_reach`, chapter 07,
+chapters/07_gcn_backward.md) and the blocked exact kNN search with its running top-k
+(:func:`block_search_figure`, chapter 10, chapters/10_scaling_1_memory.md).
+
 Parts: ``_common`` (palette, checks, sliders, renderer), ``_layout`` (node positions, edge
 segments), ``_temperature`` (chapter 05), ``_graph`` (chapters 06 and 08), ``_static``
 (matplotlib), ``_widgets`` (ipywidgets), ``_mosaic`` (neighbour images, chapter 12),
@@ -38,6 +43,7 @@ from ._temperature import effective_neighbours_figure, softmax_temperature_figur
 from ._graph import graph_evolution_figure, knn_graph_figure
 from ._static import plot_gradient_norm_vs_tau, plot_knn_graph, plot_softmax_weights
 from ._mosaic import neighbour_mosaic, plot_neighbours
+from ._diagrams import block_search_figure, plot_hop_reach
 from ._widgets import widget_graph_evolution, widget_knn_graph, widget_softmax_temperature
 from ._estimators import (CHOSEN_COLOUR, OTHER_COLOUR, ROW_ESTIMATORS, classify_differences, estimator_row,
                           paired_differences, paired_reading, plot_estimator_row, plot_paired_differences,
@@ -70,4 +76,6 @@ __all__ = [
     "classify_differences",
     "paired_reading",
     "plot_paired_differences",
+    "plot_hop_reach",
+    "block_search_figure",
 ]

@@ -95,7 +95,7 @@ def set_plotly_renderer(renderer: str = "notebook_connected") -> str:
 
     Shapes: none (returns the previous renderer's name).
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     import plotly.io as pio
 

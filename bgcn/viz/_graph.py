@@ -8,6 +8,7 @@ import torch
 
 from ..graph import edge_change_fraction, knn_graph
 from ..topk import get_estimator
+from .._checks import check_int
 from ..utils import check_k, check_tensor
 from ._common import _active, _check_labels, _check_positions, _check_taus, _np, _play_buttons, _slider
 from ._layout import _as_rankings, _edge_traces, _node_traces, _same_class_share, edge_segments
@@ -17,24 +18,27 @@ __all__ = ["knn_graph_figure", "graph_evolution_figure"]
 
 def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Sequence[int], taus: Any,
                      estimator: str = "softmax", exclude_self: bool = True, n_bins: int = 4,
-                     class_names: Sequence[str] | None = None, title: str = "kNN graph", active: int = 0):
+                     class_names: Sequence[str] | None = None, title: str = "kNN graph", active: int = 0,
+                     height: int = 700):
     r"""Plotly figure of the kNN graph of N nodes with one slider step per (k, τ) pair.
 
     Nodes sit at ``positions`` (e.g. :func:`layout_2d`), coloured by class (legend). For each k in
     ``ks`` and τ in ``taus`` (k outer, τ inner) the graph :func:`bgcn.knn_graph` (features, k,
     estimator, τ) is drawn: each edge j → i a segment whose width is proportional to its weight
     relative to the largest weight of that step (:func:`edge_segments`), grey within a class and red
-    across classes. The slider label is ``k=…, τ=…``; the title gives the share of same-class edges
-    and the mean weight of the first and the k-th neighbour. ``active`` is the step shown first
-    (index into the (k, τ) product, k outer).
+    across classes. The slider label is ``k=…, τ=…`` (only ``k=…`` when ``taus`` has one value,
+    only ``τ=…`` when ``ks`` has one); the title gives the share of same-class edges and the mean
+    weight of the first and the k-th neighbour. ``active`` is the step shown first (index into the
+    (k, τ) product, k outer); ``height`` is the figure's height in px.
 
-    One slider over the product keeps steps self-contained on a static page (two Plotly sliders
-    cannot combine their settings). Keep N·k·len(ks)·len(taus) moderate: 150 nodes, k ≤ 10 and
-    ~20 steps give about 1 MB.
+    Two Plotly sliders cannot combine their settings on a static page, so for one idea per control
+    draw two figures: one with a single τ (its slider moves k) and one with a single k (its slider
+    moves τ), as chapter 06 does. Keep N·k·len(ks)·len(taus) moderate: 150 nodes, k ≤ 10 and ~20
+    steps give about 1 MB.
 
     Shapes: positions (N, 2), labels (N,), features (N, D) -> figure with len(ks)·len(taus) frames.
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     import plotly.graph_objects as go
 
@@ -47,6 +51,7 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
         raise ValueError("ks is empty; pass e.g. [1, 3, 5, 10]")
     taus = _check_taus(taus)
     get_estimator(estimator)
+    height = check_int(height, "height", 200, hint="the figure's height in px, e.g. 520")
     steps = []
     with torch.no_grad():
         for k in ks:
@@ -63,17 +68,18 @@ def knn_graph_figure(positions: Any, labels: Any, features: torch.Tensor, ks: Se
     for k, t, segs, same, w1, wk in steps:
         nm = f"k={k},tau={t:.4g}"
         names.append(nm)
-        labs.append(f"k={k}, τ={t:.3g}")
+        labs.append(f"τ={t:.3g}" if len(ks) == 1 and len(taus) > 1
+                    else f"k={k}" if len(taus) == 1 and len(ks) > 1 else f"k={k}, τ={t:.3g}")
         ttl = (f"{title} ({estimator}): k = {k}, τ = {t:.3g}<br>{100 * same:.1f} % same-class edges; "
                f"mean weight of 1st / {k}-th neighbour {w1:.3g} / {wk:.3g}")
         frames.append(go.Frame(name=nm, traces=list(range(n_edge)),
                                data=[go.Scatter(x=s["x"], y=s["y"], line={"width": s["width"], "color": s["color"]})
                                      for s in segs], layout={"title": {"text": ttl}}))
     fig.frames = frames
-    fig.update_layout(title={"text": frames[a].layout.title.text, "font": {"size": 12}}, height=700,
+    fig.update_layout(title={"text": frames[a].layout.title.text, "font": {"size": 12}}, height=height,
                       margin={"t": 80, "l": 10, "r": 10}, plot_bgcolor="white",
                       xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
-                      legend={"title": {"text": "class"}, "font": {"size": 11}},
+                      legend={"title": {"text": "class"}, "font": {"size": 11}, "tracegroupgap": 0},
                       sliders=[_slider(labs, names, "", active=a, y=0.0)])
     return fig
 

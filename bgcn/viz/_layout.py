@@ -25,7 +25,7 @@ def layout_2d(features: torch.Tensor | np.ndarray, method: str = "pca", seed: in
         - features: (N, D)
         - output: (N, 2) numpy float array
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     f = _np(features, "features", 2).astype(np.float64)
     n = f.shape[0]
@@ -92,7 +92,7 @@ def edge_segments(positions: Any, indices: Any, weights: Any = None, labels: Any
     Shapes:
         - positions: (N, 2); indices, weights: (N, k); labels: (N,)
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     p = _check_positions(positions)
     idx, w = _as_rankings((indices, weights) if weights is not None else indices, p.shape[0])

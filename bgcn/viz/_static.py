@@ -18,7 +18,7 @@ def plot_softmax_weights(scores: Any, tau: float, k: int = 10, max_bars: int = 6
 
     Shapes: scores (n,) -> matplotlib Figure.
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     import matplotlib.pyplot as plt
 
@@ -46,7 +46,7 @@ def plot_knn_graph(positions: Any, labels: Any, indices: Any, weights: Any = Non
 
     Shapes: positions (N, 2), labels (N,), indices and weights (N, k) -> matplotlib Figure.
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -84,7 +84,7 @@ def plot_gradient_norm_vs_tau(result: Mapping[str, Any], ax=None, title: str | N
 
     Shapes: result["tau"], result["grad_norm"], ... (T,) -> matplotlib Figure.
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_2_gradient.md).
     """
     import matplotlib.pyplot as plt
 

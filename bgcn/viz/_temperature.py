@@ -36,7 +36,7 @@ def softmax_temperature_figure(scores: Any, taus: Any, k: int | None = 10, max_b
 
     Shapes: scores (n,), taus (T,) -> figure with T frames / slider steps.
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -107,7 +107,7 @@ def effective_neighbours_figure(Ns: Sequence[int], taus: Any, features: Any = No
 
     Shapes: features (N_max, D) or similarities (N_max, N_max); every N <= N_max.
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

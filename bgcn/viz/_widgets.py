@@ -60,7 +60,7 @@ def widget_softmax_temperature(scores: Any, k: int = 10, tau_range: tuple[float,
 
     Shapes: scores (n,).
 
-    Taught in: chapter 05 (chapters/05_temperature.md).
+    Taught in: chapter 05 (chapters/05_temperature_1_weights.md).
     """
     import ipywidgets as W
 
@@ -105,7 +105,7 @@ def widget_knn_graph(features: torch.Tensor, labels: Any, positions: Any, k_rang
 
     Shapes: features (N, D), labels (N,), positions (N, 2).
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_3_picture.md).
     """
     import ipywidgets as W
 
