@@ -1,4 +1,5 @@
-"""Claims of chapter 09 (chapters/09_estimators.md) not already covered by tests/test_estimators.py."""
+"""Claims of chapter 09 (chapters/09_estimators_1_softmax.md ... 09_estimators_4_digits.md) not already covered by
+tests/test_estimators.py."""
 import pytest
 import torch
 import torch.nn.functional as F
