@@ -93,3 +93,19 @@ def test_estimator_findings_on_a_small_live_run(tmp_path):
 def test_load_estimator_results_says_how_to_make_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m bgcn estimators"):
         ee.load_estimator_results(tmp_path / "estimators.json")
+
+
+def test_compact_table_is_the_summary_in_fewer_columns():
+    res = ee.load_estimator_results()
+    md = ee.compact_table(res["summary"])
+    lines = md.strip().split("\n")
+    assert len(lines) == 2 + len(res["summary"])
+    assert all(line.count("|") == 8 for line in lines)                # 7 columns
+    by_row = {line.split("|")[1].strip(): line for line in lines[2:]}
+    for s in res["summary"]:
+        cells = [c.strip() for c in by_row[s["row"]].split("|")[1:-1]]
+        assert cells[1] == f"{100 * s['test_acc']:.1f}\u00a0±\u00a0{100 * s['test_acc_std']:.1f}"
+        assert cells[5] == f"{100 * s['rows_changed']:.0f}"
+        assert cells[6].split("\u00a0→\u00a0") == [f"{100 * s['homophily_before']:.2f}",
+                                                   f"{100 * s['homophily_after']:.2f}"]
+    assert " ± " not in md                                             # no line break inside a value
