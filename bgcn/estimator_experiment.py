@@ -34,7 +34,7 @@ Outputs: ``OUT/estimators.json`` (config, versions, every run, the summary), ``O
 (tables) and ``OUT/README_estimators.md`` (the command that regenerates them). Progress goes to
 ``OUT/estimators.partial.json`` after every run; ``--resume`` continues from it.
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ from .topk import ESTIMATORS
 from .train import pretrain_backbone
 from .utils import get_device, seed_everything, versions
 
-__all__ = ["ROWS", "FULL", "QUICK", "run_estimator_experiment", "summarize", "format_tables", "main"]
+__all__ = ["ROWS", "FULL", "QUICK", "REFERENCES", "run_estimator_experiment", "summarize", "format_tables",
+           "compact_table", "load_estimator_results", "n_comparisons", "estimator_findings", "main"]
 
 #: row -> (training mode, estimator, τ kind ("1" or "data"))
 ROWS: dict[str, tuple[str, str, str]] = {
@@ -79,6 +80,13 @@ ROWS: dict[str, tuple[str, str, str]] = {
     "sigmoid": ("end2end", "sigmoid", "1"),
     "capped_simplex": ("end2end", "capped_simplex", "1"),
     "gumbel_reinforce": ("end2end", "gumbel_reinforce", "1"),
+}
+
+#: The reference rows every other row is compared with, paired by seed: row -> what it is.
+REFERENCES: dict[str, str] = {
+    "frozen": "the frozen extractor",
+    "end2end_features": "end to end through the node features only",
+    "softmax_taudata": "seed 000's softmax",
 }
 
 #: The full comparison (the training settings of chapter 08's experiment, 10 labels per class).
@@ -97,7 +105,7 @@ def rows_changed(old: torch.Tensor, new: torch.Tensor) -> float:
 
     Shapes: old, new (N, k) -> float
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     return _rows_changed(old.long(), new.long())
 
@@ -116,7 +124,7 @@ def gradient_variance(model, images, labels, train_mask, repeats: int, seed: int
 
     Shapes: images (N, ...), labels (N,), train_mask (N,) -> dict of floats
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     model.eval()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -163,7 +171,7 @@ def time_estimators(rows: Sequence[str] | None = None, rounds: int = 7, k: int =
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     dev = get_device(device)
     names = [r for r in (rows or ROWS) if ROWS[r][0] != "frozen"]
@@ -213,7 +221,7 @@ def run_estimator_experiment(out: str | os.PathLike = "results", quick: bool = F
 
     Shapes: none (file outputs).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     cfg, names, dev = _settings(quick, seeds, epochs, warmup_epochs, rows, device, pretrained)
     out = Path(out)
@@ -346,7 +354,7 @@ def summarize(runs: list[dict], names: Sequence[str]) -> list[dict]:
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     keys = ("test_acc", "final_test_acc", "warmup_test_acc", "warmup_best_test_acc", "gain_over_warmup",
             "homophily_before", "homophily_after", "time_per_epoch", "time_per_step", "rows_changed",
@@ -361,7 +369,7 @@ def format_tables(summary: list[dict], cfg: dict, tau_data: float) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     def f(r, key, fmt, scale=1.0):
         v = r.get(key)
@@ -414,6 +422,169 @@ def format_tables(summary: list[dict], cfg: dict, tau_data: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compact_table(summary: list[dict]) -> str:
+    """The accuracy table of :func:`format_tables` narrowed to fit a book's column.
+
+    Columns: row, test % (mean ± std), after warm-up %, gain (points, ± std), s/step, rows changed
+    (%) and homophily before → after (%); the final-epoch accuracy and the share of edges changed
+    stay in :func:`format_tables`. A value and its ± are joined by non-breaking spaces so that a
+    cell does not wrap inside a number.
+
+    Shapes: none (markdown text).
+
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
+    """
+    nb = "\u00a0"
+
+    def pm(r, key, fmt, sign=""):
+        v = r.get(key)
+        if v is None:
+            return "–"
+        return f"{100 * v:{sign}{fmt}}{nb}±{nb}{100 * (r.get(key + '_std') or 0.0):{fmt}}"
+
+    def pct(r, key, fmt=".1f"):
+        v = r.get(key)
+        return "–" if v is None else f"{100 * v:{fmt}}"
+
+    lines = ["| row | test % | after warm-up % | gain (points) | s/step | rows changed % | "
+             "homophily before → after % |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in summary:
+        step = "–" if r.get("step_s") is None else f"{r['step_s']:.3f}"
+        hom = f"{pct(r, 'homophily_before', '.2f')}{nb}→{nb}{pct(r, 'homophily_after', '.2f')}"
+        lines.append(f"| {r['row']} | {pm(r, 'test_acc', '.1f')} | {pct(r, 'warmup_test_acc')} | "
+                     f"{pm(r, 'gain_over_warmup', '.1f', '+')} | {step} | {pct(r, 'rows_changed', '.0f')} | {hom} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a results file (chapter 09's digits page shows the tables and writes the reading as prose)
+def load_estimator_results(path: str | os.PathLike | None = None) -> dict:
+    """The committed results of :func:`run_estimator_experiment` (plain JSON), with its tables.
+
+    ``path`` is the JSON file; by default ``estimators.json`` in the committed results folder
+    (:func:`bgcn.experiments.common.results_root`: the repository's ``results/`` or
+    ``BGCN_RESULTS``). The dict read from it gets ``"tables_md"`` (the ``estimators.md`` written
+    beside it, or the tables formatted again from the file when that is missing) and
+    ``"command"``, the command line that regenerates it.
+
+    Shapes: none.
+
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
+    """
+    from .experiments.common import results_root
+
+    path = Path(path) if path is not None else results_root() / "estimators.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: `python -m bgcn estimators --out results` "
+                                "(tens of minutes on two CPU cores; see results/README_estimators.md) writes it")
+    res = json.loads(path.read_text())
+    md = path.with_suffix(".md")
+    res["tables_md"] = (md.read_text() if md.is_file() else
+                        format_tables(res["summary"], res["config"], res.get("tau_data", float("nan"))))
+    res["command"] = f"python -m bgcn estimators --out {path.parent.name or '.'}"
+    return res
+
+
+def n_comparisons(runs: Sequence[dict], references: Sequence[str]) -> int:
+    """m: the pairs of rows a reading against ``references`` compares (a pair read twice counts once).
+
+    Shapes: none.
+
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
+    """
+    rows = {r["row"] for r in runs}
+    return len({frozenset((r, ref)) for ref in references for r in rows if r != ref})
+
+
+def estimator_findings(res: dict, references: dict[str, str] | None = None) -> dict:
+    r"""The numbers a reading of one estimator comparison quotes (a committed file or a live run).
+
+    ``res`` is :func:`load_estimator_results`'s dict or :func:`run_estimator_experiment`'s return
+    value (both hold ``"config"``, ``"runs"`` and ``"summary"``). Differences are paired by seed
+    (:func:`bgcn.viz.paired_differences`, in points) against each row of ``references`` (default
+    :data:`REFERENCES`) and sorted by the book's two-standard-error rule
+    (:func:`bgcn.viz.classify_differences`). Returns a dict with
+
+    - ``"seeds"``, ``"n_test"`` (test images: all images minus the train and validation labels)
+      and ``"image_points"`` (one test image in points), ``"comparisons"`` (m,
+      :func:`n_comparisons`) and ``"chance"`` (m/20);
+    - ``"diffs"`` / ``"classes"``: per reference, the paired differences and their classes;
+    - ``"selection"``: the selection estimators present; ``"end_to_end"``: every row but ``frozen``;
+    - ``"vs_softmax"``: ``{"ahead", "within", "behind"}`` (selection estimators only), ``"lead_min"``
+      / ``"lead_max"`` (their mean paired differences) and ``"best"`` = ``{"row", "mean", "se",
+      "images"}`` (the largest mean lead, and how many test images it is);
+    - ``"vs_features"``: the classes against ``end2end_features`` (references excluded from none);
+      ``"softmax_vs_features"``: ``{"mean", "se"}``; ``"vs_frozen_ahead"``: end-to-end rows ahead
+      of ``frozen``; ``"level_with_both"``: selection estimators ahead of the softmax but within the
+      noise of both ``end2end_features`` and ``frozen``;
+    - ``"gain"``: per end-to-end row ``{"mean", "se", "n"}`` of the gain over the same run's warm-up
+      model (points), ``"gain_counts"``: the rows whose gain is more than two standard errors above
+      zero, ``"gain_min"`` / ``"gain_max"``;
+    - ``"homophily_before"`` (percent), ``"homophily_change"`` (points, after − before, per row),
+      ``"rows_changed"`` (percent, per row), ``"graph_share"`` (per row with a graph gradient) and
+      ``"step_s"`` (seconds per training step, per row, where measured).
+
+    Shapes: none.
+
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
+    """
+    import math
+
+    from .stats import beyond_noise, mean_std
+    from .viz._estimators import classify_differences, paired_differences
+
+    refs = dict(REFERENCES if references is None else references)
+    runs, cfg = res["runs"], res["config"]
+    summ = {s["row"]: s for s in res["summary"]}
+    rows = list(dict.fromkeys(r["row"] for r in runs))
+    selection = [r for r in E.SELECTION_ESTIMATORS if r in rows]
+    e2e = [r for r in rows if r != "frozen"]
+    diffs = {ref: paired_differences(runs, ref) for ref in refs if ref in rows}
+    classes = {ref: classify_differences(d, exclude=[ref]) for ref, d in diffs.items()}
+    n_test = int(cfg["num_images"] - 2 * 10 * cfg["labels_per_class"])
+    out = {"seeds": max(v["n"] for d in diffs.values() for v in d.values()), "n_test": n_test,
+           "image_points": 100.0 / n_test, "comparisons": n_comparisons(runs, list(diffs)),
+           "diffs": diffs, "classes": classes, "selection": selection, "end_to_end": e2e}
+    out["chance"] = out["comparisons"] / 20
+    if "softmax_taudata" in diffs:
+        sm, cls = diffs["softmax_taudata"], classes["softmax_taudata"]
+        leads = {r: sm[r]["mean"] for r in selection}
+        best = max(selection, key=leads.get)
+        out["vs_softmax"] = {kind: [r for r in cls[kind] if r in selection] for kind in ("ahead", "within", "behind")}
+        out["lead_min"], out["lead_max"] = min(leads.values()), max(leads.values())
+        out["best"] = {"row": best, "mean": sm[best]["mean"], "se": sm[best]["se"],
+                       "images": sm[best]["mean"] * n_test / 100}
+    if "end2end_features" in diffs:
+        out["vs_features"] = classes["end2end_features"]
+        if "softmax_taudata" in diffs["end2end_features"]:
+            d = diffs["end2end_features"]["softmax_taudata"]
+            out["softmax_vs_features"] = {"mean": d["mean"], "se": d["se"]}
+    if "frozen" in diffs:
+        out["vs_frozen_ahead"] = [r for r in classes["frozen"]["ahead"] if r in e2e]
+    if {"frozen", "end2end_features", "softmax_taudata"} <= set(diffs):
+        out["level_with_both"] = [r for r in out["vs_softmax"]["ahead"]
+                                  if r in classes["end2end_features"]["within"] and r in classes["frozen"]["within"]]
+    gain = {}
+    for r in e2e:
+        mu, sd, n = mean_std(100 * x["gain_over_warmup"] for x in runs
+                             if x["row"] == r and x.get("gain_over_warmup") is not None)
+        if n:
+            gain[r] = {"mean": mu, "se": sd / math.sqrt(n) if n > 1 else float("nan"), "n": n}
+    out["gain"] = gain
+    out["gain_counts"] = [r for r, g in gain.items() if g["mean"] > 0 and beyond_noise(g["mean"], g["se"], g["n"])]
+    out["gain_min"] = min((g["mean"] for g in gain.values()), default=float("nan"))
+    out["gain_max"] = max((g["mean"] for g in gain.values()), default=float("nan"))
+    out["homophily_before"] = 100 * float(np.mean([s["homophily_before"] for s in summ.values()
+                                                   if s.get("homophily_before") is not None]))
+    out["homophily_change"] = {r: 100 * (s["homophily_after"] - s["homophily_before"]) for r, s in summ.items()
+                               if s.get("homophily_after") is not None and s.get("homophily_before") is not None}
+    out["rows_changed"] = {r: 100 * s["rows_changed"] for r, s in summ.items() if s.get("rows_changed") is not None}
+    out["graph_share"] = {r: s["grad_graph_share"] for r, s in summ.items()
+                          if r != "frozen" and s.get("grad_graph_share") is not None}
+    out["step_s"] = {r: s["step_s"] for r, s in summ.items() if s.get("step_s") is not None}
+    return out
+
+
 def _readme(cfg: dict, quick: bool) -> str:
     cmd = "python -m bgcn.estimator_experiment --out results" + (" --quick" if quick else "")
     return (f"# Estimator comparison (chapter 09)\n\n`estimators.json` and `estimators.md` are written by\n\n"
@@ -430,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
     p = argparse.ArgumentParser(prog="python -m bgcn.estimator_experiment",
                                 description="Compare the selection estimators of chapter 09 on the digits.")

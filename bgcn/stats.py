@@ -20,7 +20,7 @@ All sums are in float64; missing values (``None``) and NaN are skipped, never av
 
 Shapes: none (sequences of floats and lists of run dicts).
 
-Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md), chapter 09 (chapters/09_estimators_digits.md)
+Taught in: chapter 08 (chapters/08_end_to_end_3_experiment.md), chapter 09 (chapters/09_estimators_4_digits.md)
 and chapter 12 (chapters/12_real_extractor.md).
 """
 from __future__ import annotations

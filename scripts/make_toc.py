@@ -8,7 +8,8 @@ not built (``only_build_toc_files``). Run after adding a chapter:
 
 Chapters are ``chapters/NN_name.md``; NN decides the part (PARTS below) and the order. Several
 files with the same NN are one chapter: the first by name is the chapter, the others its sections
-(chapter 9's second page ``09_estimators_digits`` is 9.1, and chapter 10 stays chapter 10).
+(chapter 9's pages ``09_estimators_1_softmax`` ... ``09_estimators_4_digits`` are 9.1 to 9.4, and chapter 10 stays
+chapter 10).
 """
 from __future__ import annotations
 

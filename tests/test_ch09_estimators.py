@@ -1,4 +1,5 @@
-"""Claims of chapter 09 (chapters/09_estimators.md) not already covered by tests/test_estimators.py."""
+"""Claims of chapter 09 (chapters/09_estimators_1_softmax.md ... 09_estimators_4_digits.md) not already covered by
+tests/test_estimators.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,3 +196,28 @@ def test_page2_reading_matches_the_committed_table():
         assert abs(v["mean"] - want) < 1e-9
     cls = classify_differences(d, exclude=["softmax_taudata"])
     assert sorted(sum(cls.values(), [])) == sorted(r for r in d if r != "softmax_taudata")
+
+
+def test_chapter_09_pages_use_the_notation_page_symbols():
+    """Issue 18: theta is the extractor's parameters (chapters/notation.md), so a row's scores S/tau
+    are z on chapter 09's pages; no "DESIGN point" (the sources page has labels); exercise 09-2
+    quotes the page's own glued shares, not a typed one."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "chapters"
+    pages = sorted(root.glob("09_estimators*.md"))
+    assert [p.name for p in pages] == ["09_estimators.md", "09_estimators_1_softmax.md",
+                                       "09_estimators_2_deterministic.md", "09_estimators_3_stochastic.md",
+                                       "09_estimators_4_digits.md"]
+    for p in pages:
+        text = p.read_text(encoding="utf-8")
+        assert "DESIGN point" not in text, p.name
+        assert "\\hat D" not in text, p.name                       # the degree matrix is Lambda
+        if p.name != "09_estimators_4_digits.md":                  # there theta is the extractor's
+            assert "\\theta" not in text, p.name
+    landing = (root / "09_estimators.md").read_text(encoding="utf-8")
+    assert "{code-cell}" not in landing and not re.search(r"^## ", landing, re.M)
+    sol = (root / "09_estimators_2_deterministic.md").read_text(encoding="utf-8").split("{solution} ex-09-2")[1]
+    sol = sol.split("```python")[0]
+    assert "{glue:text}`ch09_bb_lam10_pct" in sol and not re.search(r"\d %", sol.replace("}` %", ""))

@@ -18,6 +18,7 @@ from bgcn.viz_estimators import (  # noqa: E402
     ROW_ESTIMATORS,
     estimator_row,
     paired_differences,
+    estimator_row_figure,
     plot_estimator_row,
     plot_paired_differences,
     plot_toy_row,
@@ -132,8 +133,10 @@ def test_toy_row_figure_and_bad_input():
         estimator_row("hard_argmax", th, K, g)
     with pytest.raises(ValueError, match="upstream"):
         estimator_row("ste", th, K, g[:5])
-    with pytest.raises(ValueError, match="theta"):
+    with pytest.raises(ValueError, match="z must be one row"):
         estimator_row("ste", th[None], K, g)
+    with pytest.raises(ValueError, match="tau=1"):
+        estimator_row("gumbel_reinforce", th, K, g, tau=0.5)
     with pytest.raises(ValueError, match="samples"):
         estimator_row("gumbel_reinforce", th, K, g, samples=1)
 
@@ -189,3 +192,74 @@ def test_paired_reading_lines():
     assert "within 2 se: `same` +0.0 ± 0.6" in line
     with pytest.raises(ValueError, match="references"):
         paired_reading(runs, {})
+
+
+def test_estimator_row_tau_divides_the_row_and_the_gradient_is_with_respect_to_the_input():
+    """The softmax slider of chapter 09: estimator_row(..., tau=t) is the estimator at temperature t."""
+    th, g = _row()
+    for t in (0.2, 1.0, 3.0):
+        r = estimator_row("softmax", th, K, g, tau=t)
+        x = th[None].clone().requires_grad_(True)
+        sel = bgcn.ESTIMATORS["softmax"](x, K, t)
+        (gr,) = torch.autograd.grad((g[sel.indices[0]] * sel.weights[0]).sum(), x)
+        assert np.array_equal(r["grad"], gr[0].numpy())
+        w = torch.softmax(th / t, 0).numpy()
+        assert np.allclose(r["weights"][r["chosen"]], w[r["chosen"]], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name, param, values", [("blackbox", "lam_rel", [0.03, 0.1, 1.0, 10.0]),
+                                                 ("softmax", "tau", [0.1, 1.0, 3.0]),
+                                                 ("imle", "noise_rel", [0.1, 3.0]),
+                                                 ("gumbel_reinforce", "noise_rel", [0.1, 1.0])])
+def test_estimator_row_figure_frames_are_estimator_row(name, param, values):
+    """Every slider step is a frame holding estimator_row's numbers for that value."""
+    th, g = _row()
+    fig = estimator_row_figure(name, th, K, g, param=param, values=values, active=1)
+    steps = fig.layout.sliders[0].steps
+    assert len(fig.frames) == len(steps) == len(values)
+    assert [s.args[0][0] for s in steps] == [f.name for f in fig.frames]
+    for v, fr in zip(values, fig.frames):
+        r = estimator_row(name, th, K, g, **{param: v})
+        assert np.allclose(fr.data[0].y, r["weights"], atol=1e-6)
+        assert np.allclose(fr.data[1].y, -r["grad"], atol=1e-6)
+        cols = [CHOSEN_COLOUR if c else OTHER_COLOUR for c in r["chosen"]]
+        assert list(fr.data[1].marker.color) == cols
+        assert (len(fr.data) == 3) == (r["exact"] is not None)
+    # the figure opens on step `active`, and both y axes hold every frame
+    assert np.allclose(fig.data[1].y, fig.frames[1].data[1].y)
+    top = max(np.abs(f.data[1].y).max() for f in fig.frames)
+    assert fig.layout.yaxis2.range[1] >= top
+
+
+def test_estimator_row_figure_blackbox_lambda_shows_exercise_09_3():
+    """Exercise 09-3's answer (the label ex-09-3), read off the slider's frames: no swap (zero gradient) at a tiny
+    lam_rel, two candidates at 0.1, the four of the target swap at 1 and 10, ten times smaller at 10."""
+    th, g = _row()
+    fig = estimator_row_figure("blackbox", th, K, g, param="lam_rel", values=[0.03, 0.1, 1.0, 10.0])
+    nz = [int((np.asarray(f.data[1].y) != 0).sum()) for f in fig.frames]
+    big = [float(np.abs(f.data[1].y).max()) for f in fig.frames]
+    assert nz == [0, 2, 4, 4]
+    assert big[2] == pytest.approx(10 * big[3], rel=1e-4)
+    with pytest.raises(ValueError, match="at least two"):
+        estimator_row_figure("blackbox", th, K, g, param="lam_rel", values=[1.0])
+
+
+def test_glueable_gives_glue_the_figure_bundle():
+    """bgcn.viz.glueable: what {glue:figure} needs from a Plotly figure (it displays itself otherwise)."""
+    import plotly.io as pio
+    from IPython.core.formatters import format_display_data
+
+    from bgcn.viz import glueable
+
+    th, g = _row()
+    fig = estimator_row_figure("blackbox", th, K, g, param="lam_rel", values=[0.1, 1.0])
+    old = pio.renderers.default
+    pio.renderers.default = "notebook_connected"
+    try:
+        data, _ = format_display_data(glueable(fig))
+    finally:
+        pio.renderers.default = old
+    assert "Plotly.newPlot" in data["text/html"] and "addFrames" in data["text/html"]
+    assert glueable(fig).figure is fig
+    with pytest.raises(TypeError, match="plotly"):
+        glueable(plt.figure())

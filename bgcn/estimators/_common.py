@@ -1,6 +1,6 @@
 r"""Shared pieces of the selection estimators: the deterministic top-k mask, the row scale, argument helpers.
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def topk_indices(theta: torch.Tensor, k: int) -> torch.Tensor:
         - theta: (N, M) or (M,)
         - output: (N, k) or (k,) long
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     return _topk_indices_mask(theta, k)[0]
 
@@ -39,7 +39,7 @@ def topk_mask(theta: torch.Tensor, k: int) -> torch.Tensor:
         - theta: (N, M) or (M,)
         - output: same shape and dtype as theta, entries in {0, 1}, each row sums to k
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     return _topk_indices_mask(theta, k)[1]
 
@@ -90,7 +90,7 @@ def row_std(theta: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         - theta: (N, M)
         - output: (N, 1)
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     t = theta.detach()
     valid = torch.isfinite(t)

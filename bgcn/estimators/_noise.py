@@ -1,6 +1,6 @@
 r"""Noise for perturbed and sampled top-k: Gumbel and I-MLE's Sum-of-Gamma.
 
-Taught in: chapter 09 (chapters/09_estimators.md); the Gumbel-max trick in chapter 03.
+Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md); the Gumbel-max trick in chapter 03.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def gumbel_noise(shape, *, dtype: torch.dtype = torch.float32, device=None,
     Shapes:
         - output: ``shape``
 
-    Taught in: chapter 09 (chapters/09_estimators.md); the Gumbel-max trick in chapter 03.
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md); the Gumbel-max trick in chapter 03.
     """
     info = torch.finfo(dtype)
     gen_device = generator.device if generator is not None else device
@@ -61,7 +61,7 @@ def sum_of_gamma_noise(shape, k: int, s: int = 10, tau: float = 1.0, *, dtype: t
     Shapes:
         - output: ``shape``
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
     k = check_int(k, "k", 1)
     s = check_int(s, "s", 1)

@@ -1,6 +1,6 @@
 r"""Blackbox differentiation (``"blackbox"``) and I-MLE (``"imle"``), and the argmin-written rule copied verbatim (the pitfall).
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md, chapters/09_estimators_3_stochastic.md).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class PerturbationState:
 
     Shapes: none (scalars).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
 
     def __init__(self, adaptive: bool = False, beta: float = 1.0, target_swaps: float = 1.0, step: float = 0.05):
@@ -125,7 +125,7 @@ def blackbox_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     lam, lam_rel = _check_lam(lam, lam_rel)
@@ -169,7 +169,7 @@ def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     lam, lam_rel = _check_lam(lam, lam_rel)
@@ -202,7 +202,7 @@ def blackbox_argmin_verbatim(theta: torch.Tensor, k: int, lam: float | None = No
 
     Shapes: theta (N, M) -> dense mask (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
     lam, lam_rel = _check_lam(lam, lam_rel)
     return _ArgminVerbatim.apply(theta, check_k(k, theta.shape[-1]), lam, lam_rel)

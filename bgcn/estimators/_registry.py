@@ -16,7 +16,7 @@ flag                    meaning (who reads it)
 ``stochastic``          it samples (takes ``generator``; may carry a ``log_prob`` for a score function)
 ======================  ===============================================================================
 
-Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators_1_softmax.md).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class EstimatorSpec:
 
     Shapes: none (a description; ``row_rule`` maps (N, k) to (N, k)).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
 
     name: str
@@ -115,7 +115,7 @@ def register_estimator(name: str, needs_dense: bool = False, stochastic: bool = 
 
     Shapes: the estimator maps scores (N, M) to a :class:`Selection` with indices, weights (N, k).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -148,7 +148,7 @@ def get_estimator(name: str | EstimatorFn) -> EstimatorFn:
 
     Shapes: none (returns the estimator callable).
 
-    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 06 (chapters/06_rankings_to_graph_2_gradient.md) and chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     if callable(name):
         return name
@@ -168,7 +168,7 @@ def get_spec(estimator: str | EstimatorFn) -> EstimatorSpec:
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     fn = get_estimator(estimator)
     name = estimator if isinstance(estimator, str) else getattr(fn, "estimator_name", getattr(fn, "__name__", "custom"))
@@ -185,7 +185,7 @@ def estimator_names(*, rowwise: bool | None = None, chunkable: bool | None = Non
 
     Shapes: none.
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_1_softmax.md).
     """
     want = {"rowwise": rowwise, "chunkable": chunkable, "needs_normaliser": needs_normaliser,
             "needs_dense": needs_dense, "stochastic": stochastic}

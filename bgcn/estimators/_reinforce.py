@@ -1,6 +1,6 @@
 r"""Gumbel top-k sampling with a score-function gradient: Plackett-Luce log-probabilities, the surrogate, baselines.
 
-Taught in: chapter 09 (chapters/09_estimators.md); REINFORCE in chapter 03.
+Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md); REINFORCE in chapter 03.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def plackett_luce_log_prob(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tens
         - idx: (N, k) long (or (k,)), in sampled order
         - output: (N,) (or ())
 
-    Taught in: chapter 09 (chapters/09_estimators.md); the score function in chapter 03.
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md); the score function in chapter 03.
     """
     squeeze = theta.dim() == 1
     if squeeze:
@@ -84,7 +84,7 @@ def reinforce_surrogate(log_prob: torch.Tensor, reward: torch.Tensor, baseline="
         - reward: same shape as log_prob
         - output: () scalar
 
-    Taught in: chapter 09 (chapters/09_estimators.md); REINFORCE and its baseline in chapter 03.
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md); REINFORCE and its baseline in chapter 03.
     """
     if not isinstance(log_prob, torch.Tensor) or not isinstance(reward, torch.Tensor):
         raise TypeError("log_prob and reward must be torch.Tensors")
@@ -121,7 +121,7 @@ class EMABaseline:
 
     Shapes: reward (N,) or (S, N) -> baseline (N,)
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
 
     def __init__(self, num_nodes: int, decay: float = 0.9):
@@ -177,7 +177,7 @@ def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M), log_prob (N,).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     tau_noise = check_optional_positive(tau_noise, "tau_noise")

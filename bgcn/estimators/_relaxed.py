@@ -1,6 +1,6 @@
 r"""Smooth relaxations of the k-hot mask: sigmoid with a threshold and the capped simplex.
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def sigmoid_topk(theta: torch.Tensor, k: int, tau_m: float | None = None, tau_m_
         - theta: (N, M), k <= number of finite entries per row
         - output: (N, M), rows sum to k
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     check_tensor(theta, "theta", ndim=2, finite=False)
     k = check_k(k, theta.shape[-1])
@@ -175,7 +175,7 @@ def capped_simplex_topk(theta: torch.Tensor, k: int, tau_m: float | None = None,
         - theta: (N, M)
         - output: (N, M), entries in [0, 1], rows sum to k
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     check_tensor(theta, "theta", ndim=2, finite=False)
     k = check_k(k, theta.shape[-1])
@@ -194,7 +194,7 @@ def sigmoid_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     m = sigmoid_topk(theta, k, tau_m=tau_m, tau_m_rel=tau_m_rel)
@@ -212,7 +212,7 @@ def capped_simplex_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, 
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     m = capped_simplex_topk(theta, k, tau_m=tau_m, tau_m_rel=tau_m_rel)

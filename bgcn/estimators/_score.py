@@ -77,7 +77,7 @@ def score_function_terms(log_prob: torch.Tensor, cost: torch.Tensor,
         - log_prob: any; cost, baseline: broadcastable to it
         - output: the broadcast shape
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
     """
     return (cost - baseline).detach() * log_prob
 

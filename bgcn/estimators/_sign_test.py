@@ -1,6 +1,6 @@
 r"""The toy sign test: gradient descent on the scores alone must recover a target top-k set.
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def sign_test(estimator: str | Callable = "ste", n: int = 16, k: int = 3, steps:
 
     Shapes: theta (1, n) internally; ``overlap``/``loss`` lists of length steps + 1 / steps.
 
-    Taught in: chapter 09 (chapters/09_estimators.md): the figure of the sign test.
+    Taught in: chapter 09 (chapters/09_estimators_3_stochastic.md): the figure of the sign test.
     """
     n = check_int(n, "n", 2)
     k = check_k(k, n)

@@ -1,6 +1,6 @@
 r"""Straight-through (``"ste"``) and identity with projection (``"identity"``, Sahoo et al., 2023).
 
-Taught in: chapter 09 (chapters/09_estimators.md).
+Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def ste_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_sel
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     if surrogate is None:
@@ -96,7 +96,7 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
 
     Shapes: scores (N, M) -> indices, weights (N, k), dense (N, M).
 
-    Taught in: chapter 09 (chapters/09_estimators.md).
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
     """
     theta, k = _prepare_theta(scores, k, tau, exclude_self)
     noise_rel = check_number(noise_rel, "noise_rel", 0, hint="0 switches the noise off")

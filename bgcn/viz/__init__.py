@@ -33,11 +33,11 @@ segments), ``_temperature`` (chapter 05), ``_graph`` (chapters 06 and 08), ``_st
 ipywidgets are imported inside the functions that draw.
 
 Taught in: chapter 05 (chapters/05_temperature.md), chapter 06 (chapters/06_rankings_to_graph.md),
-chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators.md).
+chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators_1_softmax.md).
 """
 from __future__ import annotations
 
-from ._common import QUALITATIVE, set_plotly_renderer
+from ._common import QUALITATIVE, glueable, set_plotly_renderer
 from ._layout import edge_segments, layout_2d
 from ._temperature import effective_neighbours_figure, softmax_temperature_figure
 from ._graph import graph_evolution_figure, knn_graph_figure
@@ -46,12 +46,13 @@ from ._mosaic import neighbour_mosaic, plot_neighbours
 from ._diagrams import block_search_figure, plot_hop_reach
 from ._widgets import widget_graph_evolution, widget_knn_graph, widget_softmax_temperature
 from ._estimators import (CHOSEN_COLOUR, OTHER_COLOUR, ROW_ESTIMATORS, classify_differences, estimator_row,
-                          paired_differences, paired_reading, plot_estimator_row, plot_paired_differences,
-                          plot_toy_row)
+                          estimator_row_figure, paired_differences, paired_reading, plot_estimator_row,
+                          plot_paired_differences, plot_toy_row)
 
 __all__ = [
     "QUALITATIVE",
     "set_plotly_renderer",
+    "glueable",
     "layout_2d",
     "edge_segments",
     "softmax_temperature_figure",
@@ -72,6 +73,7 @@ __all__ = [
     "estimator_row",
     "plot_toy_row",
     "plot_estimator_row",
+    "estimator_row_figure",
     "paired_differences",
     "classify_differences",
     "paired_reading",

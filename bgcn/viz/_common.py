@@ -8,7 +8,7 @@ import torch
 
 from .._checks import check_int, check_tau
 
-__all__ = ["QUALITATIVE", "set_plotly_renderer"]
+__all__ = ["QUALITATIVE", "set_plotly_renderer", "glueable"]
 
 
 #: Qualitative palette for classes (Plotly's "D3" / matplotlib's tab10 colours), 10 classes.
@@ -104,3 +104,32 @@ def set_plotly_renderer(renderer: str = "notebook_connected") -> str:
     old = pio.renderers.default
     pio.renderers.default = renderer
     return old
+
+
+class _Glueable:
+    """A figure and nothing but its mime bundle (see :func:`glueable`)."""
+
+    def __init__(self, figure: Any):
+        self.figure = figure
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.figure._repr_mimebundle_()
+
+
+def glueable(figure: Any) -> _Glueable:
+    """A Plotly figure as ``myst_nb.glue`` can store it, so that ``{glue:figure}`` gives it a number.
+
+    A Plotly figure displays itself (``_ipython_display_``), which ``glue`` cannot capture: glued as
+    it is, it lands in the cell's output and the ``{glue:figure}`` stays empty. Wrapped,
+    ``glue("name", glueable(fig), display=False)`` stores the figure's mime bundle under the current
+    renderer (the book's ``notebook_connected``, set for every kernel by ``scripts/bookext.py``; this
+    sets no renderer), and the renderer's plotly.js loader stays in the cell's output, above the
+    figure. ``glueable(fig).figure`` is ``fig``.
+
+    Shapes: none.
+
+    Taught in: chapter 09 (chapters/09_estimators_2_deterministic.md).
+    """
+    if not hasattr(figure, "_repr_mimebundle_") or not hasattr(figure, "frames"):
+        raise TypeError(f"figure must be a plotly.graph_objects.Figure, got {type(figure).__name__}")
+    return _Glueable(figure)
