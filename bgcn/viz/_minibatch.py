@@ -130,8 +130,8 @@ def plot_gather_gradient(norms: Any, figsize: tuple[float, float] = (10.0, 3.9))
                 ax.text(x, y + (0.05 if r == s else 0.0), label, ha="center", va="center", fontsize=9,
                         color="black" if kept else "#d62728",
                         bbox=dict(fc="white", ec="none", alpha=0.85, pad=1.0))
-        note = ("every rank's loss reaches every row: one process's gradient" if p == 0 else
-                "the crossing terms are lost: the gradient depends on the number of ranks")
+        note = ("every loss reaches every row: one process's gradient" if p == 0 else
+                "crossing terms lost: the result depends on $n_p$")
         ax.text(0.5, -0.02, note, ha="center", va="bottom", fontsize=9.5, style="italic")
     fig.tight_layout()
     return fig
