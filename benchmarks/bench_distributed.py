@@ -18,7 +18,7 @@ spent in the three kinds of communication, each timed synchronously around the c
 Writes benchmarks/results/distributed.json. On a 2-core machine the two ranks share the cores
 with nothing else only if the machine is idle: compare ratios within one run.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md).
 """
 from __future__ import annotations
 

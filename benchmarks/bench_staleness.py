@@ -65,7 +65,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bgcn  # noqa: E402
-from bgcn.bank import FeatureBank  # noqa: E402
+from bgcn.bank import FeatureBank, bank_staleness as _bank_staleness  # noqa: E402
 from bgcn.data import label_masks, load_dataset  # noqa: E402
 from bgcn.experiment import paired_difference  # noqa: E402
 from bgcn.minibatch import train_minibatch  # noqa: E402
@@ -119,20 +119,12 @@ def knn_recall(idx_a: torch.Tensor, idx_b: torch.Tensor) -> torch.Tensor:
 
 def bank_staleness(model, bank: FeatureBank, images: torch.Tensor, k: int, chunk_size: int = 4096,
                    embed_batch_size: int = 512) -> dict:
-    r"""Recall@k of the bank's kNN graph against the fresh one, and the per-row feature drift.
+    r"""Recall@k of the bank's kNN graph against the fresh one, and the per-row feature drift
+    (:func:`bgcn.bank.bank_staleness`, which the book's chapter 11 calls too).
 
     Shapes: bank.features (N, D); images (N, C_in, H, W) -> scalars (recall, drift statistics)
     """
-    fresh = FeatureBank.from_backbone(model.backbone, images, embed_batch_size, bank.device)
-    ids = torch.arange(bank.num_nodes, device=bank.device)
-    idx_bank = bank.search(bank.features, k, exclude=ids, chunk_size=chunk_size)
-    idx_fresh = fresh.search(fresh.features, k, exclude=ids, chunk_size=chunk_size)
-    rec = knn_recall(idx_bank, idx_fresh)
-    f = fresh.features.double()
-    drift = (bank.features.double() - f).norm(dim=1) / f.norm(dim=1).clamp_min(1e-12)
-    return {"recall": float(rec.mean()), "recall_min_row": float(rec.min()),
-            "rows_exact": float((rec == 1).double().mean()),
-            "drift_mean": float(drift.mean()), "drift_median": float(drift.median()), "drift_max": float(drift.max())}
+    return _bank_staleness(model.backbone, bank, images, k, chunk_size, embed_batch_size)
 
 
 def tau_from_data(images: torch.Tensor, k: int, pretrained=PRETRAINED) -> float:

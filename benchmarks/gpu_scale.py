@@ -16,7 +16,7 @@ and one mini-batch epoch end to end on the largest generated set.
 Each step's record is written to the JSON as soon as it is measured; a step whose estimated time
 would pass the --budget is recorded as skipped, so a killed run keeps what it measured.
 
-Taught in: chapter 10 (chapters/10_scaling_2_measured.md) and chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 10 (chapters/10_scaling_2_measured.md) and chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ repeated from its record::
     cfg = bgcn.TrainConfig(mode="end2end", epochs=60, warmup_epochs=40, batch_size=256)
     result = bgcn.fit(model, images, labels, train_mask, val_mask, test_mask, cfg)
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def fit(model, images, labels, train_mask, val_mask=None, test_mask=None, config
     Shapes:
         - images: (N, C_in, H, W); labels, masks: (N,)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     if config is None:
         config = TrainConfig(**overrides)

@@ -16,7 +16,7 @@ Every function works unchanged in one process (no process group): gathers are th
 barriers and broadcasts do nothing, rank 0 is the only rank. Nothing here imports the bank or the
 mini-batch engine: the bank is passed as a plain ``(N, D)`` tensor.
 
-Taught in: chapter 11 (chapters/11_minibatch.md)
+Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def available() -> bool:
 
     Shapes: none (returns a bool).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     try:
         import torch.distributed as dist
@@ -75,7 +75,7 @@ def is_initialized() -> bool:
 
     Shapes: none (returns a bool).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     return available() and torch.distributed.is_initialized()
 
@@ -122,7 +122,7 @@ def dist_info() -> tuple[int, int, int]:
 
     Shapes: none (returns three ints).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if is_initialized():
         dist = torch.distributed
@@ -167,7 +167,7 @@ def init_distributed(backend: str = "auto", device: str | torch.device | None = 
 
     Shapes: none (returns ``(rank, world_size, local_rank)``).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not available():
         raise RuntimeError("torch.distributed is not available in this torch build; run in one "
@@ -215,7 +215,7 @@ def is_main() -> bool:
 
     Shapes: none (returns a bool).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     return dist_info()[0] == 0
 
@@ -229,7 +229,7 @@ def rank_world() -> tuple[int, int]:
 
     Shapes: none (returns two ints).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not is_initialized():
         return 0, 1
@@ -252,7 +252,7 @@ def barrier() -> None:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if _world() > 1:
         dist = torch.distributed
@@ -272,7 +272,7 @@ def cleanup() -> None:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if is_initialized():
         try:
@@ -291,7 +291,7 @@ def shard(x: torch.Tensor | Sequence, rank: int | None = None, world_size: int |
     Shapes:
         x: (B, ...) -> (b_rank, ...) with sum over ranks of b_rank = B
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     r, w, _ = dist_info()
     r = r if rank is None else rank
@@ -354,7 +354,7 @@ def all_gather_with_grad(x: torch.Tensor, group=None, *, equal_sizes: bool = Fal
     Shapes:
         x: (b_r, ...) on each rank -> G: (B, ...), B = Σ_r b_r; same dtype and device as x
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     _check_rows("x", x)
     if not is_initialized() or torch.distributed.get_world_size(group) == 1:
@@ -392,7 +392,7 @@ def all_gather_rows(*tensors: torch.Tensor, group=None) -> tuple[torch.Tensor, .
     Shapes:
         each tensor: (b_r, ...) on each rank -> (B, ...), B = Σ_r b_r
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not tensors:
         raise ValueError("all_gather_rows needs at least one tensor, e.g. all_gather_rows(indices, feats)")
@@ -438,7 +438,7 @@ def sync_bank_rows(bank_feats: torch.Tensor, indices: torch.Tensor, feats: torch
     Shapes:
         bank_feats: (N, D); indices: (b_r,) long; feats: (b_r, D) -> bank_feats (N, D)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not isinstance(bank_feats, torch.Tensor) or bank_feats.dim() != 2:
         raise ValueError(f"bank_feats must be a 2-d tensor (N, D), got "
@@ -481,7 +481,7 @@ def broadcast_(tensor: torch.Tensor, src: int = 0, group=None) -> torch.Tensor:
 
     Shapes: tensor: any shape, same on every rank -> same tensor
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
@@ -514,7 +514,7 @@ def main_only(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not callable(fn):
         raise TypeError(f"main_only needs a callable, got {type(fn).__name__}")
@@ -547,7 +547,7 @@ def write_if_main(path: str | os.PathLike, writer: Callable[[str | os.PathLike],
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -565,7 +565,7 @@ def wrap_ddp(model: torch.nn.Module, device: str | torch.device | None = None, *
 
     Shapes: none (returns a module).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -585,7 +585,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
     Shapes: none (returns a module).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
     """
     from torch.nn.parallel import DistributedDataParallel
 

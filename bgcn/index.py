@@ -22,7 +22,7 @@ The field builds whole-data-set graphs the same way: LP-DeepSSL (Iscen et al. 20
 FAISS kNN graph over all training images every epoch (FAISS: Johnson, Douze and Jégou 2019,
 "Billion-scale similarity search with GPUs").
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class NeighbourIndex:
         - keys: (N, D); query: (M, D); exclude: (M,) long or None
         - search output: (M, k) long key ids, by decreasing similarity
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
 
     kind = "base"
@@ -99,7 +99,7 @@ class ExactIndex(NeighbourIndex):
 
     Shapes: see :class:`NeighbourIndex`.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
 
     kind = "exact"
@@ -150,7 +150,7 @@ class FaissIndex(NeighbourIndex):
 
     Shapes: see :class:`NeighbourIndex`.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
 
     exact = False
@@ -249,7 +249,7 @@ def resolve_index_kind(kind: str, num_keys: int | None = None, device: str | tor
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     kind = check_choice(kind, "index", ("auto",) + INDEX_KINDS)
     if kind != "auto":
@@ -269,7 +269,7 @@ def make_index(kind: str = "auto", num_keys: int | None = None, device: str | to
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     kind = resolve_index_kind(kind, num_keys, device)
     if kind == "exact":
@@ -283,7 +283,7 @@ def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> float:
 
     Shapes: found (M, k) long, exact (M, k) long -> float in [0, 1]
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     if not isinstance(found, torch.Tensor) or not isinstance(exact, torch.Tensor) or found.shape != exact.shape \
             or found.dim() != 2:

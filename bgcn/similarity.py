@@ -140,7 +140,7 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
         - query: (Q, D), keys: (M, D), exclude: (Q,) or None
         - values: (Q, k) float, indices: (Q, k) long
 
-    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     check_tensor(query, "query", ndim=2, finite=False)  # callers check finiteness where it matters
     check_tensor(keys, "keys", ndim=2, finite=False)

@@ -177,3 +177,33 @@ def paired_runs(runs: Iterable[dict], row: str, key: str = "test_acc", **match: 
         if all(r.get(f, want) == want for f, want in match.items()):
             out[int(r["seed"])] = float(v)
     return out
+
+
+def mcnemar_exact(right_a: Sequence[bool], right_b: Sequence[bool]) -> dict:
+    r"""McNemar's exact test of two classifiers on the same items: do they differ more than chance?
+
+    Only the items on which they disagree count: :math:`n_a` right only by ``a``, :math:`n_b` right
+    only by ``b``. If neither is better, each disagreement falls either way with probability 1/2, and
+    the two-sided p-value is the binomial tail
+
+    .. math:: p = \min\Big(1,\ 2\sum_{i=0}^{\min(n_a, n_b)} \binom{n_a+n_b}{i} 2^{-(n_a+n_b)}\Big)
+
+    (``scipy.stats.binomtest(n_a, n_a + n_b).pvalue``; 1 when they never disagree). It compares
+    these two trained models on these items, not two methods in general.
+
+    Returns ``{"only_a", "only_b", "both", "neither", "p"}``.
+
+    Shapes: right_a, right_b (n,) bool -> ints and a float.
+
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md).
+    """
+    a = [bool(x) for x in (right_a.tolist() if hasattr(right_a, "tolist") else right_a)]
+    b = [bool(x) for x in (right_b.tolist() if hasattr(right_b, "tolist") else right_b)]
+    if len(a) != len(b):
+        raise ValueError(f"right_a and right_b must have one entry per item each, got {len(a)} and {len(b)}")
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "both": sum(x and y for x, y in zip(a, b)),
+            "neither": sum(not x and not y for x, y in zip(a, b)), "p": float(min(1.0, 2 * tail))}

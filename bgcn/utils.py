@@ -158,7 +158,7 @@ def reset_peak_memory(device: str | torch.device = "cpu") -> None:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -179,7 +179,7 @@ def peak_memory_bytes(device: str | torch.device = "cpu") -> int | None:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -2,6 +2,9 @@
 the EMA backbone, inductive predict, bad input."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +14,8 @@ from bgcn.data import label_masks, load_dataset
 from bgcn.graph import knn_graph
 from bgcn.model import build_model
 from bgcn.similarity import cosine_similarity
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N, C, K = 150, 4, 5
 TOL = 1e-10
@@ -192,4 +197,6 @@ def test_public_functions_are_documented():
             if not callable(obj):
                 continue
             doc = obj.__doc__ or ""
-            assert "Shapes:" in doc and "Taught in: chapter 11 (chapters/11_minibatch.md)" in doc, name
+            m = re.search(r"Taught in: chapter 11 \(chapters/(11_minibatch_\d_\w+\.md)\)", doc)
+            assert "Shapes:" in doc and m, name
+            assert (ROOT / "chapters" / m.group(1)).is_file(), (name, m.group(1))

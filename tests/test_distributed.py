@@ -15,7 +15,7 @@ saves what it saw; the tests compare that with a single-process computation of t
 - ``write_if_main`` / ``main_only``: rank 0 writes, rank 1 returns only after the file exists;
   a failure on rank 0 raises on both ranks instead of hanging.
 
-Taught in: chapter 11 (chapters/11_minibatch.md)
+Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)
 """
 from __future__ import annotations
 
@@ -476,7 +476,7 @@ def test_main_only_runs_in_one_process(no_env, tmp_path):
 def test_every_public_function_is_documented():
     for name in bd.__all__:
         doc = getattr(bd, name).__doc__ or ""
-        assert "Shapes:" in doc and "Taught in: chapter 11 (chapters/11_minibatch.md)" in doc, name
+        assert "Shapes:" in doc and "Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md)" in doc, name
     doc = bd.all_gather_with_grad.__doc__
     assert "torch.distributed.nn.functional.all_gather" in doc and "Σ_{s=0}^{W-1} ∂L_s/∂x_r" in doc
 

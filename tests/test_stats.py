@@ -111,3 +111,19 @@ def test_public_names_are_documented():
                 continue
             doc = inspect.getdoc(obj) or ""
             assert "Shapes:" in doc and "Taught in:" in doc, f"{mod.__name__}.{name}"
+
+
+def test_mcnemar_exact_matches_scipy_binomtest():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for n, pa, pb in [(397, 0.95, 0.93), (60, 0.7, 0.5), (30, 0.5, 0.5)]:
+        a, b = rng.random(n) < pa, rng.random(n) < pb
+        r = stats.mcnemar_exact(a, b)
+        assert r["only_a"] == int((a & ~b).sum()) and r["only_b"] == int((~a & b).sum())
+        assert r["only_a"] + r["only_b"] + r["both"] + r["neither"] == n
+        ref = scipy_stats.binomtest(r["only_a"], r["only_a"] + r["only_b"]).pvalue
+        assert r["p"] == pytest.approx(ref, rel=1e-12)
+    assert stats.mcnemar_exact([True, False], [True, False])["p"] == 1.0  # they never disagree
+    assert stats.mcnemar_exact([True] * 10, [False] * 10)["p"] == pytest.approx(2 / 2 ** 10)
+    with pytest.raises(ValueError, match="one entry per item"):
+        stats.mcnemar_exact([True], [True, False])

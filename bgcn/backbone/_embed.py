@@ -107,7 +107,7 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
 
     Shapes: images (N, C_in, H, W) tensor or image source -> F (N, D) (or (len(indices), D))
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     n = len(images) if indices is None else int(indices.numel())
     idx = torch.arange(n) if indices is None else indices.detach().cpu().long()

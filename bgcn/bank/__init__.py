@@ -14,18 +14,21 @@ Memory: the bank is N·D floats (plus N·k longs with the optional neighbour lis
 ``chunk_size`` × ``bank_chunk`` block at a time (``chunk_size`` × N without ``bank_chunk``),
 under ``no_grad``.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+How stale the bank's graph is, as recall@k against a fresh one: :func:`bank_staleness`.
+
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 
 from ..estimators import rowwise_names
 from ._momentum import ema_backbone, momentum_update
 from ._predict import bank_estimator, predict
+from ._staleness import bank_staleness
 from ._subgraph import Subgraph, bank_logsumexp, computation_subgraph, subgraph_log_probs
 from ._table import FeatureBank
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
-           "ema_backbone", "momentum_update", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp"]
+           "ema_backbone", "momentum_update", "bank_staleness", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp"]
 
 #: Estimators the bank engine supports: the row-wise ones (:func:`bgcn.estimators.rowwise_names`,
 #: read from their specs when this module is imported): ``"hard"``, ``"values"``,

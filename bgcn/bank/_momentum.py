@@ -1,6 +1,6 @@
 r"""A momentum (EMA) backbone for the bank, as in MoCo.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def ema_backbone(backbone: nn.Module) -> nn.Module:
 
     Shapes: same as the backbone.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
@@ -37,7 +37,7 @@ def momentum_update(ema: nn.Module, backbone: nn.Module, momentum: float = 0.99)
 
     Shapes: none (parameters in place).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     momentum = check_number(momentum, "momentum", 0, 1, hint="0 copies the backbone")
     pe, pb = list(ema.parameters()), list(backbone.parameters())

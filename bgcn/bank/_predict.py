@@ -1,6 +1,6 @@
 r"""Inductive prediction for new images through the bank: :func:`predict`.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def bank_estimator(model) -> str:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md).
     """
     if getattr(model, "symmetric", False):
         raise ValueError("a symmetric graph (symmetric=True) has in-edges from every node that chose i, which a "
@@ -69,7 +69,7 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
         - new_images: (M, C_in, H, W)
         - output: (M, C) log-probabilities
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_3_inductive_distributed.md).
     """
     if not isinstance(bank, FeatureBank):
         raise TypeError(f"bank must be a bgcn.bank.FeatureBank, got {type(bank).__name__}")

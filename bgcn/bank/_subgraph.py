@@ -1,6 +1,6 @@
 r"""The exact 2-hop computation graph of a batch over the bank's kNN graph: :func:`computation_subgraph`.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Subgraph:
         - indices: (m, k) bank ids of the query nodes' neighbours
         - extra: (n_extra,) long bank ids
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
 
     x: torch.Tensor
@@ -66,7 +66,7 @@ def bank_logsumexp(bank: "FeatureBank", q: torch.Tensor, tau: float, exclude: to
 
     Shapes: q (r, D), exclude (r,) or None -> (r,)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     return similarity_logsumexp(normalize_rows(q), bank.features, tau, exclude=exclude, chunk_size=chunk_size,
                                 key_chunk=bank_chunk, checkpoint=True, normalize_keys=True)
@@ -134,7 +134,7 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
         - query_feats: (m, D); query_ids: (m,) long, sorted ascending, or None
         - output: :class:`Subgraph`
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     if not isinstance(estimator, str) or estimator not in ESTIMATORS or not get_spec(estimator).rowwise:
         raise ValueError(f"estimator {estimator!r} is not supported over a bank; choose one of "
@@ -247,6 +247,6 @@ def subgraph_log_probs(model: nn.Module, sub: Subgraph) -> torch.Tensor:
 
     Shapes: sub with m query nodes -> (m, C)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     return model.gcn(sub.x, sub.edge_index, sub.edge_weight)[: sub.num_query]

@@ -1,6 +1,6 @@
 r"""The (N, D) table of the latest detached feature of every image: :class:`FeatureBank`.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class FeatureBank:
     Shapes:
         - features: (N, D), never requires grad
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
 
     def __init__(self, num_nodes: int, dim: int, dtype: torch.dtype = torch.float32,
@@ -226,7 +226,7 @@ class FeatureBank:
             - query: (M, D); exclude: (M,) long or None
             - output: (M, k) long bank ids, each row by decreasing similarity
 
-        Taught in: chapter 11 (chapters/11_minibatch.md).
+        Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
         """
         self._check_rows(query, "query")
         m = query.shape[0]

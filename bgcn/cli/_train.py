@@ -107,7 +107,7 @@ def softmax_cost_note(n: int, d: int, k: int, device: torch.device, rows: int = 
 
     Shapes: none (returns one line).
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     g = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(rows, d, generator=g).to(device)

@@ -226,7 +226,7 @@ class ImageFolderSource(ImageSource):
     Shapes:
         image_shape: (1 or 3, H, W);  labels: (N,) long;  take(indices (b,)) -> (b, C_in, H, W) float32
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
     """
 
     def __init__(self, path: str | os.PathLike, image_size: int | tuple[int, int] | None = None,

@@ -202,7 +202,7 @@ def open_dataset(name_or_path: str | os.PathLike, batched: bool = False, **optio
         images: (N, C_in, H, W) tensor (float, or uint8 when batched), or an image source of N images
         dataset.labels: (N,) long
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
     """
     check_bool(batched, "batched")
     spec, path = _resolve(name_or_path)

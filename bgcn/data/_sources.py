@@ -37,7 +37,7 @@ class ImageSource(tud.Dataset):
     Shapes:
         image_shape: (C_in, H, W);  take(indices (b,)) -> (b, C_in, H, W)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
     """
 
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -110,7 +110,7 @@ class ImageSource(tud.Dataset):
         Shapes:
             yields indices (b,) long, images (b, C_in, H, W); b = batch_size except maybe the last
 
-        Taught in: chapter 11 (chapters/11_minibatch.md)
+        Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
         """
         batch_size = check_int(batch_size, "batch_size", 1)
         num_workers = check_int(num_workers, "num_workers", 0)
@@ -152,7 +152,7 @@ class TensorImages(ImageSource):
     Shapes:
         images: (N, C_in, H, W) float or uint8;  take(indices (b,)) -> (b, C_in, H, W)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
     """
 
     def __init__(self, images: torch.Tensor):
@@ -200,7 +200,7 @@ def as_image_source(images: Any) -> ImageSource:
     Shapes:
         images: ImageSource, or a tensor (N, C_in, H, W) float/uint8
 
-    Taught in: chapter 11 (chapters/11_minibatch.md)
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md)
     """
     if isinstance(images, ImageSource):
         return images

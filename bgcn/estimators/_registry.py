@@ -203,6 +203,6 @@ def rowwise_names(normaliser: bool = True) -> tuple[str, ...]:
 
     Shapes: none.
 
-    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 10 (chapters/10_scaling_1_memory.md) and chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     return estimator_names(rowwise=True) if normaliser else estimator_names(chunkable=True)

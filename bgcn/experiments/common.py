@@ -23,7 +23,7 @@ from ..stats import mean_std
 from ..train import TrainConfig, TrainResult, train
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "results_root", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
+__all__ = ["write_atomic", "results_root", "benchmarks_root", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
            "schedule_config", "train_digits_row"]
 
 
@@ -35,6 +35,18 @@ def results_root() -> Path:
     Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
     """
     return Path(os.environ.get("BGCN_RESULTS", Path(__file__).resolve().parents[2] / "results"))
+
+
+def benchmarks_root() -> Path:
+    """The folder committed benchmark results are read from: ``BGCN_BENCHMARKS`` if set, else the
+    repository's ``benchmarks/results/`` (what the scripts in ``benchmarks/`` write).
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
+    """
+    default = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    return Path(os.environ.get("BGCN_BENCHMARKS", default))
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

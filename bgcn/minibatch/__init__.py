@@ -1,6 +1,6 @@
 r"""Mini-batch end-to-end training over a feature bank (chapter 11).
 
-One *step* takes a batch :math:`Q` of b images:
+One *step* takes a batch :math:`Q` of :math:`|Q|` images (``batch_size``):
 
 1. fresh features :math:`F_Q = f_\theta(x_Q)` **with** gradient; they are written (detached) into
    the bank :math:`B` (:class:`bgcn.bank.FeatureBank`) first, so that the search sees them;
@@ -16,7 +16,7 @@ One *step* takes a batch :math:`Q` of b images:
     L_Q = -\frac{1}{|Q\cap M|}\sum_{i\in Q\cap M}\log p_{i,y_i},\qquad
     \log p_Q = \mathrm{GCN}\big(\mathrm{sub}(Q);\ F_Q \cup B_{\text{sub}\setminus Q}\big)_Q
 
-With b ≥ N there is one batch, :math:`Q` = every node, the bank is the current features and the
+With :math:`|Q| \ge N` there is one batch, :math:`Q` = every node, the bank is the current features and the
 step *is* the full-batch step of :func:`bgcn.train.train` (same loss and gradients; tested in
 float64). No N×N tensor is built: the largest is one ``chunk_size`` × N search block.
 
@@ -24,7 +24,7 @@ The parts: ``_sampler`` (which nodes: :func:`stratified_batches`), ``_step`` (on
 the no-grad embedding and evaluation passes), ``_engine`` (:class:`MinibatchEngine`, the parts
 handed to the loop both engines share, :func:`bgcn.train.run`; and :func:`train_minibatch`).
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 

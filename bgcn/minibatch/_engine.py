@@ -3,7 +3,7 @@ r"""The mini-batch engine: its steps and evaluations over a feature bank, and :f
 The loop around them (selection, resume, divergence, history) is :func:`bgcn.train.run`'s, shared
 with the full-batch engine.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class MinibatchEngine(Engine):
 
     Shapes: images (N, C_in, H, W) tensor or image source; labels, masks (N,) on the device.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
 
     kind, checkpoint_format, resume_free = "mini-batch", MINIBATCH_CHECKPOINT_FORMAT, _MB_RESUME_FREE
@@ -439,7 +439,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
         - images: (N, C_in, H, W) (may stay on the CPU; batches are moved); labels, masks: (N,)
         - result.bank.features: (N, D)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
     check_model(model)
     cfg = TrainConfig(mode=default_mode(model, mode), epochs=epochs, warmup_epochs=warmup_epochs,

@@ -1,6 +1,6 @@
 """Which nodes a mini-batch step takes: :func:`stratified_batches` (every batch holds labelled nodes).
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def stratified_batches(train_mask: torch.Tensor, batch_size: int,
         - train_mask: (N,) bool
         - output: list of n_b sorted (≈b,) long tensors on the CPU
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     if not isinstance(train_mask, torch.Tensor) or train_mask.dtype != torch.bool or train_mask.dim() != 1:
         raise TypeError("train_mask must be a (N,) bool tensor")

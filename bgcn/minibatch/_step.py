@@ -1,7 +1,7 @@
 r"""One mini-batch step and the full no-grad passes: :func:`minibatch_loss`, :func:`embed_images`,
 :func:`evaluate_full` (chapter 11; the module docstring of :mod:`bgcn.minibatch` derives the step).
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
         - labels, train_mask: (N,) on the bank's device
         - loss: ()
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     dev = bank.device
     b_dev = batch.to(dev)
@@ -138,7 +138,7 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
 
     Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     was = model.training
     model.eval()

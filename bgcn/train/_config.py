@@ -4,7 +4,7 @@ Both engines (:func:`bgcn.train.train`, :func:`bgcn.minibatch.train_minibatch`) 
 keyword arguments and trust it; the command line builds one from its flags; :func:`bgcn.config.fit`
 hands one to the engine it names.
 
-Taught in: chapter 11 (chapters/11_minibatch.md).
+Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class TrainConfig:
 
     Shapes: none.
 
-    Taught in: chapter 11 (chapters/11_minibatch.md).
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
     """
 
     mode: str | None = None

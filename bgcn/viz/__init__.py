@@ -29,11 +29,12 @@ chapters/07_gcn_backward.md) and the blocked exact kNN search with its running t
 Parts: ``_common`` (palette, checks, sliders, renderer), ``_layout`` (node positions, edge
 segments), ``_temperature`` (chapter 05), ``_graph`` (chapters 06 and 08), ``_static``
 (matplotlib), ``_widgets`` (ipywidgets), ``_mosaic`` (neighbour images, chapter 12),
-``_estimators`` (chapter 09). Nothing heavy is imported here: plotly, matplotlib, scikit-learn and
-ipywidgets are imported inside the functions that draw.
+``_estimators`` (chapter 09), ``_minibatch`` (chapter 11). Nothing heavy is imported here: plotly,
+matplotlib, scikit-learn and ipywidgets are imported inside the functions that draw.
 
 Taught in: chapter 05 (chapters/05_temperature.md), chapter 06 (chapters/06_rankings_to_graph.md),
-chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators_1_softmax.md).
+chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators_1_softmax.md),
+chapter 11 (chapters/11_minibatch_2_staleness.md).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from ._graph import graph_evolution_figure, knn_graph_figure
 from ._static import plot_gradient_norm_vs_tau, plot_knn_graph, plot_softmax_weights
 from ._mosaic import neighbour_mosaic, plot_neighbours
 from ._diagrams import block_search_figure, plot_hop_reach
+from ._minibatch import minibatch_cost_figure, plot_gather_gradient, staleness_figure
 from ._widgets import widget_graph_evolution, widget_knn_graph, widget_softmax_temperature
 from ._estimators import (CHOSEN_COLOUR, OTHER_COLOUR, ROW_ESTIMATORS, classify_differences, estimator_row,
                           estimator_row_figure, paired_differences, paired_reading, plot_estimator_row,
@@ -80,4 +82,7 @@ __all__ = [
     "plot_paired_differences",
     "plot_hop_reach",
     "block_search_figure",
+    "staleness_figure",
+    "minibatch_cost_figure",
+    "plot_gather_gradient",
 ]
