@@ -28,7 +28,8 @@ segments), ``_temperature`` (chapter 05), ``_graph`` (chapters 06 and 08), ``_st
 ipywidgets are imported inside the functions that draw.
 
 Taught in: chapter 05 (chapters/05_temperature.md), chapter 06 (chapters/06_rankings_to_graph.md),
-chapter 08 (chapters/08_end_to_end.md), chapter 09 (chapters/09_estimators.md).
+chapter 08 (chapters/08_end_to_end.md), chapter 09 (chapters/09_estimators.md), chapter 12
+(chapters/12_real_extractor_1_frozen.md).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from ._common import QUALITATIVE, set_plotly_renderer
 from ._layout import edge_segments, layout_2d
 from ._temperature import effective_neighbours_figure, softmax_temperature_figure
 from ._graph import graph_evolution_figure, knn_graph_figure
-from ._static import plot_gradient_norm_vs_tau, plot_knn_graph, plot_softmax_weights
+from ._static import (plot_batchnorm_modes, plot_class_homophily, plot_gradient_norm_vs_tau, plot_knn_graph,
+                      plot_softmax_weights)
 from ._mosaic import neighbour_mosaic, plot_neighbours
 from ._widgets import widget_graph_evolution, widget_knn_graph, widget_softmax_temperature
 from ._estimators import (CHOSEN_COLOUR, OTHER_COLOUR, ROW_ESTIMATORS, classify_differences, estimator_row,
@@ -55,6 +57,8 @@ __all__ = [
     "plot_softmax_weights",
     "plot_knn_graph",
     "plot_gradient_norm_vs_tau",
+    "plot_class_homophily",
+    "plot_batchnorm_modes",
     "neighbour_mosaic",
     "plot_neighbours",
     "widget_softmax_temperature",
