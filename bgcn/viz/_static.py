@@ -183,12 +183,12 @@ def plot_batchnorm_modes():
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 2.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 2.8))
 
     def box(ax, x, y, text, colour="#f0f0f0", w=0.3, h=0.26):
         ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.01",
                                     fc=colour, ec="#555555", lw=0.8))
-        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+        ax.text(x, y, text, ha="center", va="center", fontsize=9)
 
     def arrow(ax, a, b, colour="#333333", ls="-"):
         ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, ls=ls,
@@ -198,26 +198,26 @@ def plot_batchnorm_modes():
     for ax, mode in zip(axes, ("train", "eval")):
         ax.set(xlim=(-0.03, 1.62), ylim=(0.05, 1.0))
         ax.axis("off")
-        box(ax, 0.16, 0.72, "image $i$\nof the batch", w=0.3)
-        box(ax, 0.62, 0.72, norm, w=0.42)
-        box(ax, 1.1, 0.72, r"$\gamma_c\,\hat x_c + \beta_c$", "#dcebf7", w=0.3)
-        box(ax, 1.47, 0.72, "BN$(x)_c$", w=0.22)
-        arrow(ax, (0.31, 0.72), (0.41, 0.72))
-        arrow(ax, (0.83, 0.72), (0.95, 0.72))
-        arrow(ax, (1.25, 0.72), (1.36, 0.72))
+        box(ax, 0.17, 0.72, "image $i$\nof the batch", w=0.34)
+        box(ax, 0.64, 0.72, norm, w=0.44)
+        box(ax, 1.12, 0.72, r"$\gamma_c\,\hat x_c + \beta_c$", "#dcebf7", w=0.3)
+        box(ax, 1.48, 0.72, "BN$(x)_c$", w=0.22)
+        arrow(ax, (0.34, 0.72), (0.42, 0.72))
+        arrow(ax, (0.86, 0.72), (0.97, 0.72))
+        arrow(ax, (1.27, 0.72), (1.37, 0.72))
         if mode == "train":
-            box(ax, 0.16, 0.26, "the other images\nof the batch", "#fbe3e3", w=0.33)
-            box(ax, 0.62, 0.26, "$\\mu_c, \\sigma_c^2$\nof the batch", "#fbe3e3", w=0.3)
-            box(ax, 1.16, 0.26, "running $\\mu_c, \\sigma_c^2$\n(overwritten)", "#fbe3e3", w=0.36)
-            arrow(ax, (0.31, 0.26), (0.47, 0.26))
-            arrow(ax, (0.24, 0.59), (0.5, 0.39))
-            arrow(ax, (0.62, 0.39), (0.62, 0.59))
-            arrow(ax, (0.77, 0.26), (0.98, 0.26), "#d62728", ls="--")
-            ax.set_title('.train(): plain PyTorch, bn_policy="train"', fontsize=9)
+            box(ax, 0.17, 0.26, "other images\nof the batch", "#fbe3e3", w=0.37)
+            box(ax, 0.64, 0.26, "$\\mu_c, \\sigma_c^2$\nof the batch", "#fbe3e3", w=0.3)
+            box(ax, 1.22, 0.26, "running $\\mu_c, \\sigma_c^2$\n(overwritten)", "#fbe3e3", w=0.4)
+            arrow(ax, (0.355, 0.26), (0.49, 0.26))
+            arrow(ax, (0.26, 0.59), (0.54, 0.39))
+            arrow(ax, (0.64, 0.39), (0.64, 0.59))
+            arrow(ax, (0.79, 0.26), (1.02, 0.26), "#d62728", ls="--")
+            ax.set_title('.train(): plain PyTorch, bn_policy="train"', fontsize=10)
         else:
-            box(ax, 0.62, 0.26, "running $\\mu_c, \\sigma_c^2$\n(ImageNet's, read only)", "#e3f3e3", w=0.42)
-            arrow(ax, (0.62, 0.39), (0.62, 0.59))
-            ax.text(0.16, 0.26, "no other image\ninvolved", ha="center", va="center", fontsize=8, color="#555555")
-            ax.set_title('.eval(), and any mode under bn_policy="eval"', fontsize=9)
+            box(ax, 0.64, 0.26, "running $\\mu_c, \\sigma_c^2$\n(ImageNet's, read only)", "#e3f3e3", w=0.5)
+            arrow(ax, (0.64, 0.39), (0.64, 0.59))
+            ax.text(0.14, 0.26, "no other\nimage involved", ha="center", va="center", fontsize=9, color="#555555")
+            ax.set_title('.eval(), and any mode under bn_policy="eval"', fontsize=10)
     fig.tight_layout()
     return fig
