@@ -20,7 +20,7 @@ from ._checks import check_int
 from .utils import check_k, check_tau, check_tensor
 
 __all__ = ["KNNGraph", "rankings_to_edges", "rankings_to_edges_loop", "knn_graph", "to_networkx", "edge_change_fraction",
-           "symmetrize_dense", "edge_homophily", "hop_reach"]
+           "symmetrize_dense", "edge_homophily", "class_homophily", "hop_reach"]
 
 
 @dataclass
@@ -266,6 +266,36 @@ def edge_homophily(indices: torch.Tensor, labels: torch.Tensor) -> float:
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise ValueError(f"indices must lie in [0, {n - 1}]")
     return float((lab[idx] == lab[:, None]).double().mean())
+
+
+def class_homophily(indices: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    r"""Edge homophily per class: of the edges that start at an image of class c, the share that end in class c.
+
+    .. math::
+        h_c = \frac{1}{k\,\lvert\{i : y_i = c\}\rvert}\sum_{i : y_i = c}\ \sum_{j\in\mathcal N_k(i)} [y_j = c]
+
+    The edges of node i are its k ranked neighbours, as in :func:`edge_homophily`, whose value is the
+    mean of :math:`h_c` weighted by the class sizes. A class without images gets NaN. Where
+    :func:`edge_homophily` says how good a graph is, this says *for which classes*: a change of the
+    graph during training shows up as the classes whose bars move. An analysis quantity (it reads
+    every label), never used in training.
+
+    Shapes: indices (N, k) integer, labels (N,) integer -> (C,) float64, C = ``num_classes`` (default
+    ``labels.max() + 1``)
+
+    Taught in: chapter 12 (chapters/12_real_extractor_2_end_to_end.md).
+    """
+    edge_homophily(indices, labels)  # the same checks
+    lab = labels.detach().cpu().long()
+    if lab.numel() and int(lab.min()) < 0:
+        raise ValueError(f"labels must be classes 0, 1, ..., C - 1; got {int(lab.min())}")
+    idx = indices.detach().cpu().long()
+    c = int(lab.max()) + 1 if num_classes is None else check_int(num_classes, "num_classes", int(lab.max()) + 1,
+                                                                  hint="more than the largest label")
+    same = (lab[idx] == lab[:, None]).double().sum(1)                      # (N,) same-class edges of each node
+    hits = torch.zeros(c, dtype=torch.float64).index_add_(0, lab, same)
+    count = torch.bincount(lab, minlength=c).double() * idx.shape[1]
+    return torch.where(count > 0, hits / count.clamp_min(1), torch.full_like(hits, float("nan")))
 
 
 def hop_reach(indices: torch.Tensor, sources: torch.Tensor, hops: int) -> torch.Tensor:

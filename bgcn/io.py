@@ -85,7 +85,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md), where the results files are written.
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md), where the results files are written.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}; use atomic_write_bytes for bytes")

@@ -64,7 +64,7 @@ def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     v = finite_values(values)
     if v.size == 0:

@@ -1,4 +1,4 @@
-"""What chapter 12 (chapters/12_real_extractor.md) states and no other test pins.
+"""What chapter 12 (chapters/12_real_extractor*.md, its four pages) states and no other test pins.
 
 - The committed results/real/<dataset>.json: every summary row is the mean (and sample std) of its
   runs, the .md table is format_table of that summary, and the frozen row's graph never changes.
@@ -151,3 +151,119 @@ def test_the_real_experiment_uses_only_bank_estimators():
     # chapter 09's dense estimators exist, and none of them is in the bank engine's list
     dense = set(bgcn.ESTIMATORS) - set(BANK_ESTIMATORS)
     assert {"ste", "identity", "blackbox", "imle", "gumbel_reinforce"} <= dense
+
+
+# ------------------------------------------- what the pages read: findings, cost, tables, figures
+def test_class_homophily_per_class_and_its_weighted_mean_is_edge_homophily():
+    from bgcn.graph import class_homophily, edge_homophily
+
+    labels = torch.tensor([0, 0, 1, 1, 1, 3])          # class 2 has no image
+    idx = torch.tensor([[1, 2], [0, 0], [3, 4], [2, 0], [5, 2], [0, 1]])
+    h = class_homophily(idx, labels)
+    # class 0: edges 0->1 (same), 0->2, 1->0, 1->0 (same, same): 3 of 4
+    # class 1: 2->3, 2->4, 3->2 same; 3->0, 4->5 not; 4->2 same: 4 of 6; class 3: 0 of 2
+    assert h[0].item() == pytest.approx(3 / 4) and h[1].item() == pytest.approx(4 / 6)
+    assert math.isnan(h[2].item()) and h[3].item() == 0.0
+    sizes = torch.bincount(labels, minlength=4).double()
+    ok = ~torch.isnan(h)
+    assert float((h[ok] * sizes[ok]).sum() / sizes[ok].sum()) == pytest.approx(edge_homophily(idx, labels))
+    assert class_homophily(idx, labels, num_classes=6).shape == (6,)
+    with pytest.raises(ValueError, match="classes 0, 1"):
+        class_homophily(idx, labels - 1)
+    with pytest.raises(ValueError, match="num_classes"):
+        class_homophily(idx, labels, num_classes=2)
+
+
+def test_joint_epoch_cost_is_the_mean_of_the_joint_epochs():
+    from bgcn.experiments.real import joint_epoch_cost
+
+    t = [1.0, 1.2, 0.8, 1.0, 9.0, 11.0, 10.0]       # 4 epochs on the frozen graph, 3 joint
+    c = joint_epoch_cost(sum(t) / 7, sum(t[:4]) / 4, 7, 4)
+    assert c["joint_s"] == pytest.approx(10.0) and c["frozen_s"] == pytest.approx(1.0)
+    assert c["ratio"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        joint_epoch_cost(5.0, 1.0, 4, 4)
+
+
+@pytest.mark.parametrize("dataset", _committed())
+def test_findings_are_the_runs_read_one_way(dataset):
+    from bgcn.experiments.real import COMPARISONS, E2E_ROWS, format_compact_table, load_real_results, real_findings
+    from bgcn.stats import paired_difference, paired_runs
+
+    res = load_real_results(dataset)
+    assert res["state"] == "complete"
+    f = real_findings(res)
+    assert f["seeds"] == len({r["seed"] for r in res["runs"]})   # what "n seeds" in the prose says
+    summ = {d["row"]: d for d in res["summary"]}
+    pairs = [(a, b) for a, b in COMPARISONS if a in summ and b in summ]
+    assert f["m"] == len(pairs) > 0
+    for a, b in pairs:
+        d = paired_difference(paired_runs(res["runs"], a), paired_runs(res["runs"], b))
+        assert f[f"{a}_vs_{b}_mean"] == pytest.approx(100 * d.mean, abs=1e-12)
+        assert f[f"{a}_vs_{b}_se"] == pytest.approx(100 * d.se, abs=1e-12)
+        assert f[f"{a}_vs_{b}_counts"] == int(abs(d.mean) > 2 * d.se)
+    assert f["best_test"] == pytest.approx(max(100 * d["test_acc"] for d in summ.values()))
+    s = res["settings"]
+    for r in E2E_ROWS:
+        if r in summ:   # one definition of the cost: a joint epoch, against an epoch of the frozen row
+            t, t0 = summ[r]["time_per_epoch"], summ["frozen"]["time_per_epoch"]
+            joint = (s["epochs"] * t - s["warmup_epochs"] * t0) / (s["epochs"] - s["warmup_epochs"])
+            assert f[f"{r}_joint_s"] == pytest.approx(joint) and f[f"{r}_joint_x"] == pytest.approx(joint / t0)
+    table = format_compact_table(res).splitlines()
+    assert len(table) == 2 + len(summ) and all(line.count("|") == 6 for line in table)
+    assert f"{f['frozen_test']:.1f} ± {f['frozen_test_std']:.1f}" in next(x for x in table if "`frozen`" in x)
+
+
+def test_load_real_results_reads_a_partial_file_only_when_asked(tmp_path):
+    from bgcn.experiments.real import load_real_results, summarize
+
+    runs = [{"row": "knn", "seed": s, "labels_per_class": 10, "test_acc": 0.5 + 0.1 * s} for s in range(2)]
+    settings = {"rows": ["knn"], "labels_per_class": [10]}
+    (tmp_path / "toy.partial.json").write_text(json.dumps({"settings": settings, "runs": runs}))
+    with pytest.raises(FileNotFoundError, match="python -m bgcn experiment"):
+        load_real_results("toy", path=tmp_path / "toy.json")
+    res = load_real_results("toy", path=tmp_path / "toy.json", partial=True)
+    assert res["state"] == "partial" and res["summary"] == summarize(runs, ["knn"], [10])
+    assert res["by_row"]["knn"] == pytest.approx(55.0)
+
+
+def test_load_bn_collapse_quotes_the_committed_file():
+    from bgcn.experiments.real import load_bn_collapse
+
+    path = REAL.parent / "bn_collapse.json"
+    if not path.is_file():
+        pytest.skip("results/bn_collapse.json not committed")
+    raw = json.loads(path.read_text())
+    b = load_bn_collapse()
+    assert b["n"] == raw["meta"]["n"] and b["img_size"] == raw["meta"]["img_size"]
+    assert b["cosine"] == raw["train_mode_full_batch"]["cosine_to_eval"]["mean"]
+    assert b["probe_train"] == pytest.approx(100 * raw["probe_fit_eval_apply_train_mode_full_batch"]
+                                             ["fit_on_eval_test_on_train_mode"])
+    assert {"e2e_warm", "e2e_train", "e2e_eval"} <= set(b)
+    with pytest.raises(FileNotFoundError, match="bn_collapse.py"):
+        load_bn_collapse(REAL / "nothing.json")
+
+
+def test_chapter_12_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bgcn import viz
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(30, 1, 8, 8, generator=g)
+    labels = torch.arange(30) % 3
+    idx = bgcn.knn_indices(images.flatten(1), 4)
+    fig = viz.plot_neighbours(images, idx, [0, 1], n_neighbours=3, labels=labels, class_names=["a", "b", "c"])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == 2 * (1 + 3) + 2                       # a class under every tile, a count a row
+    same = sum(int(labels[j] == labels[0]) for j in idx[0, :3].tolist())
+    assert f"{same}/3" in texts
+    fig2 = viz.plot_class_homophily({"before": idx, "after": idx.flip(1)}, labels, ["a", "b", "c"])
+    assert len(fig2.axes[0].patches) == 2 * 3
+    fig3 = viz.plot_batchnorm_modes()
+    assert len(fig3.axes) == 2
+    for f in (fig, fig2, fig3):
+        plt.close(f)

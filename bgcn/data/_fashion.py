@@ -41,7 +41,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises :class:`~bgcn.utils.NotFoundError` for a missing file and ``ValueError`` naming the
     file for a bad magic number, an unknown type code, a truncated file or trailing bytes.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
     import gzip
     import zlib
@@ -111,7 +111,7 @@ def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
     if data_dir is not None:
         if not isinstance(data_dir, (str, os.PathLike)):
@@ -158,7 +158,7 @@ def load_fashion_mnist(split: str = "train", subset: int | None = None, seed: in
     Raises :class:`~bgcn.utils.NotFoundError` (a FileNotFoundError) naming the apt package,
     ``data_dir`` and the environment variable when the files are missing.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
     if not isinstance(split, str) or split.strip().lower() not in _FASHION_SPLITS:
         raise ValueError(f"split={split!r} is not one of {', '.join(map(repr, _FASHION_SPLITS))}")

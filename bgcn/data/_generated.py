@@ -184,7 +184,7 @@ def make_nuisance_shapes(n: int = 2000, num_classes: int = 4, image_size: int = 
         labels: (n,) long in {0, …, num_classes-1}, the shape
         nuisance (attribute): (n,) long in {0, …, num_nuisance-1}, the background
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_4_control.md)
     """
     n = check_int(n, "n", 1)
     num_classes = check_int(num_classes, "num_classes", 2)

@@ -78,7 +78,7 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0, num_classes: 
     Shapes:
         labels: (N,) integer;  returns (n,) long, sorted, without repeats
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md)
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md)
     """
     check_labels(labels)
     labels_cpu = labels.detach().cpu().long()

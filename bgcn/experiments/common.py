@@ -6,7 +6,7 @@ The three experiments (:mod:`bgcn.experiment`, :mod:`bgcn.estimator_experiment`,
 :class:`Partial` (one format: ``{"settings": ..., "runs": [...], <extra keys>}``), write through
 :mod:`bgcn.io` and summarise with :mod:`bgcn.stats`.
 
-Taught in: chapter 12 (chapters/12_real_extractor.md).
+Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     return atomic_write_text(path, text)
 
@@ -140,7 +140,7 @@ def summarize_runs(runs: Sequence[dict], groups: Iterable[dict], keys: Sequence[
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     out = []
     for group in groups:
@@ -176,7 +176,7 @@ class Partial:
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict, resume: bool):
@@ -201,7 +201,7 @@ class Partial:
 
         Shapes: none.
 
-        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
         """
         return tuple(run.get(f) for f in fields)
 
@@ -210,7 +210,7 @@ class Partial:
 
         Shapes: none.
 
-        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
         """
         for r in self.runs:
             if all(r.get(k) == v for k, v in key.items()):
@@ -222,7 +222,7 @@ class Partial:
 
         Shapes: none.
 
-        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
         """
         self.runs.append(_normalise(run))
         self.save()
@@ -244,7 +244,7 @@ class Partial:
 
         Shapes: none.
 
-        Taught in: chapter 12 (chapters/12_real_extractor.md).
+        Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
         """
         if self.path.exists():
             self.path.unlink()
@@ -260,7 +260,7 @@ def merge_partial(target: str | os.PathLike, sources: Iterable[str | os.PathLike
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     target = Path(target)
     data = json.loads(target.read_text())

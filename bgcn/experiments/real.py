@@ -30,7 +30,7 @@ training; for ``nuisance-shapes`` also with the nuisance label), seconds per epo
 The dense selection estimators of chapter 09 need an N×N score matrix and are refused by the
 mini-batch engine, so they are not rows here (chapter 12 says why).
 
-Taught in: chapter 12 (chapters/12_real_extractor.md).
+Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
 """
 from __future__ import annotations
 
@@ -58,12 +58,20 @@ from ..train import progress_enabled
 from ..utils import command_line, get_device, versions
 from .common import Partial, results_root, schedule_config, summarize_runs
 
-__all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "run_real_experiment", "supervised_finetune", "format_table",
-           "load_real_dataset", "load_real_results"]
+__all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "E2E_ROWS", "COMPARISONS", "run_real_experiment",
+           "supervised_finetune", "format_table", "format_compact_table", "load_real_dataset", "load_real_results",
+           "joint_epoch_cost", "real_findings", "load_bn_collapse"]
 
 BASELINES = ("knn_pixels", "knn", "label_spreading")
 GCN_ROWS = ("frozen", "end2end_features", "end2end_softmax", "end2end_masked_softmax", "end2end_features_bntrain")
 ROWS = BASELINES + ("finetune",) + GCN_ROWS
+#: the rows trained end to end with ``bn_policy="eval"`` (the library's choice for pretrained weights)
+E2E_ROWS = ("end2end_features", "end2end_softmax", "end2end_masked_softmax")
+#: the differences chapter 12 reads from a results file, each ``(row, against)``, paired by seed; a pair
+#: whose rows the file lacks is skipped, and the reading's m counts the pairs read
+COMPARISONS = (tuple((r, "frozen") for r in E2E_ROWS) + tuple((r, "finetune") for r in E2E_ROWS)
+               + (("knn", "knn_pixels"), ("frozen", "label_spreading"),
+                  ("end2end_features_bntrain", "end2end_features")))
 DATASETS = ("fashion-mnist", "nuisance-shapes")
 
 #: the committed run (about 30 min on one CPU thread per dataset; resumable with --resume)
@@ -85,7 +93,7 @@ def load_real_dataset(name: str, n: int, seed: int = 0):
 
     Shapes: images (N, C, H, W), labels (N,)
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_4_control.md).
     """
     if name == "fashion-mnist":
         ds = load_dataset("fashion-mnist", split="train", subset=n, seed=seed)
@@ -119,7 +127,7 @@ def supervised_finetune(backbone: torch.nn.Module, images: torch.Tensor, labels:
 
     Shapes: images (N, C, H, W); labels, masks (N,)
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     dev = get_device(device)
     g = torch.Generator().manual_seed(int(seed))
@@ -217,7 +225,7 @@ def run_real_experiment(dataset: str = "fashion-mnist", out: str | os.PathLike =
 
     Shapes: none (writes files; returns the results dict).
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     cfg, todo = _settings(dataset, quick, {
         "seeds": seeds, "labels_per_class": None if labels_per_class is None else list(labels_per_class), "n": n,
@@ -307,7 +315,7 @@ def summarize(runs: list[dict], rows: Sequence[str], lpcs: Sequence[int]) -> lis
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     keys = ("test_acc", "final_test_acc", "warmup_test_acc", "gain_over_warmup", "homophily_before",
             "homophily_after", "homophily_final", "nuisance_homophily_initial", "nuisance_homophily_best",
@@ -321,7 +329,7 @@ def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) 
 
     Shapes: none.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
     """
     def pm(d, key, scale=100.0, digits=1):
         if key not in d:
@@ -342,16 +350,19 @@ def format_table(summary: list[dict], rows: Sequence[str], lpcs: Sequence[int]) 
 
 
 def load_real_results(dataset: str = "fashion-mnist", path: str | os.PathLike | None = None,
-                      labels_per_class: int = 10) -> dict:
+                      labels_per_class: int = 10, partial: bool = False) -> dict:
     """The committed results of :func:`run_real_experiment` (plain JSON) with ``"by_row"``: ``{row: test
-    accuracy in %}`` (mean over seeds, at ``labels_per_class``) beside the file's own keys.
+    accuracy in %}`` (mean over seeds, at ``labels_per_class``) and ``"state"`` beside the file's own keys.
 
     ``path`` defaults to ``results/real/<dataset>.json`` of the repository (or of the folder in the
-    ``BGCN_RESULTS`` environment variable).
+    ``BGCN_RESULTS`` environment variable). With ``partial=True`` a missing file falls back to the
+    progress file ``<dataset>.partial.json`` of a run under way, summarised here (:func:`summarize`);
+    ``"state"`` is then ``"partial"`` (else ``"complete"``).
 
     Shapes: none.
 
-    Taught in: chapter 13 (chapters/13_what_we_found_2_other_settings.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md) and chapter 13
+    (chapters/13_what_we_found_2_other_settings.md).
     """
     import json
 
@@ -359,9 +370,168 @@ def load_real_results(dataset: str = "fashion-mnist", path: str | os.PathLike | 
         root = results_root()
         path = root / "real" / f"{dataset}.json"
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist: run python -m bgcn experiment --dataset {dataset}")
-    res = json.loads(path.read_text())
+    part = path.with_name(path.name[:-len(".json")] + ".partial.json") if path.name.endswith(".json") else None
+    if path.is_file():
+        res, state = json.loads(path.read_text()), "complete"
+    elif partial and part is not None and part.is_file():
+        res, state = json.loads(part.read_text()), "partial"
+        s = res["settings"]
+        res["summary"] = summarize(res["runs"], s["rows"], s["labels_per_class"])
+    else:
+        raise FileNotFoundError(f"{str(path)!r} does not exist: run python -m bgcn experiment --dataset {dataset} "
+                                f"--threads 1 --out results/real (results/real/README.md)")
+    res["state"] = state
     res["by_row"] = {s["row"]: 100 * s["test_acc"] for s in res["summary"]
                      if s.get("labels_per_class") == labels_per_class}
     return res
+
+
+def joint_epoch_cost(epoch_s: float, frozen_epoch_s: float, epochs: int, warmup_epochs: int) -> dict:
+    r"""What one joint epoch of an end-to-end run costs: seconds, and epochs on the frozen graph.
+
+    An end-to-end run of :math:`E` epochs, the first :math:`W` of them warm-up, takes :math:`\bar t`
+    seconds an epoch on average over all :math:`E`. A warm-up epoch trains the GCN on the cached
+    features of the frozen graph, as an epoch of the frozen row does (:math:`t_\text{frozen}`); a
+    joint epoch also runs the extractor forward and backward on every image. So
+
+    .. math::
+        t_\text{joint} = \frac{E\,\bar t - W\,t_\text{frozen}}{E - W},\qquad
+        \text{ratio} = t_\text{joint} / t_\text{frozen}.
+
+    The book's one definition of the cost of end-to-end training: a *joint* epoch against an epoch
+    on the frozen graph. For a run whose epochs were timed one by one, pass the mean over all its
+    epochs and the mean over its warm-up epochs: :math:`t_\text{joint}` is then the mean over its
+    joint epochs, exactly. For the committed files (which keep each row's mean over all epochs),
+    pass the frozen row's mean as :math:`t_\text{frozen}`.
+
+    Returns ``{"joint_s", "frozen_s", "ratio"}``.
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor_2_end_to_end.md).
+    """
+    epochs = check_int(epochs, "epochs", 1)
+    warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0, epochs - 1,
+                              hint="fewer than the epochs: a run needs joint epochs to have their cost")
+    joint = (epochs * float(epoch_s) - warmup_epochs * float(frozen_epoch_s)) / (epochs - warmup_epochs)
+    return {"joint_s": joint, "frozen_s": float(frozen_epoch_s), "ratio": joint / float(frozen_epoch_s)}
+
+
+def real_findings(res: dict, labels_per_class: int = 10, comparisons: Sequence[tuple[str, str]] = COMPARISONS,
+                  key: str = "test_acc") -> dict:
+    """The numbers chapter 12 quotes from one results file, flat (floats, ints and str), ready to glue.
+
+    ``res`` is :func:`load_real_results`'s dict. Accuracies, differences and homophilies are in
+    points (percent); seconds are seconds. Keys:
+
+    - ``"seeds"``: how many seeds the file's runs hold (counted in the runs, not read from the settings);
+      ``"m"``: how many pairs of ``comparisons`` the file has both rows of;
+    - ``"best_row"``, ``"best_test"``: the row with the highest mean test accuracy, and that mean;
+    - per row ``r`` of the summary: ``r_test``, ``r_test_std``, and where measured ``r_warmup``,
+      ``r_warmup_std`` (the warm-up model's test accuracy), ``r_hom_before``, ``r_hom_after`` (edge homophily before
+      training and at the best joint epoch), ``r_bg_before``, ``r_bg_after`` (the same with the
+      nuisance label), ``r_epoch_s``; for an end-to-end row also ``r_joint_s`` and ``r_joint_x``
+      (:func:`joint_epoch_cost` against the frozen row);
+    - per pair ``(a, b)``: ``a_vs_b_mean``, ``a_vs_b_se`` (the seed-paired difference a − b and its
+      standard error, :func:`bgcn.experiment.paired_difference`, one of m comparisons),
+      ``a_vs_b_wins``, ``a_vs_b_n`` and ``a_vs_b_counts`` (1 when beyond noise by the two-standard-
+      error rule, else 0).
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
+    """
+    from ..experiment import paired_difference
+
+    s = res["settings"]
+    summ = {d["row"]: d for d in res["summary"] if d.get("labels_per_class") == labels_per_class}
+    if not summ:
+        raise ValueError(f"the results hold no row at labels_per_class={labels_per_class}; "
+                         f"they have {sorted({d.get('labels_per_class') for d in res['summary']})}")
+    runs = [r for r in res["runs"] if r.get("labels_per_class", labels_per_class) == labels_per_class]
+    out: dict = {"seeds": len({r["seed"] for r in runs})}
+    best = max(summ, key=lambda r: summ[r][key])
+    out.update(best_row=best, best_test=100 * summ[best][key])
+    names = {"warmup_test_acc": "warmup", "homophily_before": "hom_before", "homophily_after": "hom_after",
+             "nuisance_homophily_initial": "bg_before", "nuisance_homophily_best": "bg_after",
+             "time_per_epoch": "epoch_s"}
+    for row, d in summ.items():
+        out[f"{row}_test"], out[f"{row}_test_std"] = 100 * d[key], 100 * d[key + "_std"]
+        for k, short in names.items():
+            if k in d:
+                out[f"{row}_{short}"] = d[k] if k == "time_per_epoch" else 100 * d[k]
+        if "warmup_test_acc_std" in d:
+            out[f"{row}_warmup_std"] = 100 * d["warmup_test_acc_std"]
+        if row != "frozen" and row in GCN_ROWS and "time_per_epoch" in d and "time_per_epoch" in summ.get("frozen", {}):
+            c = joint_epoch_cost(d["time_per_epoch"], summ["frozen"]["time_per_epoch"], s["epochs"],
+                                 s["warmup_epochs"])
+            out[f"{row}_joint_s"], out[f"{row}_joint_x"] = c["joint_s"], c["ratio"]
+    pairs = [(a, b) for a, b in comparisons if a in summ and b in summ]
+    out["m"] = len(pairs)
+    for a, b in pairs:
+        d = paired_difference(runs, a, b, labels_per_class, key, comparisons=max(len(pairs), 1))
+        out.update({f"{a}_vs_{b}_mean": 100 * d["mean"], f"{a}_vs_{b}_se": 100 * d["se"],
+                    f"{a}_vs_{b}_wins": int(d["wins"]), f"{a}_vs_{b}_n": int(d["n"]),
+                    f"{a}_vs_{b}_counts": int(bool(d["beyond_noise"]))})
+    return out
+
+
+def format_compact_table(res: dict, labels_per_class: int = 10) -> str:
+    """The results table in the width of a book column: one setting, the columns a reader compares.
+
+    Columns: the row; its test accuracy at the best validation epoch and the warm-up model's (mean ±
+    std over seeds, %); edge homophily before → at the best joint epoch (%); seconds an epoch, for an
+    end-to-end row a *joint* epoch (:func:`joint_epoch_cost`). The full table, with the final
+    accuracy and images per second, is :func:`format_table` (the committed ``.md`` file).
+
+    Shapes: none (text).
+
+    Taught in: chapter 12 (chapters/12_real_extractor_3_table.md).
+    """
+    f = real_findings(res, labels_per_class)
+    rows = [r for r in res["settings"]["rows"] if f"{r}_test" in f]
+
+    def pm(row, what):
+        return f"{f[f'{row}_{what}']:.1f} ± {f[f'{row}_{what}_std']:.1f}" if f"{row}_{what}_std" in f else "—"
+
+    lines = ["| row | test % | warm-up % | homophily % | s / epoch |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        hom = f"{f[f'{r}_hom_before']:.1f} → {f[f'{r}_hom_after']:.1f}" if f"{r}_hom_after" in f else "—"
+        sec = f.get(f"{r}_joint_s", f.get(f"{r}_epoch_s"))
+        lines.append(f"| `{r}` | {pm(r, 'test')} | {pm(r, 'warmup')} | {hom} | {'—' if sec is None else f'{sec:.1f}'} |")
+    return "\n".join(lines)
+
+
+def load_bn_collapse(path: str | os.PathLike | None = None) -> dict:
+    """The numbers of ``results/bn_collapse.json`` (``scripts/bn_collapse.py``) that chapter 12 quotes, flat.
+
+    Keys: ``n``, ``img_size`` (the images of the measurement); ``cosine`` (mean cosine of each
+    image's train-mode features to its eval-mode ones, all N images as one batch) and ``overlap``
+    (share of the eval-mode 10-NN graph's edges the train-mode graph keeps, %); ``probe_eval`` and
+    ``probe_train`` (a linear classifier fitted on eval-mode features, scored on eval-mode and on
+    train-mode features, %); and for the short end-to-end runs of the
+    same warm-up model, ``e2e_warm`` (its test accuracy, %) and ``e2e_<policy>`` (the final test
+    accuracy under ``bn_policy`` = ``train``, ``eval``, ``frozen``, %).
+
+    Shapes: none.
+
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md).
+    """
+    import json
+
+    path = Path(path) if path is not None else results_root() / "bn_collapse.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: OMP_NUM_THREADS=1 python scripts/bn_collapse.py --e2e "
+                                "writes it (a few minutes on one core)")
+    d = json.loads(path.read_text())
+    full = d["train_mode_full_batch"]
+    probe = d["probe_fit_eval_apply_train_mode_full_batch"]
+    out = {"n": int(d["meta"]["n"]), "img_size": int(d["meta"]["img_size"]),
+           "cosine": float(full["cosine_to_eval"]["mean"]), "overlap": 100 * float(full["knn_overlap_with_eval"]),
+           "probe_eval": 100 * float(probe["fit_on_eval_test_on_eval"]),
+           "probe_train": 100 * float(probe["fit_on_eval_test_on_train_mode"])}
+    runs = d.get("e2e", {}).get("runs", {})
+    if runs:
+        out["e2e_warm"] = 100 * float(runs["eval"]["test_acc_end_of_warmup"])
+        out.update({f"e2e_{pol}": 100 * float(r["test_acc_final"]) for pol, r in runs.items()})
+    return out

@@ -34,7 +34,7 @@ matplotlib, scikit-learn and ipywidgets are imported inside the functions that d
 
 Taught in: chapter 05 (chapters/05_temperature.md), chapter 06 (chapters/06_rankings_to_graph.md),
 chapter 08 (chapters/08_end_to_end_4_watching.md), chapter 09 (chapters/09_estimators_1_softmax.md),
-chapter 11 (chapters/11_minibatch_2_staleness.md).
+chapter 11 (chapters/11_minibatch_2_staleness.md), chapter 12 (chapters/12_real_extractor_1_frozen.md).
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ from ._common import QUALITATIVE, glueable, set_plotly_renderer
 from ._layout import edge_segments, layout_2d
 from ._temperature import effective_neighbours_figure, softmax_temperature_figure
 from ._graph import graph_evolution_figure, knn_graph_figure
-from ._static import plot_gradient_norm_vs_tau, plot_knn_graph, plot_softmax_weights
+from ._static import (plot_batchnorm_modes, plot_class_homophily, plot_gradient_norm_vs_tau, plot_knn_graph,
+                      plot_softmax_weights)
 from ._mosaic import neighbour_mosaic, plot_neighbours
 from ._diagrams import block_search_figure, plot_hop_reach
 from ._minibatch import minibatch_cost_figure, plot_gather_gradient, staleness_figure
@@ -64,6 +65,8 @@ __all__ = [
     "plot_softmax_weights",
     "plot_knn_graph",
     "plot_gradient_norm_vs_tau",
+    "plot_class_homophily",
+    "plot_batchnorm_modes",
     "neighbour_mosaic",
     "plot_neighbours",
     "widget_softmax_temperature",

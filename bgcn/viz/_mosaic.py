@@ -23,7 +23,7 @@ def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Seque
         - images: (N, C, H, W) in [0, 1]; indices: (N, k) long; queries: Q node ids
         - output: (Q·H, (1 + n)·W, C) (or (Q·H, (1 + n)·W) for one channel), n = n_neighbours ≤ k
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md).
     """
     check_tensor(images, "images", ndim=4)
     check_tensor(indices, "indices", ndim=2, floating=False, finite=False)
@@ -55,18 +55,54 @@ def neighbour_mosaic(images: torch.Tensor, indices: torch.Tensor, queries: Seque
 
 
 def plot_neighbours(images: torch.Tensor, indices: torch.Tensor, queries: Sequence[int],
-                    n_neighbours: int | None = None, ax=None, cmap: str = "gray_r"):
+                    n_neighbours: int | None = None, ax=None, cmap: str = "gray_r",
+                    labels: torch.Tensor | None = None, class_names: Sequence[str] | None = None):
     """Draw :func:`neighbour_mosaic` with matplotlib (no axes); returns the figure.
 
-    Shapes: as :func:`neighbour_mosaic`.
+    With ``labels`` (and optionally ``class_names``), each tile gets its class written under it, in
+    red where the neighbour's class is not the query's, and each row its count of same-class
+    neighbours on the right: the figure then says what a list of class names would.
 
-    Taught in: chapter 12 (chapters/12_real_extractor.md).
+    Shapes: as :func:`neighbour_mosaic`; labels (N,) integer.
+
+    Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md).
     """
     import matplotlib.pyplot as plt
 
+    queries = list(queries.tolist() if isinstance(queries, torch.Tensor) else queries)
     mosaic = neighbour_mosaic(images, indices, queries, n_neighbours)
+    q = len(queries)
+    h, w = images.shape[-2:]
+    m = mosaic.shape[1] // w - 1
+    gap = 0
+    if labels is not None:
+        check_tensor(labels, "labels", ndim=1, floating=False, finite=False)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but there are {images.shape[0]} images")
+        # a blank band under each row for the class names (blank = 0 under gray_r, 1 in colour)
+        gap = max(1, int(round(0.5 * h)))
+        blank = torch.zeros(gap, mosaic.shape[1], *mosaic.shape[2:]) + (0.0 if mosaic.dim() == 2 else 1.0)
+        mosaic = torch.cat([torch.cat([mosaic[r * h:(r + 1) * h], blank]) for r in range(q)])
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 0.8 * len(list(queries)) + 0.4))
+        if labels is None:
+            _, ax = plt.subplots(figsize=(6.4, 0.8 * q + 0.4))
+        else:  # the height of the mosaic's aspect, so that no band of white frames it
+            _, ax = plt.subplots(figsize=(7.0, 7.0 * mosaic.shape[0] / ((m + 1.5) * w)))
+            ax.figure.subplots_adjust(left=0.0, right=1.0, top=1.0, bottom=0.0)
     ax.imshow(mosaic.numpy(), cmap=cmap if mosaic.dim() == 2 else None, vmin=0.0, vmax=1.0)
     ax.axis("off")
+    if labels is not None:
+        lab = labels.detach().cpu().long()
+        names = [str(c) for c in range(int(lab.max()) + 1)] if class_names is None else list(class_names)
+        for r, qi in enumerate(queries):
+            row = [qi] + indices[qi, :m].long().cpu().tolist()
+            same = sum(int(lab[j] == lab[qi]) for j in row[1:])
+            top = r * (h + gap)
+            for c, j in enumerate(row):
+                ok = c == 0 or lab[j] == lab[qi]
+                ax.text(c * w + w / 2, top + h + 0.5, names[int(lab[j])], ha="center", va="top",
+                        fontsize=6, color="black" if ok else "#d62728",
+                        fontweight="bold" if c == 0 else "normal")
+            ax.text((m + 1) * w + 1, top + h / 2, f"{same}/{m}", ha="left", va="center", fontsize=8)
+        ax.set_xlim(-0.5, (m + 1) * w + 0.5 * w)
     return ax.figure
