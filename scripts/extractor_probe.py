@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bgcn.experiments.field import extractor_probe  # noqa: E402
+from bgcn.experiments.probe import extractor_probe  # noqa: E402
 from bgcn.io import atomic_write_text  # noqa: E402
 from bgcn.utils import json_safe, versions  # noqa: E402
 

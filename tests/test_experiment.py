@@ -141,7 +141,7 @@ def test_experiment_command_parses_back_to_the_settings():
 def test_load_experiment_recomputes_the_summary_and_names_the_command(tmp_path, monkeypatch):
     import json
 
-    from bgcn.experiment import load_experiment
+    from bgcn.experiments.digits import load_experiment
 
     res = _results()
     (tmp_path / "longer_joint").mkdir()
@@ -155,7 +155,8 @@ def test_load_experiment_recomputes_the_summary_and_names_the_command(tmp_path, 
 
 
 def test_paired_table_and_findings_by_hand():
-    from bgcn.experiment import experiment_findings, paired_table, summarize
+    from bgcn.experiment import summarize
+    from bgcn.experiments.digits import experiment_findings, paired_table
 
     res = _results()
     res["summary"] = summarize(res["runs"], res["config"]["methods"], [5, 10])
@@ -186,7 +187,7 @@ def test_findings_of_the_committed_results_match_the_json():
     """The committed file's summary is what its runs give (the chapter recomputes it)."""
     import json
 
-    from bgcn.experiment import experiment_findings, load_experiment
+    from bgcn.experiments.digits import experiment_findings, load_experiment
     from bgcn.experiments.common import results_root
 
     path = results_root() / "experiment.json"

@@ -234,6 +234,8 @@ def test_feature_protocol_reads_the_frozen_extractor_and_the_fashion_split(monke
 
 
 def test_committed_extractor_probe_chose_on_validation():
+    from bgcn.experiments import probe as P
+
     path = F.Path(__file__).resolve().parents[1] / "results" / "field" / "fashion-2000-extractors.json"
     res = json.loads(path.read_text())
     best = max(res["candidates"], key=lambda c: c["val_laplace"])
@@ -242,6 +244,6 @@ def test_committed_extractor_probe_chose_on_validation():
     _, _, side = F.FEATURE_PROTOCOLS["fashion-2000-imagenet96"]
     assert res["chosen"] == f"imagenet@{side}px"
     assert {c["input"] for c in res["candidates"]} >= {"pixels", "imagenet@32px", "imagenet@64px"}
-    assert F.load_extractor_probe(path) == res
-    table = F.probe_table(res)
+    assert P.load_extractor_probe(path) == res
+    table = P.probe_table(res)
     assert f"**{res['chosen']}** (chosen)" in table and table.count("(chosen)") == 1
