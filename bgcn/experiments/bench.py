@@ -46,6 +46,8 @@ BENCHMARK_COMMANDS = {
     "overhead.json": "python benchmarks/bench_overhead.py",
     "distributed.json": "python benchmarks/bench_distributed.py",
     "knn_full.json": "python benchmarks/bench_knn.py --full",
+    "index.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index.py",
+    "index_full.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index.py --full",
 }
 
 _MB = 1e6
