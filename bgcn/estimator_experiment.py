@@ -471,13 +471,10 @@ def load_estimator_results(path: str | os.PathLike | None = None) -> dict:
 
     Taught in: chapter 09 (chapters/09_estimators_4_digits.md).
     """
-    from .experiments.common import results_root
+    from .experiments.common import read_committed
 
-    path = Path(path) if path is not None else results_root() / "estimators.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist: `python -m bgcn estimators --out results` "
-                                "(tens of minutes on two CPU cores; see results/README_estimators.md) writes it")
-    res = json.loads(path.read_text())
+    res, path = read_committed("estimators.json", "`python -m bgcn estimators --out results` (tens of minutes "
+                               "on two CPU cores; see results/README_estimators.md)", path)
     md = path.with_suffix(".md")
     res["tables_md"] = (md.read_text() if md.is_file() else
                         format_tables(res["summary"], res["config"], res.get("tau_data", float("nan"))))

@@ -23,7 +23,7 @@ from ..stats import mean_std
 from ..train import TrainConfig, TrainResult, train
 from ..utils import json_safe
 
-__all__ = ["write_atomic", "results_root", "benchmarks_root", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
+__all__ = ["write_atomic", "results_root", "benchmarks_root", "read_committed", "Partial", "merge_partial", "mean_std", "fixed_subset", "digits_subset", "summarize_runs",
            "schedule_config", "train_digits_row"]
 
 
@@ -47,6 +47,24 @@ def benchmarks_root() -> Path:
     """
     default = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     return Path(os.environ.get("BGCN_BENCHMARKS", default))
+
+
+def read_committed(name: str, command: str, path: str | os.PathLike | None = None) -> tuple[dict, Path]:
+    """A committed results file read as plain JSON: ``path``, or ``name`` under :func:`results_root`.
+
+    A missing file is a ``FileNotFoundError`` that names ``command``, the command that writes it.
+    Returns ``(data, path)``.
+
+    Shapes: none.
+
+    Taught in: chapter 13 (chapters/13_what_we_found_1_benchmark.md).
+    """
+    import json
+
+    path = Path(path) if path is not None else results_root() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: {command} writes it")
+    return json.loads(path.read_text()), path
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -56,7 +56,7 @@ from ..model import build_model
 from ..temperature import suggest_tau_features
 from ..train import progress_enabled
 from ..utils import command_line, get_device, versions
-from .common import Partial, results_root, schedule_config, summarize_runs
+from .common import Partial, read_committed, results_root, schedule_config, summarize_runs
 
 __all__ = ["ROWS", "FULL", "QUICK", "DATASETS", "E2E_ROWS", "COMPARISONS", "run_real_experiment",
            "supervised_finetune", "format_table", "format_compact_table", "load_real_dataset", "load_real_results",
@@ -517,13 +517,8 @@ def load_bn_collapse(path: str | os.PathLike | None = None) -> dict:
 
     Taught in: chapter 12 (chapters/12_real_extractor_1_frozen.md).
     """
-    import json
-
-    path = Path(path) if path is not None else results_root() / "bn_collapse.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist: OMP_NUM_THREADS=1 python scripts/bn_collapse.py --e2e "
-                                "writes it (a few minutes on one core)")
-    d = json.loads(path.read_text())
+    d, path = read_committed("bn_collapse.json", "OMP_NUM_THREADS=1 python scripts/bn_collapse.py --e2e (a few "
+                             "minutes on one core)", path)
     full = d["train_mode_full_batch"]
     probe = d["probe_fit_eval_apply_train_mode_full_batch"]
     out = {"n": int(d["meta"]["n"]), "img_size": int(d["meta"]["img_size"]),
