@@ -44,7 +44,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 # planned order of the modules on the API page (DESIGN.md's data flow); others follow by name
 MODULE_ORDER = ["utils", "io", "stats", "distributed", "data", "backbone", "similarity", "estimators", "topk",
-                "argmax", "temperature", "graph", "scaling", "gcn_spec", "gcn", "model", "train", "bank", "minibatch",
+                "argmax", "temperature", "graph", "scaling", "index", "gcn_spec", "gcn", "model", "train", "bank", "minibatch",
                 "config", "viz", "viz_estimators", "experiments", "experiments.common", "experiment",
                 "estimator_experiment", "experiments.real", "experiments.seeds", "cli"]
 TAUGHT_RE = re.compile(r"Taught in:?(.*)", re.IGNORECASE)
