@@ -148,7 +148,7 @@ def test_cli_refuses_settings_the_protocol_fixes(capsys):
 
 @pytest.mark.parametrize("name, n_seeds", [("digits-lds", 10), ("digits-stamps", 10), ("digits-lds-lpc10", 5),
                                            ("digits-lds-lpc20", 5), ("fashion-2000", 3),
-                                           ("digits-lds-estimators", 5)])
+                                           ("digits-lds-estimators", 5), ("digits-lds-mlp", 10)])
 def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     # the committed table is what summarize() makes of the committed runs: the choice on validation,
     # the paired differences and the comparisons count (no number typed by hand)
@@ -160,7 +160,7 @@ def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     again = json.loads(json.dumps(F.json_safe(F.summarize(res["runs"], rows, seeds))))
     assert again == res["summary"]
     assert len(seeds) == n_seeds and seeds[:5] == list(bgcn.data.FIELD_SEEDS)[:n_seeds]
-    protocol = name.partition("-lpc")[0].removesuffix("-estimators")
+    protocol = name.partition("-lpc")[0].removesuffix("-estimators").removesuffix("-mlp")
     assert res["command"].startswith(f"python -m bgcn experiment --protocol {protocol}")
     # every row tried its whole grid on every seed: the same budget for all
     for row in rows:
@@ -259,3 +259,9 @@ def test_the_estimator_rows_read_as_chapter_13_says():
     laplace = F.load_field_results()["by_row"]["laplace"]["test_mean"]
     assert all(s["test_mean"] < min(95.0, laplace) for s in est["summary"] if s["row"].startswith("e2e_"))
     assert v["ahead"] >= 1  # the page names the row ahead and its z
+
+
+def test_the_pixels_are_the_stronger_frozen_graph_on_the_digits():
+    # chapter 13 page 1: the frozen GCN on chapter 8's label-free MLP features is behind the pixels
+    mlp = F.load_field_results(name="digits-lds-mlp")["by_row"]["gcn_mlp_features"]
+    assert mlp["diff_mean"] < 0 and mlp["beyond_noise"]

@@ -176,9 +176,13 @@ and I-MLE, whose perturbed top-k samples make a run about 5× a blackbox run (ab
 
 EXTRA_ROWS: tuple[Row, ...] = (
     _e2e("e2e_values_residual", "identity_residual", "end2end", "values"),
+    Row("gcn_mlp_features", "gcn", tuple({"k": k, "hidden": h} for k in (10, 20) for h in (16, 64)),
+        {"backbone": "mlp_digits", "pretrained": "pretrained_mlp_digits.pt", "mode": "frozen"}),
 )
 """Rows run only when named (``--methods``): a residual head on a pretrained extractor's features
-(:data:`FEATURE_PROTOCOLS`), whose last layer starts at zero so that the first graph is the frozen one."""
+(:data:`FEATURE_PROTOCOLS`), whose last layer starts at zero so that the first graph is the frozen one;
+and the frozen GCN on chapter 8's label-free MLP features (``results/pretrained_mlp_digits.pt``,
+SimCLR-lite on the unlabelled digits), the starting point of the book's older rows."""
 
 
 def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
@@ -188,7 +192,9 @@ def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: 
         opts["warmup"] = opts.get("warmup", 0) * epochs // opts["epochs"]
         opts["epochs"] = epochs
     torch.manual_seed(seed)
-    bb = create_backbone(opts["backbone"], in_chans=images.shape[1], img_size=tuple(images.shape[2:]))
+    pre = opts.get("pretrained")  # a committed weights file, relative to the results folder
+    bb = create_backbone(opts["backbone"], pretrained_file=None if pre is None else results_root() / pre,
+                         in_chans=images.shape[1], img_size=tuple(images.shape[2:]))
     model = build_model(bb, int(labels.max()) + 1, k=opts["k"], estimator=opts.get("estimator", "hard"),
                         tau=opts.get("tau", 0.1), hidden=opts["hidden"], dropout=opts["dropout"], mode=opts["mode"])
     warm = 0 if opts["mode"] == "frozen" else opts.get("warmup", 0)
