@@ -34,7 +34,7 @@ import numpy as np
 from ._checks import check_int
 
 __all__ = ["finite_values", "mean_std", "PairedDifference", "paired_difference", "beyond_noise",
-           "bonferroni_z", "paired_runs", "NOISE_SE"]
+           "bonferroni_z", "mcnemar_exact", "paired_runs", "NOISE_SE"]
 
 #: The "beyond noise" rule: a mean paired difference more than this many standard errors from 0.
 NOISE_SE = 2.0

@@ -339,10 +339,24 @@ def pages() -> list[str]:
     return toc_files() + ["genindex", "search"]
 
 
+MAX_PAGE_PX = 12_500  # "about 12 000 px" at 1280 px: a d2l section is 5-10 k
+TALL_ALLOWED = ("chapters/api",)  # the generated API reference is a lookup page, not read through
+
+
+def page_height(page) -> int:
+    """The rendered page's height in px (the document's scroll height)."""
+    return int(page.evaluate("() => Math.max(document.documentElement.scrollHeight, "
+                             "document.body ? document.body.scrollHeight : 0)"))
+
+
 @pytest.mark.parametrize("doc", pages())
 def test_page_works_in_browser(open_page, doc):
     run = open_page(doc)
     problems = check_page(run)
+    height = page_height(run.page)
+    if doc not in TALL_ALLOWED and height > MAX_PAGE_PX:
+        problems.append(f"the page is {height} px tall at 1280 px (limit about {MAX_PAGE_PX}): split it "
+                        f"into pages of one idea (chapters/NN_name_i_idea.md) or fold secondary output")
     assert not problems, f"{doc}:\n  " + "\n  ".join(problems)
 
 
