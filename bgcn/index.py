@@ -279,7 +279,8 @@ def make_index(kind: str = "auto", num_keys: int | None = None, device: str | to
 
 @torch.no_grad()
 def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> float:
-    """The fraction of the exact neighbours that were found: mean over rows of |found ∩ exact| / k.
+    """The fraction of the exact neighbours that were found: the mean over rows of the number of ids
+    in both ``found`` and ``exact``, divided by k.
 
     Shapes: found (M, k) long, exact (M, k) long -> float in [0, 1]
 
