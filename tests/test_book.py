@@ -52,11 +52,17 @@ def chapter_docs() -> list[str]:
     return [d for d in toc_files() if CHAPTER_RE.match(d)]
 
 
+def shown_cells(text: str) -> list[str]:
+    """The code cells of a page's source whose input or output the reader sees (not ``remove-cell``)."""
+    cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)\n```", text, re.S)
+    return [c for c in cells if not re.search(r"^:tags:.*remove-cell", c, re.M)]
+
+
 def code_chapter_docs() -> list[str]:
-    """The chapter pages that run code: a chapter's landing page (title, question, list of its
-    section pages) has no cell, and its checks are on its section pages."""
-    return [d for d in chapter_docs()
-            if "{code-cell}" in (ROOT / f"{d}.md").read_text(encoding="utf-8")]
+    """The chapter pages that show code or its output: a chapter's landing page (title, question,
+    list of its section pages) has none, or only a hidden cell that glues a number it quotes, and
+    its checks are on its section pages."""
+    return [d for d in chapter_docs() if shown_cells((ROOT / f"{d}.md").read_text(encoding="utf-8"))]
 
 
 def soup(html: Path, doc: str):
@@ -311,3 +317,9 @@ def test_toc_nests_a_chapters_second_page_as_a_section(tmp_path):
     part = next(p for p in toc["parts"] if p["caption"].startswith("Part II"))
     assert [e["file"] for e in part["chapters"]] == ["chapters/08_a", "chapters/09_b", "chapters/10_c"]
     assert part["chapters"][1]["sections"] == [{"file": "chapters/09_b_more"}]
+
+
+def test_a_hidden_glue_cell_is_not_a_shown_cell():
+    hidden = "```{code-cell} ipython3\n:tags: [remove-cell]\nglue('x', 1)\n```\n"
+    shown = "```{code-cell} ipython3\nprint(1)\n```\n"
+    assert shown_cells(hidden) == [] and shown_cells(hidden + shown) == ["print(1)"]

@@ -340,7 +340,7 @@ def pages() -> list[str]:
 
 
 MAX_PAGE_PX = 12_500  # "about 12 000 px" at 1280 px: a d2l section is 5-10 k
-TALL_ALLOWED = ("chapters/api",)  # the generated API reference is a lookup page, not read through
+TALL_ALLOWED = ("chapters/api", "genindex", "py-modindex")  # generated lookup pages, not read through
 
 
 def page_height(page) -> int:
