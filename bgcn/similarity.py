@@ -8,7 +8,7 @@ import torch
 
 from ._checks import check_int, check_k, check_tensor
 
-__all__ = ["cosine_similarity", "normalize_rows", "mask_diagonal", "gather_similarities", "knn_search", "knn_indices"]
+__all__ = ["cosine_similarity", "normalize_rows", "mask_diagonal", "gather_similarities", "knn_search", "knn_indices", "KEY_CHUNK"]
 
 
 def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -106,6 +106,11 @@ def gather_similarities(rows: torch.Tensor, keys: torch.Tensor, indices: torch.T
     return (rows.unsqueeze(1) * keys[indices]).sum(-1)
 
 
+#: key rows per block of :func:`knn_search` when ``key_chunk`` is not given: a 4 096 × 4 096 block
+#: (64 MiB in float32) bounds the search's memory at any N
+KEY_CHUNK = 4096
+
+
 @torch.no_grad()
 def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None,
                chunk_size: int = 4096, key_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +123,9 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
     :meth:`bgcn.bank.FeatureBank.search` call it). Query rows are taken ``chunk_size`` at a time;
     against one ``chunk_size`` × M block of similarities, or with ``key_chunk`` against
     ``chunk_size`` × ``key_chunk`` blocks whose top-k are merged into a running top-k (then the peak
-    memory does not grow with M at all). Query and keys are normalised to unit rows here (a key
+    memory does not grow with M at all). ``key_chunk=None`` takes :data:`KEY_CHUNK` key rows a
+    block: a whole row of M similarities per query would be 16 GB a block of 4 096 queries at a
+    million images, and it is no faster (``benchmarks/bench_knn.py``). Query and keys are normalised to unit rows here (a key
     block at a time).
 
     Ties: ``torch.topk`` does not specify which of two equal similarities comes first, so among
@@ -131,7 +138,7 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
         exclude: (Q,) long, the key id that query row r must not find (itself, when the queries
             are keys), or ``None``.
         chunk_size: query rows per block.
-        key_chunk: key rows per block (``None``: all M at once).
+        key_chunk: key rows per block (``None``: :data:`KEY_CHUNK`).
 
     Returns:
         ``(values, indices)``, each (Q, k): the similarities and key ids, by decreasing similarity.
@@ -152,7 +159,7 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
     m, n = query.shape[0], keys.shape[0]
     k = check_k(k, n, exclude_self=exclude is not None)
     chunk_size = check_int(chunk_size, "chunk_size", 1)
-    bc = n if key_chunk is None else check_int(key_chunk, "key_chunk", 1)
+    bc = min(n, KEY_CHUNK) if key_chunk is None else check_int(key_chunk, "key_chunk", 1)
     if exclude is not None and (not isinstance(exclude, torch.Tensor) or exclude.shape != (m,)):
         raise ValueError(f"exclude must be a ({m},) long tensor of key ids, one per query row, or None")
     qn = normalize_rows(query.detach())

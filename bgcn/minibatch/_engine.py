@@ -124,7 +124,7 @@ class MinibatchEngine(Engine):
         self.t_search, self.t_feat, self._fixed, self._eval_feats = 0.0, 0.0, False, None
         # the neighbour index: exact (the reference) or approximate, built with every bank fill
         self.index_kind = resolve_index_kind(cfg.index, self.n, dev)
-        self._eval_index, self.recall = None, []  # recall: [epoch, recall@k on a sample] per epoch
+        self._eval_index, self.recall, self._recall_built = None, [], None  # recall: see _measure_recall
 
     def _record(self) -> dict:
         cfg, model = self.cfg, self.model
@@ -199,18 +199,26 @@ class MinibatchEngine(Engine):
         index = self._new_index()
         if index is not None:
             self.bank.build_index(index)
+        self._recall_built = self._recall()
 
-    def _measure_recall(self, epoch: int, sample: int = 512) -> None:
-        """recall@k of the bank's index against the exact search on the bank's current rows (a fixed
-        sample of rows): what the approximation and the rows written since the build cost."""
+    def _recall(self, sample: int = 512) -> float | None:
+        """recall@k of the bank's index against the exact search on the bank's current rows, over a
+        fixed sample of rows; ``None`` for the exact search."""
         if self.bank.index is None or isinstance(self.bank.index, ExactIndex):
-            return
+            return None
         g = torch.Generator().manual_seed(12345)
         rows = torch.randperm(self.n, generator=g)[:sample].sort().values.to(self.device)
         q = self.bank.features[rows]
         exact = ExactIndex(self.cfg.chunk_size, self.cfg.bank_chunk).build(self.bank.features)
-        self.recall.append([epoch, recall_at_k(self.bank.search(q, self.model.k, exclude=rows),
-                                               exact.search(q, self.model.k, exclude=rows))])
+        return recall_at_k(self.bank.search(q, self.model.k, exclude=rows),
+                           exact.search(q, self.model.k, exclude=rows))
+
+    def _measure_recall(self, epoch: int) -> None:
+        """Record ``[epoch, recall when the index was built, recall after the epoch's steps]``: what the
+        approximation costs, and what it and the rows written since the build cost together."""
+        after = self._recall()
+        if after is not None:
+            self.recall.append([epoch, self._recall_built, after])
 
     def prepare(self, start_epoch: int) -> None:
         """A fresh run: fill the bank (and the neighbour lists) from the initial backbone, build the index."""
@@ -307,6 +315,7 @@ class MinibatchEngine(Engine):
             if self._eval_index is not None:  # built on these very features by the evaluation
                 self._eval_index.keys = bank.features
                 bank.index = self._eval_index
+                self._recall_built = self._recall()
             if cfg.cache_neighbours:
                 bank.neighbours = evaluated[1].indices.clone()
         self._eval_feats, self._eval_index = None, None
@@ -384,9 +393,12 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     ``index``: the bank's neighbour index (:mod:`bgcn.index`): ``"exact"`` (the chunked exact
     search, the reference), ``"ivf"`` / ``"hnsw"`` / ``"flat"`` (FAISS proposes candidates, re-ranked
     exactly against the current rows; built with every bank fill, i.e. once an epoch) or
-    ``"auto"`` (exact below :data:`bgcn.index.APPROXIMATE_FROM` images). With an approximate index,
-    ``result.timings["index_recall"]`` holds per epoch the recall@k of the bank's search against the
-    exact one on 512 fixed rows, measured after the epoch's steps (approximation and staleness).
+    ``"auto"`` (:func:`bgcn.index.resolve_index_kind`: the torch search below
+    :data:`bgcn.index.FLAT_FROM` images, FAISS's flat scan below :data:`bgcn.index.APPROXIMATE_FROM`,
+    the inverted file above). With a FAISS index, ``result.timings["index_recall"]`` holds per epoch
+    ``[epoch, recall when built, recall after the steps]``: recall@k of the bank's search against
+    the exact one on 512 fixed rows, when the index was built (the approximation) and after the
+    epoch's steps had rewritten the bank (the approximation and the staleness together).
 
     ``images`` may be a float tensor, a uint8 tensor (kept as uint8, each batch divided by 255:
     a quarter of the memory) or an image source read lazily (:class:`bgcn.data.ImageSource`):
