@@ -165,13 +165,17 @@ def knn_search(query: torch.Tensor, keys: torch.Tensor, k: int, *, exclude: torc
     qn = normalize_rows(query.detach())
     values = torch.empty(m, k, dtype=qn.dtype, device=query.device)
     out = torch.empty(m, k, dtype=torch.long, device=query.device)
+    # one similarity buffer for every block: a fresh 64 MiB block each time would be mapped and
+    # unmapped by the allocator, page by page (millions of page faults an epoch)
+    buf = torch.empty(min(chunk_size, m) * min(bc, n), dtype=qn.dtype, device=query.device)
     for start in range(0, m, chunk_size):
         stop = min(start + chunk_size, m)
         rows = torch.arange(stop - start, device=query.device)
         best_v = best_i = None
         for c0 in range(0, n, bc):
             c1 = min(c0 + bc, n)
-            s = qn[start:stop] @ normalize_rows(keys[c0:c1].detach()).T
+            s = torch.mm(qn[start:stop], normalize_rows(keys[c0:c1].detach()).T,
+                         out=buf[:(stop - start) * (c1 - c0)].view(stop - start, c1 - c0))
             if exclude is not None:
                 e = exclude[start:stop]
                 inside = (e >= c0) & (e < c1)

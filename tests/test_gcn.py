@@ -325,3 +325,24 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="add_self_loops=True needs normalize=True"):
         GCN(3, 4, 2, normalize=False, add_self_loops=True)
     assert GCN(3, 4, 2, normalize=False).add_self_loops is False
+
+
+@pytest.mark.parametrize("kw", [{}, {"normalize": False}, {"add_self_loops": False}])
+def test_large_graphs_without_autograd_take_one_sparse_product_with_the_same_result(monkeypatch, kw):
+    """Above bgcn.gcn.SPARSE_FROM edges a no-grad forward multiplies by the normalised adjacency as one
+    sparse matrix (memory (N, hidden), not (E, hidden)); it must equal PyG's messages, self-loops
+    in the edge list included."""
+    import bgcn.gcn as gcn_mod
+
+    ei, w = _directed_weighted_graph(11, 3, seed=7)
+    ei = torch.cat([ei, torch.tensor([[2, 5], [2, 5]])], 1)  # two explicit self-loops
+    w = torch.cat([w, torch.tensor([0.7, 1.9], dtype=DT)])
+    m = _model(**kw).eval()
+    x = torch.randn(11, 5, dtype=DT)
+    with torch.no_grad():
+        messages, h_messages = m(x, ei, w), m.embed(x, ei, w)
+        monkeypatch.setattr(gcn_mod, "SPARSE_FROM", 1)
+        torch.testing.assert_close(m(x, ei, w), messages, **TOL)
+        torch.testing.assert_close(m.embed(x, ei, w), h_messages, **TOL)
+        torch.testing.assert_close(m(x, ei), m(x, ei, torch.ones_like(w)), **TOL)
+    assert m(x, ei, w).requires_grad  # with autograd the messages path is kept

@@ -248,7 +248,8 @@ class MinibatchEngine(Engine):
         logp, graph, _ = evaluate_full(self.model, self.images, fixed=self.mode == "frozen" or self.warm > 0,
                                        chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
                                        batch_size=cfg.embed_batch_size, device=self.device,
-                                       features=self.bank.features if self.ema is None else None)
+                                       features=self.bank.features if self.ema is None else None,
+                                       index=self.bank.index if self.ema is None else None)
         return logp, graph
 
     def step(self, epoch: int) -> dict:

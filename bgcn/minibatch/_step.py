@@ -132,9 +132,10 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
     ``chunk_size`` × ``bank_chunk`` blocks) with the k similarities
     :math:`\hat f_i\cdot\hat f_j` and the estimator's weights (``"hard"`` when ``fixed``), as
     :func:`bgcn.knn_graph` with ``chunk_size`` builds it; then the GCN over all N nodes. Returns
-    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill. ``index`` (an
-    unbuilt :class:`bgcn.index.NeighbourIndex`) is built on those features and searched instead
-    (the engine keeps it for the next epoch's steps: one build an epoch).
+    ``(logp (N, C), graph, features (N, D))``; the features are a fresh bank fill. ``index`` (a
+    :class:`bgcn.index.NeighbourIndex`) is built on those features, unless it was built on
+    ``features`` itself, and searched instead (the engine keeps it for the next epoch's steps: one
+    build an epoch).
 
     Shapes: images (N, C_in, H, W) -> logp (N, C), features (N, D)
 
@@ -150,7 +151,9 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
         n = feats.shape[0]
         tmp = FeatureBank(n, feats.shape[1], feats.dtype, feats.device)
         tmp.features = feats
-        if index is not None:
+        if index is not None and index.keys is feats:  # already built on these very features
+            tmp.index = index
+        elif index is not None:
             tmp.build_index(index)
         ids = torch.arange(n, device=feats.device)
         idx = tmp.search(feats, model.k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
