@@ -9,6 +9,8 @@ Taught in: chapter 07 (chapters/07_gcn_backward.md); used end to end in chapter 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,27 +255,49 @@ class GCN(nn.Module):
         return x, edge_index, edge_weight, None
 
     def _sparse_eval(self, x, edge_index, edge_weight, a_hat):
-        """Large graphs without autograd: the normalised adjacency as one sparse (N, N) matrix,
-        exactly PyG's ``gcn_norm`` weights (self-loops added where missing)."""
+        r"""Large graphs without autograd: :math:`\hat A = D^{-1/2}(A + I)D^{-1/2}` as one sparse CSR
+        matrix (rows = targets) plus its diagonal, with exactly PyG's ``gcn_norm`` weights: the degree
+        sums the weights into each target, a self-loop of weight 1 is added where a node has none (an
+        existing self-loop keeps its weight). Returns ``(None, None, (csr, diagonal or None))``."""
         if a_hat is not None or torch.is_grad_enabled() or edge_index.shape[1] < SPARSE_FROM:
             return edge_index, edge_weight, a_hat
-        from torch_geometric.nn.conv.gcn_conv import gcn_norm
-
         n = x.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+        w = torch.ones(src.shape[0], dtype=x.dtype, device=x.device) if edge_weight is None else edge_weight
+        diag = None
         if self.normalize:
-            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, n, improved=False,
-                                               add_self_loops=self.add_self_loops, dtype=x.dtype)
-        elif edge_weight is None:
-            edge_weight = torch.ones(edge_index.shape[1], dtype=x.dtype, device=x.device)
-        # A[i, j] holds the edge j -> i; the ids were checked by _prepare
-        a = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (n, n), check_invariants=False)
-        return None, None, a.coalesce()
+            if self.add_self_loops:
+                loops = src == dst
+                diag = torch.ones(n, dtype=x.dtype, device=x.device)
+                if bool(loops.any()):  # PyG's "remaining" rule: an existing self-loop keeps its weight
+                    diag[src[loops]] = w[loops]
+                    src, dst, w = src[~loops], dst[~loops], w[~loops]
+            deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, dst, w)
+            if diag is not None:
+                deg += diag
+            dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
+            w = dinv[src] * w * dinv[dst]
+            diag = None if diag is None else dinv * diag * dinv
+        if not bool((dst[1:] >= dst[:-1]).all()):  # CSR rows: the edges grouped by target
+            order = torch.argsort(dst, stable=True)
+            src, dst, w = src[order], dst[order], w[order]
+        crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        crow[1:] = torch.cumsum(torch.bincount(dst, minlength=n), 0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            a = torch.sparse_csr_tensor(crow, src, w, (n, n), check_invariants=False)
+        return None, None, (a, diag)
 
     @staticmethod
     def _conv(conv, x, edge_index, edge_weight, a_hat):
         if a_hat is None:
             return conv(x, edge_index, edge_weight)
-        out = a_hat @ conv.lin(x)                      # same Θ as the sparse path
+        if isinstance(a_hat, tuple):  # (sparse Â without its diagonal, the diagonal): _sparse_eval
+            a, diag = a_hat
+            h = conv.lin(x)
+            out = a @ h if diag is None else torch.addcmul(a @ h, diag.unsqueeze(1), h)
+        else:
+            out = a_hat @ conv.lin(x)                  # same Θ as the sparse path
         return out + conv.bias if conv.bias is not None else out
 
     # -- public -----------------------------------------------------------------------------
