@@ -11,7 +11,9 @@ and one mini-batch epoch end to end on the largest generated set.
    the edge weights, ``backward()``; wall seconds (synchronised) and peak GPU memory. Target: 1M
    under 20 s.
 2. One mini-batch epoch (``bgcn.train_minibatch``, end to end, masked softmax) on
-   ``--epoch-n`` generated 3-channel 16×16 images with a small CNN: seconds, images/s, peak memory.
+   ``--epoch-n`` generated 3-channel 16×16 images with a small CNN: seconds, images/s, peak memory,
+   the neighbour index it used (``--index``; ``auto`` is the exact torch search on a GPU, FAISS on
+   a CPU: ``bgcn.index.resolve_index_kind``) and that index's recall@k.
 
 Each step's record is written to the JSON as soon as it is measured; a step whose estimated time
 would pass the --budget is recorded as skipped, so a killed run keeps what it measured.
@@ -76,7 +78,7 @@ def graph_step(n: int, d: int, k: int, method: str, dev, chunk: int) -> dict:
     return out
 
 
-def epoch_step(n: int, dev, batch: int) -> dict:
+def epoch_step(n: int, dev, batch: int, index: str = "auto") -> dict:
     import warnings
 
     from bgcn.backbone import create_backbone
@@ -93,12 +95,14 @@ def epoch_step(n: int, dev, batch: int) -> dict:
     _reset(dev)
     t0 = time.perf_counter()
     res = train_minibatch(model, ds.images, ds.labels, tr, va, te, batch_size=batch, epochs=1, device=dev,
-                          lr_backbone=1e-3, bank_refresh=0, progress=False, chunk_size=8192)
+                          lr_backbone=1e-3, bank_refresh=0, progress=False, chunk_size=8192,
+                          index=index)
     _sync(dev)
     return {"n": n, "batch_size": batch, "wall_s": time.perf_counter() - t0, "step_s": res.history.time_step[0],
             "images_per_s": res.timings["images_per_s"], "search_s": res.timings["search"],
             "peak_bytes": res.timings["peak_memory_bytes"], "bank_bytes": res.timings["bank_bytes"],
-            "test_acc": res.final.get("test_acc")}
+            "test_acc": res.final.get("test_acc"), "index": res.timings["index"],
+            "index_recall": res.timings["index_recall"]}
 
 
 def main(argv=None) -> int:
@@ -110,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--chunk-size", type=int, default=8192)
     p.add_argument("--budget", type=float, default=420.0, help="seconds for everything")
+    p.add_argument("--index", default="auto", choices=("auto", "exact", "flat", "ivf", "hnsw"),
+                   help="the epoch's neighbour index (auto: exact on a GPU, bgcn.index.resolve_index_kind)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from bgcn.utils import versions
@@ -150,7 +156,7 @@ def main(argv=None) -> int:
     left = a.budget - (time.perf_counter() - t_start)
     if left > 60 or a.dry_run:
         try:
-            rec["epoch"] = epoch_step(a.epoch_n, dev, a.batch_size)
+            rec["epoch"] = epoch_step(a.epoch_n, dev, a.batch_size, a.index)
             print(f"mini-batch epoch N={a.epoch_n}: {rec['epoch']['wall_s']:.1f} s", flush=True)
         except torch.OutOfMemoryError as e:
             rec["epoch"] = {"n": a.epoch_n, "error": f"out of memory: {str(e)[:200]}"}

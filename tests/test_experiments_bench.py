@@ -126,3 +126,39 @@ def test_chapter_11_figures():
     plt.close(f)
     with pytest.raises(ValueError, match=r"\(2, 2\)"):
         plot_gather_gradient([[1.0, 2.0, 3.0]])
+
+
+def _scale_run(n, kind, threads, epoch_s, peak_gib=1.0, built=None, after=None):
+    return {"n": n, "kind": kind, "threads": threads, "epoch_s": epoch_s, "wall_s": epoch_s + 5,
+            "peak_rss_bytes": peak_gib * 2**30, "recall_built": built, "recall_after": after}
+
+
+def test_scale_findings_by_hand():
+    runs = [_scale_run(100_000, "exact", 1, 200.0), _scale_run(100_000, "auto", 1, 20.0, 1.2, 0.9, 0.5),
+            _scale_run(1_000_000, "auto", 1, 300.0, 3.5, 0.8, 0.1), _scale_run(100_000, "auto", 2, 12.0),
+            _scale_run(1_000_000, "auto", 2, 150.0, 3.6, 0.8, 0.2)]
+    f = bench.scale_findings({"runs": runs})
+    assert f["n_big"] == 1_000_000 and f["epoch_s_1t"] == 300.0 and f["wall_s_2t"] == 155.0
+    assert f["linearity_1t"] == pytest.approx(1.5) and f["linearity_2t"] == pytest.approx(150 / 120)
+    assert f["peak_gib_2t"] == pytest.approx(3.6) and f["recall_after_1t"] == 0.1
+    assert f["exact_100k_s"] == 200.0 and f["index_100k_s"] == 20.0
+    with pytest.raises(ValueError, match="no run with the index"):
+        bench.scale_findings({"runs": runs[:1]})
+
+
+def test_bench_scale_measures_one_command_line_run(tmp_path):
+    """One point of benchmarks/bench_scale.py: a real `python -m bgcn train` process, its peak RSS
+    and its own timings read back."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_scale
+
+    r = bench_scale.measure(1500, "auto", 1, bench_scale.DEFAULT)
+    assert r["index"] == "exact" and r["recall_built"] is None  # auto is the torch search below 20 000
+    assert 0 < r["epoch_s"] <= r["run_total_s"] < r["wall_s"]
+    assert 2**20 < r["peak_rss_bytes"] < 2**34 and r["minor_faults"] > 0
+    assert "--synthetic-n 1500" in r["command"] and "--index auto" in r["command"]
+    bench_scale.plot({"config": {**bench_scale.DEFAULT, "kinds": ["auto"]}, "runs": [r]}, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000

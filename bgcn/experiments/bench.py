@@ -35,7 +35,8 @@ from ..stats import beyond_noise
 from .common import benchmarks_root
 
 __all__ = ["BENCHMARK_COMMANDS", "load_benchmark", "staleness_findings", "load_minibatch_costs",
-           "minibatch_cost_findings", "minibatch_cost_table", "overhead_findings", "distributed_findings"]
+           "minibatch_cost_findings", "minibatch_cost_table", "overhead_findings", "distributed_findings",
+           "scale_findings"]
 
 #: The command that writes each committed benchmark file (run from the repository root).
 BENCHMARK_COMMANDS = {
@@ -48,6 +49,8 @@ BENCHMARK_COMMANDS = {
     "knn_full.json": "python benchmarks/bench_knn.py --full",
     "index.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index.py",
     "index_full.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index.py --full",
+    "scale.json": "python benchmarks/bench_scale.py",
+    "scale_full.json": "python benchmarks/bench_scale.py --full",
 }
 
 _MB = 1e6
@@ -233,3 +236,40 @@ def distributed_findings(d: dict) -> dict:
         "comm_pct": 100 * float(d["comm_share_of_wall"]), "comm_s": {k: float(v) for k, v in d["comm_s"].items()},
         "loss_rel": float(rel),
     }
+
+
+def scale_findings(sc: dict) -> dict:
+    """The numbers a reading of ``scale_full.json`` (``benchmarks/bench_scale.py --full``) quotes.
+
+    For the largest N measured with the index and each thread count t: ``epoch_s_{t}t`` (one epoch:
+    steps and evaluation), ``wall_s_{t}t`` (the whole command), ``peak_gib_{t}t`` (the process's
+    peak resident set), ``recall_built_{t}t`` / ``recall_after_{t}t`` (the index's recall@10 when
+    built and after the epoch's steps) and ``linearity_{t}t`` (the epoch time from 10^5 to the
+    largest N over the linear prediction; 1 is linear); with ``n_big``, and at 10^5 images on one
+    thread ``exact_100k_s`` and ``index_100k_s`` (the exact search's epoch and the index's).
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
+    """
+    runs = sc["runs"]
+    auto = [r for r in runs if r["kind"] == "auto"]
+    if not auto:
+        raise ValueError("scale file holds no run with the index (kind 'auto')")
+    n_big = max(r["n"] for r in auto)
+    out: dict = {"n_big": int(n_big)}
+    for r in auto:
+        t = r["threads"]
+        if r["n"] == n_big:
+            out.update({f"epoch_s_{t}t": float(r["epoch_s"]), f"wall_s_{t}t": float(r["wall_s"]),
+                        f"peak_gib_{t}t": r["peak_rss_bytes"] / 2**30,
+                        f"recall_built_{t}t": float(r["recall_built"]), f"recall_after_{t}t": float(r["recall_after"])})
+    for t in {r["threads"] for r in auto}:
+        pts = {r["n"]: r for r in auto if r["threads"] == t}
+        if 100_000 in pts and n_big > 100_000:
+            out[f"linearity_{t}t"] = (pts[n_big]["epoch_s"] / pts[100_000]["epoch_s"]) / (n_big / 100_000)
+    one = {(r["n"], r["kind"]): r for r in runs if r["threads"] == 1}
+    if (100_000, "exact") in one and (100_000, "auto") in one:
+        out["exact_100k_s"] = float(one[100_000, "exact"]["epoch_s"])
+        out["index_100k_s"] = float(one[100_000, "auto"]["epoch_s"])
+    return out
