@@ -16,30 +16,31 @@ I-MLE), ``_relaxed`` (sigmoid, capped simplex), ``_reinforce`` (Gumbel top-k + s
 ``_score`` (the surrogate and its baselines), ``_sign_test`` (the toy sign test).
 
 Notation (per row i; the rows are independent). :math:`S` (N, M) cosine similarities,
-:math:`\theta = S/\tau` the scores, :math:`g = \partial L/\partial m` the loss gradient arriving at
-the mask, :math:`\operatorname{topk}(\theta)` the hard k-hot row
+:math:`z = S/\tau` the scores (the book's :math:`z`, chapter 09; the functions name the argument
+``theta``), :math:`g = \partial L/\partial m` the loss gradient arriving at the mask,
+:math:`\operatorname{topk}({z})` the hard k-hot row
 
 .. math::
-    \operatorname{topk}(\theta) = \arg\max_{y\in\{0,1\}^M,\ \sum_j y_j = k} \langle\theta, y\rangle .
+    \operatorname{topk}({z}) = \arg\max_{y\in\{0,1\}^M,\ \sum_j y_j = k} \langle{z}, y\rangle .
 
 **Top-k is an argmax.** Blackbox differentiation (Vlastelica et al., 2020) and the "negative
 identity" of Sahoo et al. (2023) are written for *argmin* solvers; copied verbatim onto top-k they
 train in the wrong direction, or not at all (:func:`blackbox_argmin_verbatim`, :func:`sign_test`).
 
-The estimators (forward; backward :math:`\partial L/\partial\theta`; needs the dense path?; stochastic?):
+The estimators (forward; backward :math:`\partial L/\partial{z}`; needs the dense path?; stochastic?):
 
-- ``"ste"``: :math:`\operatorname{topk}(\theta)`; :math:`g` (or a surrogate's Jacobian); dense; deterministic.
-- ``"identity"``: topk of :math:`u = c/\lVert c\rVert`, :math:`c = \theta - \bar\theta`;
+- ``"ste"``: :math:`\operatorname{topk}({z})`; :math:`g` (or a surrogate's Jacobian); dense; deterministic.
+- ``"identity"``: topk of :math:`u = c/\lVert c\rVert`, :math:`c = {z} - \bar{z}`;
   :math:`(I-\tfrac1n\mathbf 1\mathbf 1^\top)\tfrac{1}{\lVert c\rVert}(I-uu^\top)g`; dense; deterministic.
-- ``"blackbox"``: :math:`\operatorname{topk}(\theta)`; :math:`(m - \operatorname{topk}(\theta-\lambda g))/\lambda`;
+- ``"blackbox"``: :math:`\operatorname{topk}({z})`; :math:`(m - \operatorname{topk}({z}-\lambda g))/\lambda`;
   dense; deterministic.
-- ``"imle"``: :math:`\operatorname{topk}(\theta+\epsilon)`, ε Sum-of-Gamma;
-  :math:`(m - \operatorname{topk}(\theta+\epsilon-\lambda g))/\lambda`; dense; stochastic.
-- ``"sigmoid"``: :math:`\sigma((\theta-t)/\tau_m)` with row sums k;
+- ``"imle"``: :math:`\operatorname{topk}({z}+\epsilon)`, ε Sum-of-Gamma;
+  :math:`(m - \operatorname{topk}({z}+\epsilon-\lambda g))/\lambda`; dense; stochastic.
+- ``"sigmoid"``: :math:`\sigma(({z}-t)/\tau_m)` with row sums k;
   :math:`\tfrac{h}{\tau_m}\odot(g - \tfrac{\langle h,g\rangle}{\sum h})`, :math:`h = m(1-m)`; dense; deterministic.
-- ``"capped_simplex"``: :math:`\mathrm{clip}(\theta/\tau_m-\nu,0,1)` with row sums k;
+- ``"capped_simplex"``: :math:`\mathrm{clip}({z}/\tau_m-\nu,0,1)` with row sums k;
   :math:`(g_F-\overline{g_F})/\tau_m` on the free set F; dense; deterministic.
-- ``"gumbel_reinforce"``: :math:`\operatorname{topk}(\theta + \tau_g G)`, G Gumbel; no pathwise gradient, the
+- ``"gumbel_reinforce"``: :math:`\operatorname{topk}({z} + \tau_g G)`, G Gumbel; no pathwise gradient, the
   score function through ``sel.log_prob`` and :func:`reinforce_surrogate`; sparse is enough; stochastic.
 
 "Dense path" (``needs_dense=True`` in the registry): the estimator's gradient needs
@@ -47,11 +48,11 @@ The estimators (forward; backward :math:`\partial L/\partial\theta`; needs the d
 (``GCN(x, adj=graph.dense)``); with a sparse ``edge_index`` autograd only sees the k chosen
 entries per row and the selection never learns. ``gumbel_reinforce`` needs no dense GCN path (its
 gradient comes from the score-function surrogate :func:`reinforce_surrogate`), but its
-``log_prob`` uses full rows of :math:`\theta`.
+``log_prob`` uses full rows of :math:`{z}`.
 
 **Hyper-parameters are tied to the score scale.** Cosine similarities of one row differ by a few
 hundredths, so a constant λ or noise temperature means nothing. By default every scale-like
-hyper-parameter is a multiple of the row's standard deviation :math:`s_i = \mathrm{std}_j(\theta_{ij})`
+hyper-parameter is a multiple of the row's standard deviation :math:`s_i = \mathrm{std}_j({z}_{ij})`
 (over the candidate columns; computed without gradient, i.e. treated as a constant):
 
 - blackbox / imle: :math:`\lambda_i = \texttt{lam\_rel}\cdot s_i / \mathrm{rms}(g_i)`, so that the

@@ -29,7 +29,7 @@ def topk_indices(theta: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def topk_mask(theta: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Hard k-hot rows :math:`\operatorname{topk}(\theta) = \arg\max_{y\in\{0,1\}^M, \sum y = k}\langle\theta,y\rangle`.
+    r"""Hard k-hot rows :math:`\operatorname{topk}({z}) = \arg\max_{y\in\{0,1\}^M, \sum y = k}\langle{z},y\rangle`.
 
     Ties are broken towards the lower index (see :func:`topk_indices`), so every row has exactly k
     ones (the ``theta >= kth_value`` threshold of the reference notebooks can give more than k).
@@ -82,7 +82,7 @@ def _topk_indices_mask(theta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 def row_std(theta: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     r"""Per-row standard deviation over the finite entries (masked ``-inf`` candidates ignored), no gradient.
 
-    :math:`s_i = \sqrt{\tfrac1{n_i}\sum_{j\,:\,\theta_{ij}>-\infty}(\theta_{ij}-\bar\theta_i)^2}`, clamped
+    :math:`s_i = \sqrt{\tfrac1{n_i}\sum_{j\,:\,{z}_{ij}>-\infty}({z}_{ij}-\bar{z}_i)^2}`, clamped
     below by ``eps`` (a constant row would otherwise give 0). This is the unit in which the default
     hyper-parameters of the estimators are expressed.
 

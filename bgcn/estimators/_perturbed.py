@@ -103,15 +103,15 @@ def blackbox_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
                        state: PerturbationState | None = None) -> Selection:
     r"""Blackbox differentiation of the top-k solver (Vlastelica, Paulus, Musil, Martius & Rolínek, ICLR 2020, arXiv 1912.02175), **argmax form**.
 
-    Forward :math:`m = \operatorname{topk}(\theta)`. Backward: solve once more on scores moved
+    Forward :math:`m = \operatorname{topk}({z})`. Backward: solve once more on scores moved
     against the gradient and return the finite difference
 
     .. math::
-        m_\lambda = \operatorname{topk}(\theta - \lambda g), \qquad \nabla_\theta L = (m - m_\lambda)/\lambda .
+        m_\lambda = \operatorname{topk}({z} - \lambda g), \qquad \nabla_{z} L = (m - m_\lambda)/\lambda .
 
-    It is the gradient of a piecewise-linear interpolation of :math:`L(\theta)`. The paper (and
+    It is the gradient of a piecewise-linear interpolation of :math:`L({z})`. The paper (and
     ``blackbox-backprop``) is written for argmin solvers: :math:`w' = w + \lambda g`,
-    :math:`\nabla_w = -(y - y_\lambda)/\lambda`; with :math:`w = -\theta` this is the rule above.
+    :math:`\nabla_w = -(y - y_\lambda)/\lambda`; with :math:`w = -{z}` this is the rule above.
     Copying the argmin rule verbatim onto top-k never moves the selection
     (:func:`blackbox_argmin_verbatim`, shown by :func:`sign_test`).
 
@@ -142,8 +142,8 @@ def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
     r"""Implicit MLE for k-subsets (Niepert, Minervini & Franceschi, NeurIPS 2021, arXiv 2106.01798), perturb-and-MAP.
 
     Forward (training): :math:`\epsilon` = Sum-of-Gamma noise (:func:`sum_of_gamma_noise`,
-    temperature :math:`\tau_{noise}`), :math:`m = \operatorname{topk}(\theta+\epsilon)`: a hard
-    sample. Evaluation: :math:`m = \operatorname{topk}(\theta)`. ``sample=None`` (default) samples
+    temperature :math:`\tau_{noise}`), :math:`m = \operatorname{topk}({z}+\epsilon)`: a hard
+    sample. Evaluation: :math:`m = \operatorname{topk}({z})`. ``sample=None`` (default) samples
     exactly when autograd is recording (``torch.is_grad_enabled()``), so a training step samples and
     an evaluation under ``torch.no_grad()`` does not; ``True``/``False`` force it.
 
@@ -151,10 +151,10 @@ def imle_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_se
     α = 1, β = λ):
 
     .. math::
-        m' = \operatorname{topk}(\theta + \epsilon - \lambda g), \qquad
-        \nabla_\theta L = (m - m') \,/\, \lambda\ \ (\texttt{scale=True})
+        m' = \operatorname{topk}({z} + \epsilon - \lambda g), \qquad
+        \nabla_{z} L = (m - m') \,/\, \lambda\ \ (\texttt{scale=True})
 
-    ``symmetric=True``: :math:`\tfrac12(\operatorname{topk}(\theta+\epsilon+\lambda g) - \operatorname{topk}(\theta+\epsilon-\lambda g))`
+    ``symmetric=True``: :math:`\tfrac12(\operatorname{topk}({z}+\epsilon+\lambda g) - \operatorname{topk}({z}+\epsilon-\lambda g))`
     (AIMLE's two-sided difference, Minervini et al., 2023). ``scale=False`` returns
     :math:`m - m'` undivided, as torch-imle does by default; AIMLE's
     ``do_gradient_scaling=True`` divides by λ, which we do by default so that the gradient scales
@@ -193,9 +193,9 @@ def blackbox_argmin_verbatim(theta: torch.Tensor, k: int, lam: float | None = No
     :math:`-(y - y_\lambda)/\lambda`. Applied to the top-k *scores* θ as if they were costs:
 
     .. math::
-        y_\lambda = \operatorname{topk}(\theta + \lambda g), \qquad \nabla_\theta L := -(y - y_\lambda)/\lambda .
+        y_\lambda = \operatorname{topk}({z} + \lambda g), \qquad \nabla_{z} L := -(y - y_\lambda)/\lambda .
 
-    :math:`\theta+\lambda g` *raises* the scores whose increase hurts the loss, so
+    :math:`{z}+\lambda g` *raises* the scores whose increase hurts the loss, so
     :math:`y_\lambda` swaps chosen good entries for unchosen bad ones, and the gradient only ever
     reinforces the current selection: descent never changes it (:func:`sign_test` shows it stuck).
     Never use it; :func:`blackbox_estimator` is the correct (argmax) rule.

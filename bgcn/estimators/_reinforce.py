@@ -14,16 +14,16 @@ from ._score import reinforce_baseline, score_function_terms
 
 
 def plackett_luce_log_prob(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    r"""Log-probability of an *ordered* k-subset under the Plackett–Luce model of :math:`\mathrm{softmax}(\theta)`.
+    r"""Log-probability of an *ordered* k-subset under the Plackett–Luce model of :math:`\mathrm{softmax}({z})`.
 
     .. math::
-        \log p(j_1,\dots,j_k) = \sum_{m=1}^{k}\Big[\theta_{j_m} -
-        \log\!\!\sum_{l\notin\{j_1,\dots,j_{m-1}\}}\!\! e^{\theta_l}\Big]
+        \log p(j_1,\dots,j_k) = \sum_{m=1}^{k}\Big[{z}_{j_m} -
+        \log\!\!\sum_{l\notin\{j_1,\dots,j_{m-1}\}}\!\! e^{{z}_l}\Big]
 
     This is the exact law of ``topk(θ + Gumbel)`` in its sampled order (the Gumbel-top-k trick;
     Kool, van Hoof & Welling, ICML 2019, arXiv 1903.06059). Differentiable in θ. The normaliser of
     step m is computed exactly (no cancellation) as the logsumexp of the never-chosen entries (one
-    pass over the row) together with :math:`\theta_{j_m},\dots,\theta_{j_k}`: O(N·M + N·k²).
+    pass over the row) together with :math:`{z}_{j_m},\dots,{z}_{j_k}`: O(N·M + N·k²).
     ``-inf`` entries of θ (masked diagonal) are never candidates.
 
     Shapes:
@@ -62,7 +62,7 @@ def reinforce_surrogate(log_prob: torch.Tensor, reward: torch.Tensor, baseline="
 
     (:func:`score_function_terms` with the cost :math:`-R`: the one sign convention of ``_score.py``)
     with the rewards R and baselines b detached, so that :math:`\nabla L_{sf}` is an unbiased
-    estimate of :math:`-\nabla_\theta \mathbb E[\sum_i R_i]` (ascent on the expected reward). **R is a
+    estimate of :math:`-\nabla_{z} \mathbb E[\sum_i R_i]` (ascent on the expected reward). **R is a
     reward (higher is better)**: for a per-node loss :math:`\ell_i` pass ``reward = -ℓ_i``. Seed
     003's snippet minimises ``-log_prob * reward`` with ``reward`` a *squared error*: that is the
     wrong sign (it makes large errors more likely), and it scores the argmax instead of a sample.
@@ -155,8 +155,8 @@ def gumbel_reinforce_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *
     Forward (training): a Plackett–Luce sample of k neighbours per row,
 
     .. math::
-        (j_1,\dots,j_k) = \operatorname{topk}(\theta + \tau_g G),\quad G\sim\mathrm{Gumbel}(0,1)
-        \quad\Longleftrightarrow\quad \text{PL}(\mathrm{softmax}(\theta/\tau_g))
+        (j_1,\dots,j_k) = \operatorname{topk}({z} + \tau_g G),\quad G\sim\mathrm{Gumbel}(0,1)
+        \quad\Longleftrightarrow\quad \text{PL}(\mathrm{softmax}({z}/\tau_g))
 
     ``dense`` is the hard 0/1 mask, **without** pathwise gradient, and ``weights`` are ones. The
     gradient reaches θ only through the score function: the returned Selection carries

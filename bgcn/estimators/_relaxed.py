@@ -74,13 +74,13 @@ def sigmoid_topk(theta: torch.Tensor, k: int, tau_m: float | None = None, tau_m_
     r"""Smooth top-k mask with sum k (LML-style; Amos, Koltun & Kolter, 2019, arXiv 1906.08707).
 
     .. math::
-        m_j = \sigma\!\Big(\frac{\theta_j - t}{\tau_m}\Big),\qquad t \text{ such that } \sum_j m_j = k
+        m_j = \sigma\!\Big(\frac{{z}_j - t}{\tau_m}\Big),\qquad t \text{ such that } \sum_j m_j = k
 
     t is found per row by safeguarded Newton (bisection fallback), under ``no_grad``; the
     backward is the implicit-function closed form, with :math:`h = m(1-m)`:
 
     .. math::
-        \nabla_\theta L = \frac{h}{\tau_m}\odot\Big(g - \frac{\langle h, g\rangle}{\sum_j h_j}\Big)
+        \nabla_{z} L = \frac{h}{\tau_m}\odot\Big(g - \frac{\langle h, g\rangle}{\sum_j h_j}\Big)
 
     (the derivative of t is :math:`\langle h,\cdot\rangle/\sum h`). Every entry is non-zero.
     ``-inf`` entries (masked diagonal) give :math:`m = 0` and zero gradient. τ_m → 0 gives hard
@@ -157,14 +157,14 @@ def capped_simplex_topk(theta: torch.Tensor, k: int, tau_m: float | None = None,
     r"""Sparse top-k relaxation: Euclidean projection onto the capped simplex ("sparsemax for top-k").
 
     .. math::
-        m = \arg\min_{0\le y\le 1,\ \sum y = k}\ \lVert y - \theta/\tau_m\rVert^2
-          = \mathrm{clip}(\theta/\tau_m - \nu,\ 0,\ 1),\qquad \nu \text{ such that } \sum_j m_j = k
+        m = \arg\min_{0\le y\le 1,\ \sum y = k}\ \lVert y - {z}/\tau_m\rVert^2
+          = \mathrm{clip}({z}/\tau_m - \nu,\ 0,\ 1),\qquad \nu \text{ such that } \sum_j m_j = k
 
     ν by bisection, then exactly from the free set :math:`F = \{0 < m < 1\}`. Exactly sparse: the
     mask has at most :math:`k + |F|` non-zeros. Backward (closed form, on F only):
 
     .. math::
-        (\nabla_\theta L)_F = \frac{g_F - \overline{g_F}}{\tau_m}, \qquad 0 \text{ on saturated entries}
+        (\nabla_{z} L)_F = \frac{g_F - \overline{g_F}}{\tau_m}, \qquad 0 \text{ on saturated entries}
 
     Entries clipped at 0 or 1 get no gradient: when the k-th and (k+1)-th scores are more than
     τ_m apart the row is hard and gets none at all. By default
@@ -186,7 +186,7 @@ def capped_simplex_topk(theta: torch.Tensor, k: int, tau_m: float | None = None,
 def sigmoid_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                       generator: torch.Generator | None = None, tau_m: float | None = None,
                       tau_m_rel: float = 0.1) -> Selection:
-    r"""The smooth sigmoid top-k mask of :func:`sigmoid_topk` as an estimator, on :math:`\theta = S/\tau`.
+    r"""The smooth sigmoid top-k mask of :func:`sigmoid_topk` as an estimator, on :math:`{z} = S/\tau`.
 
     ``dense`` is the soft mask (every entry positive, rows sum to k); ``indices`` are the k
     largest scores and ``weights`` the mask there, so the sparse path drops the mass outside the
@@ -205,7 +205,7 @@ def sigmoid_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude
 def capped_simplex_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_self: bool = False,
                              generator: torch.Generator | None = None, tau_m: float | None = None,
                              tau_m_rel: float = 0.3) -> Selection:
-    r"""The sparse capped-simplex top-k of :func:`capped_simplex_topk` as an estimator, on :math:`\theta = S/\tau`.
+    r"""The sparse capped-simplex top-k of :func:`capped_simplex_topk` as an estimator, on :math:`{z} = S/\tau`.
 
     ``dense`` has at most :math:`k + |F|` non-zeros per row; ``indices``/``weights`` keep the k largest.
     Use the dense path: the entries of the free set beyond the k-th carry weight and gradient.

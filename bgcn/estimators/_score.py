@@ -1,12 +1,12 @@
 r"""The score function (REINFORCE, Williams 1992), written once, with one sign convention.
 
-For a sample :math:`z \sim p_\theta` with a *cost* :math:`L(z)` (lower is better: a loss), the
+For a sample :math:`z \sim p_{z}` with a *cost* :math:`L(z)` (lower is better: a loss), the
 surrogate of this module is
 
 .. math::
-    \mathcal S = \operatorname{sg}\big(L(z) - b\big)\,\log p_\theta(z),
-    \qquad \mathbb E[\nabla_\theta \mathcal S] = \mathbb E\big[(L - b)\,\nabla_\theta \log p_\theta\big]
-    = \nabla_\theta\, \mathbb E_{z\sim p_\theta}[L]
+    \mathcal S = \operatorname{sg}\big(L(z) - b\big)\,\log p_{z}(z),
+    \qquad \mathbb E[\nabla_{z} \mathcal S] = \mathbb E\big[(L - b)\,\nabla_{z} \log p_{z}\big]
+    = \nabla_{z}\, \mathbb E_{z\sim p_{z}}[L]
 
 (:math:`\operatorname{sg}` = stop-gradient), so **adding it to the loss and minimising descends the
 expected cost**, for any baseline :math:`b` that does not depend on the sample it multiplies.

@@ -38,16 +38,16 @@ def sign_test(estimator: str | Callable = "ste", n: int = 16, k: int = 3, steps:
               loss: str = "mse", seed: int = 0, samples: int = 8, **estimator_kw) -> dict:
     r"""Gradient descent on the scores alone must recover a target top-k set (the toy sign test).
 
-    One row :math:`\theta\in\mathbb R^n` starts at standard-normal values; a target set T of k
+    One row :math:`{z}\in\mathbb R^n` starts at standard-normal values; a target set T of k
     entries is drawn among the entries *not* in the initial top-k; the loss is
-    :math:`\lVert m(\theta) - \mathbb 1_T\rVert^2` (``loss="mse"``) or
-    :math:`-\langle m(\theta), \mathbb 1_T\rangle` (``"linear"``). A correctly signed estimator drives
-    :math:`\operatorname{topk}(\theta)` to T; a sign-flipped rule does not. For
+    :math:`\lVert m({z}) - \mathbb 1_T\rVert^2` (``loss="mse"``) or
+    :math:`-\langle m({z}), \mathbb 1_T\rangle` (``"linear"``). A correctly signed estimator drives
+    :math:`\operatorname{topk}({z})` to T; a sign-flipped rule does not. For
     ``gumbel_reinforce`` the loss is the expectation over ``samples`` Plackett–Luce samples,
     differentiated with :func:`reinforce_surrogate` (RLOO). ``estimator`` is a registered name,
     ``"blackbox_argmin_verbatim"`` (the pitfall) or a callable ``theta (1, n) -> dense mask (1, n)``.
 
-    Returns a dict with ``overlap`` (list of :math:`|\operatorname{topk}(\theta)\cap T|/k` per step,
+    Returns a dict with ``overlap`` (list of :math:`|\operatorname{topk}({z})\cap T|/k` per step,
     step 0 = before any update), ``loss`` (per step), ``success`` (final overlap == 1),
     ``theta`` (final, detached) and ``target`` (indices). :data:`SIGN_TEST_KW` holds, per
     estimator, the settings at which it passes (the test suite uses them); draw the figure as the

@@ -35,10 +35,10 @@ def ste_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclude_sel
                   tau_m: float | None = None, tau_m_rel: float = 0.1) -> Selection:
     r"""Straight-through top-k (Bengio, Léonard & Courville, 2013, arXiv 1308.3432).
 
-    Forward: :math:`m = \operatorname{topk}(\theta)`, :math:`\theta = S/\tau`, hard k-hot rows.
+    Forward: :math:`m = \operatorname{topk}({z})`, :math:`{z} = S/\tau`, hard k-hot rows.
     Backward:
 
-    - ``surrogate=None``: identity, :math:`\partial L/\partial\theta := g` (so
+    - ``surrogate=None``: identity, :math:`\partial L/\partial{z} := g` (so
       :math:`\partial L/\partial S = g/\tau`). Top-k is an argmax, so the sign is +.
     - ``surrogate="sigmoid"`` or ``"capped_simplex"``: the Jacobian of that relaxation
       (:func:`sigmoid_topk`, :func:`capped_simplex_topk` at ``tau_m``), written
@@ -72,12 +72,12 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     r"""Identity with projection (Sahoo, Paulus, Vlastelica, Musil, Kuleshov & Martius, ICLR 2023, arXiv 2205.15213; seed 004).
 
     Forward, per row (the order of the reference notebook): optionally
-    :math:`\theta \leftarrow \theta + \epsilon` (Sum-of-Gamma noise of temperature
+    :math:`{z} \leftarrow {z} + \epsilon` (Sum-of-Gamma noise of temperature
     ``noise_rel``·s_i, "margin" against cost collapse; off by default; with ``sample=None`` only
     while autograd records, i.e. in training steps), then
 
     .. math::
-        c = \theta - \bar\theta\,\mathbf 1, \qquad u = c/\lVert c\rVert, \qquad m = \operatorname{topk}(u)
+        c = {z} - \bar{z}\,\mathbf 1, \qquad u = c/\lVert c\rVert, \qquad m = \operatorname{topk}(u)
 
     (centring and rescaling do not change the top-k, so the forward equals ``topk(θ)``).
 
@@ -86,7 +86,7 @@ def identity_estimator(scores: torch.Tensor, k: int, tau: float = 1.0, *, exclud
     autograd applies the two projections:
 
     .. math::
-        \nabla_\theta L = \Big(I - \tfrac{1}{n}\mathbf 1\mathbf 1^\top\Big)\,
+        \nabla_{z} L = \Big(I - \tfrac{1}{n}\mathbf 1\mathbf 1^\top\Big)\,
         \frac{1}{\lVert c\rVert}\,\big(I - u u^\top\big)\, g
 
     The gradient has no component along :math:`\mathbf 1` (a shift, invisible to top-k) and none
