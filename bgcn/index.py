@@ -150,8 +150,9 @@ class FaissIndex(NeighbourIndex):
         hnsw_m, ef_search, ef_construction: HNSW's graph degree and beam widths.
         train_size: at most this many rows train the IVF quantiser (a random sample, ``seed``).
         threads: FAISS threads (default: ``torch.get_num_threads()``).
-        rerank_rows: query rows re-ranked at a time (each gathers its (rows, candidates, D)
-            key rows: 22 MiB at 4 096 rows, 21 candidates, D = 64, whatever the number of queries).
+        rerank_rows: query rows searched and re-ranked at a time (each block gathers its (rows,
+            candidates, D) key rows: 22 MiB at 4 096 rows, 21 candidates, D = 64, whatever the
+            number of queries).
 
     FAISS works in float32 on the CPU (the faiss-cpu wheel): keys on a GPU are copied to the CPU
     for the build and the query; use :class:`ExactIndex` on a GPU unless the FAISS build has GPU
@@ -230,21 +231,26 @@ class FaissIndex(NeighbourIndex):
 
     @torch.no_grad()
     def search(self, query, k, exclude=None, *, keys=None):
-        """``keys``: re-rank against these rows (the bank's current rows; default: the built keys)."""
+        """``keys``: re-rank against these rows (the bank's current rows; default: the built keys).
+        Queries go ``rerank_rows`` at a time, so that a search of all N rows (the evaluation's)
+        holds one block's candidates, not N × candidates ids and their key rows."""
         k = self._check_query(query, k, exclude)
         keys = self.keys if keys is None else keys
         kc = (self.candidates or max(2 * k, k + 10)) + (exclude is not None)
+        out = torch.empty(query.shape[0], k, dtype=torch.long, device=query.device)
+        for a in range(0, query.shape[0], self.rerank_rows):
+            b = min(a + self.rerank_rows, query.shape[0])
+            out[a:b] = self._search_block(query[a:b], k, None if exclude is None else exclude[a:b], keys, kc)
+        return out
+
+    def _search_block(self, query, k, exclude, keys, kc):
         cand = self.candidate_ids(query, max(kc, k + (exclude is not None)))
         valid = cand >= 0
         if exclude is not None:
             valid &= cand != exclude.to(cand.device).unsqueeze(1)
         safe = cand.clamp_min(0)
-        out = torch.empty(query.shape[0], k, dtype=torch.long, device=query.device)
-        for a in range(0, query.shape[0], self.rerank_rows):  # (rows, kc, D) gathers a block at a time
-            b = min(a + self.rerank_rows, query.shape[0])
-            sims = (normalize_rows(query[a:b].detach()).unsqueeze(1) * normalize_rows(keys[safe[a:b]])).sum(-1)
-            sims = sims.masked_fill(~valid[a:b], float("-inf"))
-            out[a:b] = safe[a:b].gather(1, torch.topk(sims, k, dim=1).indices)
+        sims = (normalize_rows(query.detach()).unsqueeze(1) * normalize_rows(keys[safe])).sum(-1)
+        out = safe.gather(1, torch.topk(sims.masked_fill(~valid, float("-inf")), k, dim=1).indices)
         short = valid.sum(1) < k  # FAISS found fewer than k usable ids: search those rows exactly
         if bool(short.any()):
             rows = torch.nonzero(short).squeeze(1)
