@@ -25,7 +25,8 @@ Usage (from the repository root)::
     python benchmarks/bench_scale.py --full   # N = 10^4 ... 10^6 (exact to 10^5), 1 and 2 threads; about 25 min
 
 Writes ``benchmarks/results/scale.json`` and ``scale.png`` (``scale_full.*`` with ``--full``);
-``--plot-only`` redraws the PNG. The goal (issue 17): a 10^6-image epoch on 2 cores in under 10
+``--plot-only`` redraws the PNG; ``--full --update --sizes 1000000 --threads 2 --kinds auto`` re-measures
+single points of an existing file. The goal (issue 17): a 10^6-image epoch on 2 cores in under 10
 minutes and under 4 GB, epoch time within 2× of linear from 10^5 to 10^6, recall@10 ≥ 0.95.
 """
 from __future__ import annotations
@@ -136,14 +137,19 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="N = 10^4 ... 10^6, one and two threads")
     p.add_argument("--sizes", type=int, nargs="+", help="override the sizes")
     p.add_argument("--threads", type=int, nargs="+", help="override the thread counts")
+    p.add_argument("--kinds", nargs="+", choices=("exact", "auto"), help="override the index kinds")
     p.add_argument("--out", type=Path, help="JSON path (default results/scale[_full].json)")
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
+    p.add_argument("--update", action="store_true",
+                   help="re-measure only the given points and replace them in the existing JSON")
     args = p.parse_args(argv)
     cfg = dict(FULL if args.full else DEFAULT)
     if args.sizes:
         cfg["sizes"] = args.sizes
     if args.threads:
         cfg["threads"] = args.threads
+    if args.kinds:
+        cfg["kinds"] = args.kinds
     out = args.out or RESULTS / ("scale_full.json" if args.full else "scale.json")
     if args.plot_only:
         plot(json.loads(out.read_text()), out.with_suffix(".png"))
@@ -159,6 +165,12 @@ def main(argv=None) -> int:
                 print(f"N={n:>8} {kind:>5} ({r['index']}) x{threads}: epoch {r['epoch_s']:7.1f} s, "
                       f"wall {r['wall_s']:7.1f} s, peak {r['peak_rss_bytes'] / 2**30:5.2f} GiB, "
                       f"recall {r['recall_built']} / {r['recall_after']}", flush=True)
+    if args.update and out.exists():
+        old = json.loads(out.read_text())
+        fresh = {(r["n"], r["kind"], r["threads"]) for r in runs}
+        runs = [r for r in old["runs"] if (r["n"], r["kind"], r["threads"]) not in fresh] + runs
+        runs.sort(key=lambda r: (r["threads"], r["n"], r["kind"]))
+        cfg = old["config"]
     data = {"meta": machine_meta(), "config": cfg, "runs": runs}
     big = [r for r in runs if r["kind"] == "auto"]
     summary = {}

@@ -295,7 +295,9 @@ class GCN(nn.Module):
         if isinstance(a_hat, tuple):  # (sparse Â without its diagonal, the diagonal): _sparse_eval
             a, diag = a_hat
             h = conv.lin(x)
-            out = a @ h if diag is None else torch.addcmul(a @ h, diag.unsqueeze(1), h)
+            out = a @ h
+            if diag is not None:
+                out.addcmul_(diag.unsqueeze(1), h)  # in place: one (N, hidden) buffer fewer
         else:
             out = a_hat @ conv.lin(x)                  # same Θ as the sparse path
         return out + conv.bias if conv.bias is not None else out

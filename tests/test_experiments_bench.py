@@ -162,3 +162,18 @@ def test_bench_scale_measures_one_command_line_run(tmp_path):
     assert "--synthetic-n 1500" in r["command"] and "--index auto" in r["command"]
     bench_scale.plot({"config": {**bench_scale.DEFAULT, "kinds": ["auto"]}, "runs": [r]}, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_index_accuracy_findings_by_hand():
+    def summ(diff, se):
+        return {"exact": {"mean": 0.9, "recall_after": 1.0},
+                "ivf": {"recall_after": 0.99, "vs_exact": {"mean": diff, "se": se}},
+                "hnsw": {"recall_after": 0.98, "vs_exact": {"mean": -diff, "se": 2 * se}}}
+
+    ia = {"digits": {"config": {"seeds": list(range(10))}, "n": 1797, "summary": summ(-0.004, 0.001)},
+          "fashion": {"config": {"seeds": [0, 1]}, "n": 5000, "summary": summ(0.003, 0.002)}}
+    f = bench.index_accuracy_findings(ia)
+    assert f["comparisons"] == 4 and f["digits_seeds"] == 10 and f["fashion_n"] == 5000
+    assert f["digits_ivf_diff"] == pytest.approx(-0.4) and f["digits_ivf_beyond"]
+    assert not f["digits_hnsw_beyond"] and not f["fashion_ivf_beyond"]  # 0.4 = 2 se exactly: not beyond
+    assert f["fashion_hnsw_recall"] == 0.98 and f["digits_exact"] == pytest.approx(90.0)

@@ -36,7 +36,7 @@ from .common import benchmarks_root
 
 __all__ = ["BENCHMARK_COMMANDS", "load_benchmark", "staleness_findings", "load_minibatch_costs",
            "minibatch_cost_findings", "minibatch_cost_table", "overhead_findings", "distributed_findings",
-           "scale_findings"]
+           "scale_findings", "index_accuracy_findings"]
 
 #: The command that writes each committed benchmark file (run from the repository root).
 BENCHMARK_COMMANDS = {
@@ -51,6 +51,7 @@ BENCHMARK_COMMANDS = {
     "index_full.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index.py --full",
     "scale.json": "python benchmarks/bench_scale.py",
     "scale_full.json": "python benchmarks/bench_scale.py --full",
+    "index_accuracy.json": "OMP_NUM_THREADS=1 python benchmarks/bench_index_accuracy.py",
 }
 
 _MB = 1e6
@@ -272,4 +273,35 @@ def scale_findings(sc: dict) -> dict:
     if (100_000, "exact") in one and (100_000, "auto") in one:
         out["exact_100k_s"] = float(one[100_000, "exact"]["epoch_s"])
         out["index_100k_s"] = float(one[100_000, "auto"]["epoch_s"])
+    return out
+
+
+def index_accuracy_findings(ia: dict) -> dict:
+    """The numbers a reading of ``index_accuracy.json`` (``benchmarks/bench_index_accuracy.py``) quotes.
+
+    For each data set ``d`` in the file (``"digits"``, ``"fashion"``) and approximate index ``m``
+    (``"ivf"``, ``"hnsw"``): ``{d}_{m}_diff`` and ``{d}_{m}_se`` (the seed-paired test-accuracy
+    difference against the exact search and its standard error, in points), ``{d}_{m}_beyond``
+    (more than two standard errors from zero), ``{d}_{m}_recall`` (recall@10 after the steps, mean
+    over seeds and epochs); ``{d}_seeds``, ``{d}_n`` and ``{d}_exact`` (the exact runs' mean test
+    accuracy, %); ``comparisons`` (the number of differences read, all data sets together).
+
+    Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch_2_staleness.md).
+    """
+    out: dict = {"comparisons": 0}
+    for d in ("digits", "fashion"):
+        if d not in ia:
+            continue
+        summ = ia[d]["summary"]
+        out[f"{d}_seeds"] = len(ia[d]["config"]["seeds"])
+        out[f"{d}_n"] = int(ia[d]["n"])
+        out[f"{d}_exact"] = 100 * float(summ["exact"]["mean"])
+        for m in ("ivf", "hnsw"):
+            pd = summ[m]["vs_exact"]
+            out[f"{d}_{m}_diff"], out[f"{d}_{m}_se"] = 100 * float(pd["mean"]), 100 * float(pd["se"])
+            out[f"{d}_{m}_beyond"] = bool(abs(pd["mean"]) > 2 * pd["se"])
+            out[f"{d}_{m}_recall"] = float(summ[m]["recall_after"])
+            out["comparisons"] += 1
     return out
