@@ -9,6 +9,7 @@ from torch import nn
 
 from ..estimators import ESTIMATORS, get_spec, rowwise_names
 from ..utils import check_k
+from ._candidates import is_selection
 from ._subgraph import computation_subgraph, subgraph_log_probs
 from .._checks import check_int
 from ._table import FeatureBank, _check_images
@@ -23,9 +24,10 @@ def _check_finite_rows(x: torch.Tensor, name: str, fix: str, offset: int = 0) ->
         raise ValueError(f"{name} holds NaN/Inf values in {len(rows)} image(s) (index {shown} of new_images); {fix}")
 
 
-def bank_estimator(model) -> str:
-    """The estimator name of ``model`` if the bank engine can run it (a row-wise estimator, ``symmetric=False``,
-    ``exclude_self=True``), else a ``ValueError`` saying what to change.
+def bank_estimator(model, candidates: int | None = None) -> str:
+    """The estimator name of ``model`` if the bank engine can run it (a row-wise estimator, or a selection
+    estimator of chapter 09 when ``candidates`` = k′ is given; ``symmetric=False``, ``exclude_self=True``),
+    else a ``ValueError`` saying what to change.
 
     Shapes: none.
 
@@ -37,10 +39,16 @@ def bank_estimator(model) -> str:
     if not getattr(model, "exclude_self", True):
         raise ValueError("the bank engine needs exclude_self=True (a node is not its own neighbour)")
     name = model.estimator_name
-    if name not in ESTIMATORS or not get_spec(name).rowwise:
-        raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
-                         f"N x N selection); use one of {list(rowwise_names())}")
-    return name
+    if name in ESTIMATORS and get_spec(name).rowwise:
+        return name
+    if candidates is not None and is_selection(name):
+        return name
+    if is_selection(name):
+        raise ValueError(f"estimator {name!r} is not supported by the bank engine without candidates (it needs a "
+                         f"dense N x N selection); pass candidates=k' (--candidates K', k < k' < N, e.g. 4k) to run "
+                         f"it on k' candidates per row, or use one of {list(rowwise_names())}")
+    raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
+                     f"N x N selection); use one of {list(rowwise_names())}")
 
 
 @torch.no_grad()
