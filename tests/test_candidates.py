@@ -64,3 +64,110 @@ def test_all_candidates_and_full_batch_equal_the_dense_path(data, estimator, kw,
         assert float((gf[name] - gm[name]).abs().max()) <= TOL * max(scale, 1e-30), name
     # the graph path is reached: the backbone's gradient differs from the node path's alone
     assert float(full.last_path_grads["graph"].abs().max()) > 1e-8
+
+
+HARD_FORWARD = [("ste", {}), ("identity", {}), ("blackbox", {}), ("imle", {"sample": False}),
+                ("gumbel_reinforce", {"sample": False})]
+
+
+@pytest.mark.parametrize("estimator,kw", HARD_FORWARD, ids=[e for e, _ in HARD_FORWARD])
+def test_fewer_candidates_keep_the_query_rows_exact_in_value(data, estimator, kw, tiny_model):
+    """k' < N, b < N: the query rows' log-probs equal the full dense graph's (the estimators whose forward
+    is the hard top-k; the rows outside the batch are hard rows there too), in grad mode, float64."""
+    images, labels, tr, _, _ = data
+    model = tiny_model(estimator, double=True, estimator_kw=kw).eval()
+    with torch.no_grad():
+        ref = model(images)
+    bank = FeatureBank.from_backbone(model, images)
+    batch = stratified_batches(tr, 12, torch.Generator().manual_seed(0))[1]
+    feats = model.features(images[batch])
+    sub = candidate_subgraph(bank, feats, K, 3 * K, query_ids=batch, estimator=estimator, tau=model.tau,
+                             estimator_kw=kw, chunk_size=16, bank_chunk=7)
+    assert sub.num_hop1 > 0 and sub.num_hop2 > 0 and sub.num_nodes < N  # a real subgraph
+    assert sub.candidates.shape == (batch.numel(), 3 * K) and sub.indices.shape == (batch.numel(), K)
+    logp = subgraph_log_probs(model, sub)
+    assert logp.requires_grad
+    assert float((logp.detach() - ref[batch]).abs().max()) < TOL
+    # the chosen k are the full graph's hard top-k (bank ids)
+    assert torch.equal(sub.indices.sort(1).values, model.last_graph.indices[batch].sort(1).values)
+
+
+@pytest.mark.parametrize("estimator,kw", CASES[:1] + CASES[4:6], ids=["ste", "sigmoid", "capped_simplex"])
+def test_evaluation_on_all_candidates_is_the_dense_forward(data, estimator, kw, tiny_model):
+    """evaluate_full with k' = N - 1 (no grad) equals the model's dense forward, relaxed masks included."""
+    images, _, _, _, _ = data
+    model = tiny_model(estimator, double=True, estimator_kw=kw).eval()
+    with torch.no_grad():
+        ref = model(images)
+    logp, graph, _ = evaluate_full(model, images, candidates=N - 1, chunk_size=16)
+    assert float((logp - ref).abs().max()) < TOL
+    assert graph.indices.shape == (N, K)
+
+
+def test_a_short_run_on_digits_trains_the_backbone(tiny_model):
+    """train_minibatch with candidates=32 on 300 digits: two epochs of steps run, the backbone moves, the
+    history and the record say what ran."""
+    from bgcn.data import label_masks, load_dataset
+
+    ds = load_dataset("digits")
+    images, labels = ds.images[:300], ds.labels[:300]
+    tr, va, te = label_masks(labels, 5, seed=0)
+    model = tiny_model("ste", classes=10)
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    res = train_minibatch(model, images, labels, tr, va, te, batch_size=64, candidates=32, epochs=2,
+                          lr_backbone=1e-3, device="cpu", seed=0)
+    moved = max(float((p.detach() - b).abs().max()) for p, b in zip(model.backbone.parameters(), before))
+    assert moved > 1e-5
+    assert res.config["candidates"] == 32 and res.config["estimator"] == "ste"
+    assert all(s["hop1"] > 0 for s in res.steps)
+    assert len(res.history.loss) == 2 and all(torch.isfinite(torch.tensor(res.history.loss)))
+
+
+def test_gumbel_reinforce_trains_with_its_surrogate(data, tiny_model):
+    """A sampling estimator on candidates: the score-function surrogate is in the history."""
+    images, labels, tr, va, te = data
+    res = train_minibatch(tiny_model("gumbel_reinforce"), images.float(), labels, tr, va, te, batch_size=30,
+                          candidates=20, epochs=2, device="cpu")
+    assert any(s != 0.0 for s in res.history.surrogate)
+
+
+def test_bad_candidates_are_refused_in_one_line(data, tiny_model):
+    images, labels, tr, va, te = data
+    run = dict(epochs=1, device="cpu")
+
+    def one_line(exc, *words):
+        msg = str(exc.value)
+        assert "\n" not in msg
+        for w in words:
+            assert w in msg, (w, msg)
+
+    with pytest.raises(ValueError) as e:  # candidates <= k
+        train_minibatch(tiny_model("ste"), images.float(), labels, tr, va, te, batch_size=20, candidates=K, **run)
+    one_line(e, "candidates=5", f">= {K + 1}")
+    with pytest.raises(ValueError) as e:  # candidates > N - 1
+        train_minibatch(tiny_model("ste"), images.float(), labels, tr, va, te, batch_size=20, candidates=N, **run)
+    one_line(e, f"candidates={N}", f"<= {N - 1}")
+    with pytest.raises(ValueError) as e:  # candidates on the full-batch engine
+        TrainConfig(candidates=20)
+    one_line(e, "candidates", "mini-batch")
+    with pytest.raises(ValueError) as e:  # a selection estimator without candidates
+        train_minibatch(tiny_model("blackbox"), images.float(), labels, tr, va, te, batch_size=20, **run)
+    one_line(e, "'blackbox'", "candidates=", "--candidates")
+    with pytest.raises(ValueError) as e:
+        bank_estimator(tiny_model("imle"))
+    one_line(e, "candidates=")
+    assert bank_estimator(tiny_model("imle"), candidates=20) == "imle"
+    with pytest.raises(ValueError) as e:  # a row-wise estimator needs no candidates
+        train_minibatch(tiny_model("masked_softmax"), images.float(), labels, tr, va, te, batch_size=20,
+                        candidates=20, **run)
+    one_line(e, "candidates=20", "drop candidates")
+
+
+def test_cli_refuses_candidates_without_batch_size(tmp_path, capsys):
+    from bgcn.cli import main
+
+    rc = main(["train", "--dataset", "synthetic", "--synthetic-n", "40", "--estimator", "ste", "--candidates", "20",
+               "--epochs", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "\n" not in err
+    assert "--candidates applies only to the mini-batch engine" in err and "--batch-size" in err
