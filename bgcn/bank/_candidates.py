@@ -38,6 +38,8 @@ def is_selection(estimator) -> bool:
     """Whether ``estimator`` (a name) is a selection estimator the candidate engine runs.
 
     Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         return False
@@ -49,6 +51,8 @@ def check_candidates(candidates, k: int, num_nodes: int | None = None, name: str
     """``candidates`` as an int with k < k′ (and k′ ≤ N − 1 when ``num_nodes`` is given); else a one-line error.
 
     Shapes: none.
+
+    Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
     hi = None if num_nodes is None else num_nodes - 1
     return check_int(candidates, name, k + 1, hi,
