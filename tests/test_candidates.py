@@ -171,3 +171,50 @@ def test_cli_refuses_candidates_without_batch_size(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "\n" not in err
     assert "--candidates applies only to the mini-batch engine" in err and "--batch-size" in err
+
+
+def test_cli_batch_size_with_candidates_records_them(tmp_path):
+    import json
+
+    from bgcn.cli import main
+
+    out = tmp_path / "mb"
+    args = ["train", "--dataset", "synthetic", "--synthetic-n", "120", "--backbone", "mlp_digits", "--k", "5",
+            "--labels-per-class", "5", "--epochs", "2", "--device", "cpu", "--no-progress", "--estimator", "blackbox",
+            "--batch-size", "32", "--candidates", "20", "--out", str(out)]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["candidates"] == 20 and m["train_config"]["candidates"] == 20
+    assert m["config"]["estimator"] == "blackbox"
+
+
+def test_neighbour_lists_give_the_searched_subgraph_on_a_fresh_bank(data, tiny_model):
+    """use_neighbours=True reads the hop-1 rows from bank.neighbours: on a freshly filled bank the
+    subgraph and the log-probs are the searched ones; the batch's hard rows are written back."""
+    images, _, tr, _, _ = data
+    model = tiny_model("ste", double=True).eval()
+    bank = FeatureBank.from_backbone(model, images)
+    batch = stratified_batches(tr, 12, torch.Generator().manual_seed(1))[0]
+    feats = model.features(images[batch]).detach()
+    a = candidate_subgraph(bank, feats, K, 15, query_ids=batch, estimator="ste", tau=model.tau)
+    bank.fill_neighbours(K)
+    before = bank.neighbours.clone()
+    b = candidate_subgraph(bank, feats, K, 15, query_ids=batch, estimator="ste", tau=model.tau, use_neighbours=True)
+    assert torch.equal(a.extra, b.extra) and torch.equal(a.edge_index, b.edge_index)
+    assert torch.equal(bank.neighbours, before)  # the batch's rows were already fresh
+    with torch.no_grad():
+        assert torch.equal(subgraph_log_probs(model, a), subgraph_log_probs(model, b))
+
+
+def test_a_run_with_candidates_resumes_exactly(data, tmp_path, tiny_model):
+    """Killed after 2 of 3 epochs and resumed: the sampling estimator's draws (the run's generator) and
+    the history are the uninterrupted run's."""
+    images, labels, tr, va, te = data
+    kw = dict(batch_size=30, candidates=20, device="cpu", seed=2, lr_backbone=1e-3)
+    est = dict(estimator_kw={"noise_rel": 0.5})
+    whole = train_minibatch(tiny_model("imle", **est), images.float(), labels, tr, va, te, epochs=3, **kw)
+    ck = tmp_path / "ck.pt"
+    train_minibatch(tiny_model("imle", **est), images.float(), labels, tr, va, te, epochs=2, checkpoint=ck, **kw)
+    resumed = train_minibatch(tiny_model("imle", **est), images.float(), labels, tr, va, te, epochs=3,
+                              checkpoint=ck, resume=True, **kw)
+    assert resumed.history.loss == whole.history.loss
