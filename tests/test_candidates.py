@@ -218,3 +218,46 @@ def test_a_run_with_candidates_resumes_exactly(data, tmp_path, tiny_model):
     resumed = train_minibatch(tiny_model("imle", **est), images.float(), labels, tr, va, te, epochs=3,
                               checkpoint=ck, resume=True, **kw)
     assert resumed.history.loss == whole.history.loss
+
+
+@pytest.mark.parametrize("estimator,kw", [("ste", {}), ("blackbox", {}), ("sigmoid", {}), ("identity", {})],
+                         ids=["ste", "blackbox", "sigmoid", "identity"])
+def test_sub_batch_step_is_the_dense_graph_it_describes(data, estimator, kw, tiny_model):
+    """k' < N, b < N: loss and gradients equal a dense N x N graph built independently: the batch's rows
+    are the estimator's mask on their candidates (scattered into the row), every other row its hard
+    top-k, and only the batch's features carry gradient (float64). What candidate_subgraph says it is."""
+    images, labels, tr, _, _ = data
+    kc = 3 * K
+    batch = stratified_batches(tr, 15, torch.Generator().manual_seed(0))[2]
+    ref, mini = tiny_model(estimator, double=True, estimator_kw=kw), tiny_model(estimator, double=True, estimator_kw=kw)
+    mini.load_state_dict(ref.state_dict())
+    ref.eval(), mini.eval()
+    bank = FeatureBank.from_backbone(ref, images)
+    feats = ref.features(images)
+    inb = torch.zeros(N, dtype=torch.bool)
+    inb[batch] = True
+    mixed = torch.where(inb[:, None], feats, feats.detach())
+    fn = F.normalize(mixed, dim=1)
+    cand = bank.search(feats[batch].detach(), kc, exclude=batch)
+    scores = (fn[batch].unsqueeze(1) * fn[cand]).sum(-1)
+    from bgcn.estimators import get_spec
+
+    dense = get_spec(estimator).fn(scores, K, ref.tau, exclude_self=False, **kw).dense
+    others = torch.nonzero(~inb).flatten()
+    hard = bank.search(bank.features[others], K, exclude=others)
+    adj = torch.zeros(N, N, dtype=torch.float64)
+    adj = adj.index_put((others.repeat_interleave(K), hard.reshape(-1)), torch.ones(hard.numel(), dtype=adj.dtype))
+    adj = adj.index_put((batch.repeat_interleave(kc), cand.reshape(-1)), dense.reshape(-1))
+    lab = tr & inb
+    lf = F.nll_loss(ref.gcn(mixed, adj=adj)[lab], labels[lab])
+    lf.backward()
+    lm, info = minibatch_loss(mini, images, batch, FeatureBank.from_backbone(mini, images), labels, tr,
+                              candidates=kc, chunk_size=16, bank_chunk=7)
+    lm.backward()
+    assert info["hop1"] > 0 and info["hop2"] > 0 and info["nodes"] < N
+    assert abs(float(lf.detach() - lm.detach())) <= TOL * abs(float(lf.detach()))
+    gf, gm = _grads(ref), _grads(mini)
+    assert gf.keys() == gm.keys()
+    for name in gf:
+        assert float((gf[name] - gm[name]).abs().max()) <= TOL * max(float(gf[name].abs().max()), 1e-30), name
+    assert float(gm["backbone.net.1.weight"].abs().max()) > 1e-8
