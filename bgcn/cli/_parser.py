@@ -23,7 +23,8 @@ __all__ = ["build_parser", "train_defaults", "DATASET_FLAGS", "ENGINE_FLAGS"]
 DATASET_FLAGS = ("--synthetic-n", "--subset", "--split", "--data-dir", "--image-size")
 #: Flags that only one engine has: flag -> "minibatch" (needs --batch-size) or "full" (refused with it).
 ENGINE_FLAGS = {"--bank-refresh": "minibatch", "--cache-neighbours": "minibatch", "--num-workers": "minibatch",
-                "--index": "minibatch", "--bank-chunk": "minibatch", "--candidates": "minibatch", "--graph-every": "full", "--amp": "full"}
+                "--index": "minibatch", "--bank-chunk": "minibatch", "--candidates": "minibatch",
+                "--graph-every": "full", "--amp": "full"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
