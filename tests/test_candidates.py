@@ -261,3 +261,19 @@ def test_sub_batch_step_is_the_dense_graph_it_describes(data, estimator, kw, tin
     for name in gf:
         assert float((gf[name] - gm[name]).abs().max()) <= TOL * max(float(gf[name].abs().max()), 1e-30), name
     assert float(gm["backbone.net.1.weight"].abs().max()) > 1e-8
+
+
+def test_predict_with_candidates_is_the_candidate_subgraph(data, tiny_model):
+    """Inductive prediction for a selection estimator: refused without candidates, and with them each new
+    image's answer does not depend on which others are predicted with it."""
+    from bgcn.bank import predict
+
+    images, *_ = data
+    model = tiny_model("blackbox", double=True).eval()
+    bank = FeatureBank.from_backbone(model, images[:50])
+    new = images[50:]
+    with pytest.raises(ValueError, match="candidates="):
+        predict(model, new, bank)
+    a = predict(model, new, bank, candidates=20)
+    b = predict(model, new, bank, candidates=20, batch_size=3)
+    assert a.shape == (10, C) and float((a - b).abs().max()) < TOL
