@@ -21,6 +21,7 @@ Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
 from __future__ import annotations
 
 from ..estimators import rowwise_names
+from ._candidates import candidate_subgraph, check_candidates, is_selection, selection_names
 from ._momentum import ema_backbone, momentum_update
 from ._predict import bank_estimator, predict
 from ._staleness import bank_staleness
@@ -28,7 +29,8 @@ from ._subgraph import Subgraph, bank_logsumexp, computation_subgraph, subgraph_
 from ._table import FeatureBank
 
 __all__ = ["FeatureBank", "Subgraph", "computation_subgraph", "subgraph_log_probs", "predict",
-           "ema_backbone", "momentum_update", "bank_staleness", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp"]
+           "ema_backbone", "momentum_update", "bank_staleness", "BANK_ESTIMATORS", "bank_estimator", "bank_logsumexp",
+           "candidate_subgraph", "selection_names", "is_selection", "check_candidates"]
 
 #: Estimators the bank engine supports: the row-wise ones (:func:`bgcn.estimators.rowwise_names`,
 #: read from their specs when this module is imported): ``"hard"``, ``"values"``,

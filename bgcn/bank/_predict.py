@@ -9,6 +9,7 @@ from torch import nn
 
 from ..estimators import ESTIMATORS, get_spec, rowwise_names
 from ..utils import check_k
+from ._candidates import candidate_subgraph, check_candidates, is_selection
 from ._subgraph import computation_subgraph, subgraph_log_probs
 from .._checks import check_int
 from ._table import FeatureBank, _check_images
@@ -23,9 +24,10 @@ def _check_finite_rows(x: torch.Tensor, name: str, fix: str, offset: int = 0) ->
         raise ValueError(f"{name} holds NaN/Inf values in {len(rows)} image(s) (index {shown} of new_images); {fix}")
 
 
-def bank_estimator(model) -> str:
-    """The estimator name of ``model`` if the bank engine can run it (a row-wise estimator, ``symmetric=False``,
-    ``exclude_self=True``), else a ``ValueError`` saying what to change.
+def bank_estimator(model, candidates: int | None = None) -> str:
+    """The estimator name of ``model`` if the bank engine can run it (a row-wise estimator, or a selection
+    estimator of chapter 09 when ``candidates`` = k′ is given; ``symmetric=False``, ``exclude_self=True``),
+    else a ``ValueError`` saying what to change.
 
     Shapes: none.
 
@@ -37,15 +39,21 @@ def bank_estimator(model) -> str:
     if not getattr(model, "exclude_self", True):
         raise ValueError("the bank engine needs exclude_self=True (a node is not its own neighbour)")
     name = model.estimator_name
-    if name not in ESTIMATORS or not get_spec(name).rowwise:
-        raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
-                         f"N x N selection); use one of {list(rowwise_names())}")
-    return name
+    if name in ESTIMATORS and get_spec(name).rowwise:
+        return name
+    if candidates is not None and is_selection(name):
+        return name
+    if is_selection(name):
+        raise ValueError(f"estimator {name!r} is not supported by the bank engine without candidates (it needs a "
+                         f"dense N x N selection); pass candidates=k' (--candidates K', k < k' < N, e.g. 4k) to run "
+                         f"it on k' candidates per row, or use one of {list(rowwise_names())}")
+    raise ValueError(f"estimator {name!r} is not supported by the bank engine (it needs a dense "
+                     f"N x N selection); use one of {list(rowwise_names())}")
 
 
 @torch.no_grad()
 def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, batch_size: int = 256,
-            chunk_size: int = 4096, bank_chunk: int | None = None) -> torch.Tensor:
+            chunk_size: int = 4096, bank_chunk: int | None = None, candidates: int | None = None) -> torch.Tensor:
     r"""Inductive prediction: log-probabilities of images the model never saw, without retraining.
 
     .. math::
@@ -64,6 +72,9 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
         new_images: (M, C_in, H, W).
         bank: a filled :class:`FeatureBank` of the training images (same backbone).
         batch_size: new images per subgraph; chunk_size, bank_chunk: see :meth:`FeatureBank.search`.
+        candidates: k′ for a model with a selection estimator of chapter 09: each new image's k′
+            most similar bank rows are its candidates and the estimator (no grad: the sampling ones
+            give their mode) weights them (:func:`candidate_subgraph`); k < k′ ≤ N.
 
     Shapes:
         - new_images: (M, C_in, H, W)
@@ -78,8 +89,11 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
     new_images = _check_images(new_images, "new_images")
     _check_finite_rows(new_images, "new_images", "images with NaN/Inf pixels have no prediction; drop or repair them")
     batch_size = check_int(batch_size, "batch_size")
-    est = bank_estimator(model)
+    est = bank_estimator(model, candidates)
     check_k(model.k, bank.num_nodes, exclude_self=True)
+    use_candidates = candidates is not None and is_selection(est) and model.use_graph_weights
+    if candidates is not None:
+        check_candidates(candidates, model.k, bank.num_nodes + 1)
     was = model.training
     model.eval()
     try:
@@ -91,9 +105,14 @@ def predict(model: nn.Module, new_images: torch.Tensor, bank: FeatureBank, *, ba
                 f = f.to(bank.dtype)
             _check_finite_rows(f, f"the backbone's features of new_images[{start}:{start + x.shape[0]}]",
                                "the images are finite, so the backbone itself diverged", offset=start)
-            sub = computation_subgraph(bank, f, model.k, estimator=est, tau=model.tau,
-                                       use_weights=model.use_graph_weights, chunk_size=chunk_size,
-                                       bank_chunk=bank_chunk)
+            if use_candidates:
+                sub = candidate_subgraph(bank, f, model.k, candidates, estimator=est, tau=model.tau,
+                                         estimator_kw=model.estimator_kw, chunk_size=chunk_size,
+                                         bank_chunk=bank_chunk)
+            else:
+                sub = computation_subgraph(bank, f, model.k, estimator=est, tau=model.tau,
+                                           use_weights=model.use_graph_weights, chunk_size=chunk_size,
+                                           bank_chunk=bank_chunk)
             outs.append(subgraph_log_probs(model, sub))
     finally:
         model.train(was)

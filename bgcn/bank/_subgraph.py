@@ -27,6 +27,8 @@ class Subgraph:
         - edge_index: (2, E) local ids, edge_weight: (E,)
         - indices: (m, k) bank ids of the query nodes' neighbours
         - extra: (n_extra,) long bank ids
+        - candidates: (m, k′) long bank ids or None (:func:`bgcn.bank.candidate_subgraph`)
+        - log_prob: (m,) or None, a sampling estimator's log-probability of the query rows' choice
 
     Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """
@@ -39,6 +41,8 @@ class Subgraph:
     extra: torch.Tensor
     num_hop1: int
     num_hop2: int
+    candidates: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:

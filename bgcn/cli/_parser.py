@@ -23,7 +23,8 @@ __all__ = ["build_parser", "train_defaults", "DATASET_FLAGS", "ENGINE_FLAGS"]
 DATASET_FLAGS = ("--synthetic-n", "--subset", "--split", "--data-dir", "--image-size")
 #: Flags that only one engine has: flag -> "minibatch" (needs --batch-size) or "full" (refused with it).
 ENGINE_FLAGS = {"--bank-refresh": "minibatch", "--cache-neighbours": "minibatch", "--num-workers": "minibatch",
-                "--index": "minibatch", "--bank-chunk": "minibatch", "--graph-every": "full", "--amp": "full"}
+                "--index": "minibatch", "--bank-chunk": "minibatch", "--candidates": "minibatch",
+                "--graph-every": "full", "--amp": "full"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -158,6 +159,10 @@ def _add_optim_args(o) -> None:
     o.add_argument("--bank-chunk", type=_positive_int, default=None,
                    help="with --batch-size: bank rows per exact-search block (bounds the search's memory to "
                         "chunk x bank-chunk similarities; default: the whole bank)")
+    o.add_argument("--candidates", type=_positive_int, default=None,
+                   help="with --batch-size: run a selection estimator of chapter 09 (ste, identity, blackbox, imle, "
+                        "sigmoid, capped_simplex, gumbel_reinforce) on K candidate neighbours per row (k < K < N, "
+                        "e.g. 4k; bgcn.bank.candidate_subgraph); needed for them, refused for the others")
     o.add_argument("--eval-every", type=_positive_int, default=1,
                    help="evaluate on the whole graph every E epochs (and at the last); model selection sees "
                         "only the evaluated epochs")

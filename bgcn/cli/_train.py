@@ -220,6 +220,7 @@ def _config(args: argparse.Namespace, warmup: int, lr_backbone: float, device, c
     """The run's :class:`~bgcn.TrainConfig` (it validates every setting once; its messages name the flags)."""
     mini = {"bank_refresh": args.bank_refresh, "cache_neighbours": args.cache_neighbours,
             "num_workers": args.num_workers, "index": args.index, "bank_chunk": args.bank_chunk,
+            "candidates": args.candidates,
             **({"chunk_size": args.chunk_size} if args.chunk_size is not None else {})}
     full = {"amp": bool(args.amp), "graph_every": args.graph_every}
     try:

@@ -20,6 +20,12 @@ With :math:`|Q| \ge N` there is one batch, :math:`Q` = every node, the bank is t
 step *is* the full-batch step of :func:`bgcn.train.train` (same loss and gradients; tested in
 float64). No N×N tensor is built: the largest is one ``chunk_size`` × N search block.
 
+A selection estimator of chapter 09 (``ste``, ``blackbox``, ``imle``, ...; its gradient reaches
+every score of a row, chosen or not) runs with ``candidates=k′``: step 2 then searches the k′
+candidates of each batch row, the estimator runs on the (|Q|, k′) fresh similarities, and every
+candidate is an edge weighted by its mask (:func:`bgcn.bank.candidate_subgraph`); with
+k′ = N − 1 and :math:`|Q| \ge N` this is the full-batch dense step.
+
 The parts: ``_sampler`` (which nodes: :func:`stratified_batches`), ``_step`` (one step's loss,
 the no-grad embedding and evaluation passes), ``_engine`` (:class:`MinibatchEngine`, the parts
 handed to the loop both engines share, :func:`bgcn.train.run`; and :func:`train_minibatch`).

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .. import distributed as bd
-from ..bank import FeatureBank, bank_estimator, ema_backbone, momentum_update
+from ..bank import (FeatureBank, bank_estimator, check_candidates, ema_backbone, is_selection, momentum_update,
+                    selection_names)
 from ..index import ExactIndex, make_index, recall_at_k, resolve_index_kind
 from ..train import TrainConfig
 from ..model import EndToEnd
@@ -136,7 +137,9 @@ class MinibatchEngine(Engine):
                 "bank_chunk": cfg.bank_chunk, "cache_neighbours": cfg.cache_neighbours, "num_nodes": int(self.n),
                 "num_train": int(self.train_cpu.sum()), "max_grad_norm": cfg.max_grad_norm,
                 "checkpoint_every": cfg.checkpoint_every, "world_size": int(self.world),
-                "num_workers": cfg.num_workers, "index": cfg.index}
+                "num_workers": cfg.num_workers, "index": cfg.index,
+                # absent = None, so checkpoints from before the option still resume
+                **({"candidates": cfg.candidates} if cfg.candidates is not None else {})}
 
     # -- checkpoint ----------------------------------------------------------------------------------
     def before_resume(self, path: Path) -> None:
@@ -249,7 +252,8 @@ class MinibatchEngine(Engine):
                                        chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
                                        batch_size=cfg.embed_batch_size, device=self.device,
                                        features=self.bank.features if self.ema is None else None,
-                                       index=self.bank.index if self.ema is None else None)
+                                       index=self.bank.index if self.ema is None else None,
+                                       candidates=cfg.candidates)
         return logp, graph
 
     def step(self, epoch: int) -> dict:
@@ -258,7 +262,8 @@ class MinibatchEngine(Engine):
         self._fixed = fixed = self.mode == "frozen" or epoch <= self.warm
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        lab_total = 0
+        lab_total, n_steps = 0, 0
+        sur_sum = torch.zeros((), dtype=torch.float64, device=dev)
         g_backbone = torch.zeros((), dtype=torch.float64, device=dev)
         for batch in stratified_batches(self.train_cpu, cfg.batch_size, self.generator):
             self.optimizer.zero_grad(set_to_none=True)
@@ -280,12 +285,14 @@ class MinibatchEngine(Engine):
             n_lab = int(self.train_cpu[batch].sum())
             loss_sum = loss_sum + info["loss"].double() * n_lab
             lab_total += n_lab
+            sur_sum, n_steps = sur_sum + info["surrogate"].double(), n_steps + 1
             self.t_search += info["search_s"]
             self.steps.append([epoch, int(batch.numel()), n_lab, info["nodes"], info["hop1"], info["hop2"]])
         loss_value = float(loss_sum) / max(lab_total, 1)  # the epoch's one read of the device
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"the mean batch loss is {loss_value}")
-        return {"loss": loss_value, "surrogate": 0.0, "grad_backbone": float(g_backbone)}
+        surrogate = float(sur_sum) / max(n_steps, 1)
+        return {"loss": loss_value, "surrogate": surrogate, "grad_backbone": float(g_backbone)}
 
     def _batch_loss(self, batch: torch.Tensor, fixed: bool):
         cfg = self.cfg
@@ -293,7 +300,8 @@ class MinibatchEngine(Engine):
             return minibatch_loss(self.model, self.images, batch, self.bank, self.labels, self.masks["train_mask"],
                                   chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk, fixed=fixed,
                                   write_bank=self.ema is None, use_neighbours=cfg.cache_neighbours,
-                                  backbone=None if fixed else self.ddp_backbone)
+                                  backbone=None if fixed else self.ddp_backbone, candidates=cfg.candidates,
+                                  generator=self.generator)
 
     def evaluate(self, epoch: int):
         cfg = self.cfg
@@ -303,7 +311,7 @@ class MinibatchEngine(Engine):
                 self.model, self.images, fixed=self._fixed, chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
                 batch_size=cfg.embed_batch_size, device=self.device,
                 features=self.bank.features if self._fixed and self.ema is None else None,
-                num_workers=cfg.num_workers, index=self._eval_index)
+                num_workers=cfg.num_workers, index=self._eval_index, candidates=cfg.candidates)
         return logp, graph
 
     def end_epoch(self, epoch: int, evaluated) -> None:
@@ -354,7 +362,8 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                     max_grad_norm: float | None = None, progress: bool | None = False,
                     callback=None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                     resume: bool = False, analysis_labels: torch.Tensor | None = None,
-                    extra_config: dict | None = None, num_workers: int = 0, index: str = "exact") -> TrainResult:
+                    extra_config: dict | None = None, num_workers: int = 0, index: str = "exact",
+                    candidates: int | None = None) -> TrainResult:
     r"""Train an :class:`~bgcn.model.EndToEnd` in mini-batches over a feature bank.
 
     Each epoch draws :func:`stratified_batches` (every batch holds labelled nodes; a CPU
@@ -377,7 +386,17 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     each row's log-sum-exp is computed against the bank (the batch's columns fresh, with
     gradient; :func:`bgcn.bank.computation_subgraph`), exact but one more pass over the bank per
     subgraph row; ``"masked_softmax"`` (the same weights renormalised over the k kept ones) is the
-    cheap choice. The dense selection estimators of chapter 09 are refused.
+    cheap choice. The selection estimators of chapter 09 (``ste``, ``identity``, ``blackbox``,
+    ``imle``, ``sigmoid``, ``capped_simplex``, ``gumbel_reinforce``) need ``candidates=k′``
+    (k < k′ ≤ N − 1, e.g. 3k-4k): each batch row keeps its k′ most similar bank rows (the bank's
+    index, under no_grad), the estimator runs on the fresh similarities to them, and every
+    candidate is an edge weighted by the estimator's mask (:func:`bgcn.bank.candidate_subgraph`:
+    what is exact, what is approximated); the evaluation builds the same graph for every row.
+    With k′ = N − 1 and ``batch_size >= N`` the run is :func:`bgcn.train.train`'s dense path.
+    ``gumbel_reinforce`` adds the score-function surrogate over each batch's labelled rows with
+    the full-batch default (``reinforce_reward="node"``, leave-one-out baseline; one process only);
+    its noise, and I-MLE's, is drawn from the run's generator. Without ``candidates`` a selection
+    estimator is refused.
 
     ``epochs``, ``warmup_epochs``, ``mode``, ``seed``, ``device``, ``deterministic`` and
     ``max_grad_norm`` mean what they mean in :func:`bgcn.train.train`; the warm-up and the frozen
@@ -462,7 +481,7 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
                       chunk_size=chunk_size, bank_chunk=bank_chunk, cache_neighbours=cache_neighbours,
                       embed_batch_size=embed_batch_size, deterministic=deterministic, max_grad_norm=max_grad_norm,
                       progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                      num_workers=num_workers, extra=extra_config, index=index)
+                      num_workers=num_workers, extra=extra_config, index=index, candidates=candidates)
     if cfg.batch_size == 0:
         raise ValueError("batch_size=0 must be a positive int (>= N for one full batch); the full-batch engine is "
                          "bgcn.train.train")
@@ -474,7 +493,13 @@ def train_minibatch(model: EndToEnd, images, labels: torch.Tensor, train_mask: t
     check_labels(labels, n)
     check_k(model.k, n, exclude_self=True)
     model.configure(cfg.mode)
-    bank_estimator(model)  # refuses an estimator the bank cannot compute
+    if cfg.candidates is not None:
+        check_candidates(cfg.candidates, model.k, n)
+        if not is_selection(model.configured_estimator_name):
+            raise ValueError(f"candidates={cfg.candidates} applies to the selection estimators "
+                             f"{list(selection_names())}; estimator {model.configured_estimator_name!r} keeps its k "
+                             f"neighbours without candidates: drop candidates (--candidates)")
+    bank_estimator(model, cfg.candidates)  # refuses an estimator the bank cannot compute
     dev = get_device(cfg.device)
     labels = labels.to(dev).long()
     masks = check_masks(model, labels, train_mask, val_mask, test_mask, dev)

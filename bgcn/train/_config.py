@@ -25,7 +25,7 @@ ENGINES = ("full", "minibatch")
 _MODES = ("frozen", "end2end-features", "end2end")
 # settings only the mini-batch engine has, with their defaults (a full-batch config must keep them)
 _MINIBATCH_ONLY = {"bank_refresh": 1, "bank_momentum": None, "cache_neighbours": False, "num_workers": 0,
-                   "embed_batch_size": 512, "bank_chunk": None, "index": "exact"}
+                   "embed_batch_size": 512, "bank_chunk": None, "index": "exact", "candidates": None}
 # settings only the full-batch engine has
 _FULL_ONLY = {"amp": False, "graph_every": 1, "reinforce_reward": "node", "param_path_norms": False}
 
@@ -55,7 +55,9 @@ class TrainConfig:
     ``bank_chunk`` (mini-batch; None = the whole bank) is the bank columns of one search block;
     ``index`` (mini-batch) the bank's neighbour index, ``"exact"`` or one of
     :func:`bgcn.index.make_index`'s kinds (``"auto"``: exact below
-    :data:`bgcn.index.APPROXIMATE_FROM` images).
+    :data:`bgcn.index.APPROXIMATE_FROM` images). ``candidates`` (mini-batch; None = none) is k′,
+    the candidate neighbours per row on which a selection estimator of chapter 09 runs
+    (:func:`bgcn.bank.candidate_subgraph`; k < k′ ≤ N − 1, checked by the engine).
 
     This is the only place a setting is checked: :func:`bgcn.train.train` and
     :func:`bgcn.minibatch.train_minibatch` build one from their keyword arguments. Numbers are
@@ -91,6 +93,7 @@ class TrainConfig:
     embed_batch_size: int = 512
     bank_chunk: int | None = None
     index: str = "exact"
+    candidates: int | None = None
     amp: bool = False
     graph_every: int = 1
     reinforce_reward: str = "node"
@@ -144,6 +147,8 @@ class TrainConfig:
             put("bank_momentum", _num("bank_momentum", self.bank_momentum, 0.0, 1.0, open_hi=True))
         if self.bank_chunk is not None:
             put("bank_chunk", _int("bank_chunk", self.bank_chunk, 1))
+        if self.candidates is not None:  # k < candidates <= N - 1 is checked where k and N are known
+            put("candidates", _int("candidates", self.candidates, 2))
         if self.index not in ("auto",) + INDEX_KINDS:
             raise ValueError(f"TrainConfig.index={self.index!r}: use one of {['auto', *INDEX_KINDS]}")
         if self.reinforce_reward not in ("node", "global"):
