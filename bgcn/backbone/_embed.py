@@ -122,9 +122,15 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
     keep_rng = torch.random.fork_rng(devices=[]) if num_workers else contextlib.nullcontext()
     with _mode(backbone, True), keep_rng:  # a DataLoader with workers draws its base seed from the global
         # RNG: keep the run's random draws (dropout, noise) the same with and without workers
-        outs = [f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
-                for f in _forward_batches(backbone, batches, dev, param_dtype(backbone))]
-    feats = torch.cat(outs)
+        feats, a = None, 0  # written into one (rows, D) tensor: a list of batches then a cat would
+        for f in _forward_batches(backbone, batches, dev, param_dtype(backbone)):  # hold both
+            f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+            if feats is None:
+                feats = torch.empty((len(mine), *f.shape[1:]), dtype=f.dtype, device=f.device)
+            feats[a:a + f.shape[0]] = f
+            a += f.shape[0]
+    if feats is None:
+        feats = torch.cat([])  # no rows: torch's own error, as before
     if world > 1:
         (feats,) = bd.all_gather_rows(feats)
     return feats

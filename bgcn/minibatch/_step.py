@@ -193,8 +193,10 @@ def evaluate_full(model: EndToEnd, images: torch.Tensor, *, fixed: bool = False,
             logp, graph = _evaluate_candidates(model, tmp, feats, fn, ids, est, candidates, chunk_size, bank_chunk)
         else:
             idx = tmp.search(feats, model.k, exclude=ids, chunk_size=chunk_size, bank_chunk=bank_chunk)
-            vals = torch.cat([(fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
-                              for a in range(0, n, chunk_size)])  # (N, k), chunk·k·D at a time
+            # (N, k), chunk·k·D at a time, written in place (a list of blocks fragments the heap)
+            vals = torch.empty(idx.shape, dtype=fn.dtype, device=fn.device)
+            for a in range(0, n, chunk_size):
+                vals[a:a + chunk_size] = (fn[a:a + chunk_size].unsqueeze(1) * fn[idx[a:a + chunk_size]]).sum(-1)
             lse = bank_logsumexp(tmp, feats, model.tau, ids, chunk_size, bank_chunk) \
                 if get_spec(est).needs_normaliser else None
             w = row_weights(vals, est, model.tau, lse)
