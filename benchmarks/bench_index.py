@@ -38,11 +38,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from bench_staleness import machine_meta  # noqa: E402
+from bench_staleness import machine_meta, write_json_and_plot  # noqa: E402
 from bgcn.index import ExactIndex, FaissIndex, recall_at_k  # noqa: E402
-from bgcn.io import atomic_write_text  # noqa: E402
 from bgcn.scaling import peak_memory  # noqa: E402
-from bgcn.utils import json_safe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT = {"sizes": [10_000, 30_000], "dim": 64, "k": 10, "clusters": 100, "sample": 2000,
@@ -135,10 +133,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data = {"meta": machine_meta("cpu", argv), "config": {**cfg, "threads": args.threads},
             "runs": [measure(n, cfg) for n in cfg["sizes"]]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(json_safe(data), indent=1))
-    plot(data, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    write_json_and_plot(data, out, plot)
     return 0
 
 

@@ -45,9 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_staleness import machine_meta  # noqa: E402
-from bgcn.io import atomic_write_text  # noqa: E402
-from bgcn.utils import json_safe  # noqa: E402
+from bench_staleness import machine_meta, write_json_and_plot  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT = {"sizes": [10_000, 30_000], "kinds": ["exact", "auto"], "threads": [1], "max_exact": 30_000,
@@ -179,10 +177,7 @@ def main(argv=None) -> int:
         if 100_000 in pts and 1_000_000 in pts:
             summary[f"linearity_{threads}t"] = (pts[1_000_000]["epoch_s"] / pts[100_000]["epoch_s"]) / 10
     data["summary"] = summary
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(json_safe(data), indent=1))
-    plot(data, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    write_json_and_plot(data, out, plot)
     return 0
 
 

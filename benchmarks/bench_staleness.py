@@ -109,6 +109,14 @@ def atomic_write(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # the measurement
 # ---------------------------------------------------------------------------------------------
+def write_json_and_plot(data: dict, out: Path, plot) -> None:
+    """Write ``data`` to ``out`` atomically (JSON), draw ``plot(data, out.with_suffix(".png"))``, say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, json.dumps(json_safe(data), indent=1))
+    plot(data, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
 def knn_recall(idx_a: torch.Tensor, idx_b: torch.Tensor) -> torch.Tensor:
     r"""Per-row recall :math:`|\mathcal N_a(i)\cap\mathcal N_b(i)|/k` of two (N, k) neighbour lists -> (N,)."""
     if idx_a.shape != idx_b.shape or idx_a.dim() != 2:
