@@ -121,8 +121,8 @@ def candidate_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, can
     Shapes:
         - query_feats: (m, D); query_ids: (m,) long sorted ascending, or None
         - output: :class:`Subgraph` with ``indices`` (m, k) the chosen bank ids, ``candidates``
-          (m, k′) bank ids, ``log_prob`` (m,) or None; m·k′ query edges first, then |H1|·k, then
-          |H2| self-loops
+          (m, k′) bank ids, ``log_prob`` (m,) or None; m·k′ query edges first, then
+          :math:`|H_1|\cdot k`, then :math:`|H_2|` self-loops
 
     Taught in: chapter 11 (chapters/11_minibatch_1_bank.md).
     """

@@ -22,8 +22,8 @@ float64). No N×N tensor is built: the largest is one ``chunk_size`` × N search
 
 A selection estimator of chapter 09 (``ste``, ``blackbox``, ``imle``, ...; its gradient reaches
 every score of a row, chosen or not) runs with ``candidates=k′``: step 2 then searches the k′
-candidates of each batch row, the estimator runs on the (|Q|, k′) fresh similarities, and every
-candidate is an edge weighted by its mask (:func:`bgcn.bank.candidate_subgraph`); with
+candidates of each batch row, the estimator runs on the (:math:`|Q|`, k′) fresh similarities, and
+every candidate is an edge weighted by its mask (:func:`bgcn.bank.candidate_subgraph`); with
 k′ = N − 1 and :math:`|Q| \ge N` this is the full-batch dense step.
 
 The parts: ``_sampler`` (which nodes: :func:`stratified_batches`), ``_step`` (one step's loss,
