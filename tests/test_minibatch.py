@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bgcn.backbone import create_backbone
-from bgcn.bank import FeatureBank
+from bgcn.bank import FeatureBank, computation_subgraph
 from bgcn.data import label_masks, load_dataset
 from bgcn.graph import knn_graph
 from bgcn.minibatch import evaluate_full, minibatch_loss, stratified_batches, train_minibatch
@@ -273,3 +273,26 @@ def test_neighbour_cache_is_exact_while_nothing_moves_and_searches_less(data, es
             assert rows == [N // 5]
         else:
             assert sum(rows) > 2 * (N // 5)
+
+
+def test_frozen_steps_read_the_batch_rows_from_the_cache_and_search_nothing(data, monkeypatch, tiny_model):
+    """A fixed step (frozen mode, warm-up) writes nothing into the bank, so with cached lists the batch
+    rows come from the cache too: the same losses as the searching run, and no search at all."""
+    images, labels, tr, va, te = data
+    kw = dict(batch_size=24, epochs=3, device="cpu", seed=4, mode="frozen")
+    a = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **kw)
+    b = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, cache_neighbours=True, **kw)
+    assert max(abs(x - y) for x, y in zip(a.history.loss, b.history.loss)) < TOL
+    assert a.history.val_acc == b.history.val_acc
+    rows = []
+    orig = FeatureBank.search
+    monkeypatch.setattr(FeatureBank, "search", lambda self, q, *args, **kw: rows.append(q.shape[0])
+                        or orig(self, q, *args, **kw))
+    bank = FeatureBank.from_backbone(tiny_model(double=True), images)
+    bank.fill_neighbours(K)
+    rows.clear()
+    loss, _ = minibatch_loss(tiny_model(double=True), images, torch.arange(0, N, 5), bank, labels, tr,
+                             use_neighbours=True, fixed=True)
+    assert rows == [] and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="unmoved=True"):
+        computation_subgraph(bank, bank.features[:3], K, unmoved=True)

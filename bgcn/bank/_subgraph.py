@@ -98,7 +98,8 @@ def _softmax_lse(bank, row_feats, row_ids, query_feats, query_ids, tau, chunk_si
 def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *,
                          query_ids: torch.Tensor | None = None, estimator: str = "hard", tau: float = 1.0,
                          use_weights: bool = True, chunk_size: int = 4096,
-                         bank_chunk: int | None = None, use_neighbours: bool = False) -> Subgraph:
+                         bank_chunk: int | None = None, use_neighbours: bool = False,
+                         unmoved: bool = False) -> Subgraph:
     r"""The exact 2-hop computation graph of the query nodes over the bank's kNN graph.
 
     The full graph has edges :math:`j \to i` for :math:`j \in \mathcal N_k(i)` with weight
@@ -125,7 +126,10 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     ``use_neighbours=True`` reads the rows of :math:`H_1` (and :math:`H_2`) from
     ``bank.neighbours`` (:meth:`FeatureBank.fill_neighbours`) instead of searching them, and
     writes the query rows into it: k times fewer queries, at the price of rows as stale as the
-    bank's (exact again after a refresh, or when nothing has moved).
+    bank's (exact again after a refresh, or when nothing has moved). ``unmoved=True`` (with
+    ``use_neighbours`` and ``query_ids``) says that no bank row has changed since the lists were
+    filled, as in the frozen and warm-up steps, which write nothing: the query rows' lists are then
+    read from ``bank.neighbours`` too, the same lists the search would return, and nothing is searched.
 
     Features: query node i gets ``query_feats[i]`` (fresh, with gradient); every other node its
     bank row (a constant). With ``query_ids`` (the query nodes are bank nodes, e.g. a training
@@ -148,9 +152,15 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     cache = bank.neighbours if use_neighbours else None
     if use_neighbours and (cache is None or cache.shape[1] != k):
         raise ValueError(f"use_neighbours=True needs bank.fill_neighbours({k}) first")
-    idx0 = bank.search(query_feats, k, exclude=q.ids, **search)
-    if cache is not None and q.ids is not None:
-        cache[q.ids] = idx0  # the batch's rows, fresh
+    if unmoved and (cache is None or q.ids is None):
+        raise ValueError("unmoved=True reads the query rows from bank.neighbours: pass use_neighbours=True "
+                         "and query_ids")
+    if unmoved:
+        idx0 = cache[q.ids]
+    else:
+        idx0 = bank.search(query_feats, k, exclude=q.ids, **search)
+        if cache is not None and q.ids is not None:
+            cache[q.ids] = idx0  # the batch's rows, fresh
     hop1, idx1, hop2, extra = _two_hops(q, idx0, k, cache, search)
     x = torch.cat([query_feats, bank.features[extra]])
     xn = normalize_rows(x)

@@ -47,7 +47,8 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     rows and the graph is hard with unit weights (what :func:`bgcn.train.train` trains on then).
     ``write_bank=False`` leaves the bank alone (a momentum bank is written by its EMA backbone).
     ``use_neighbours=True``: out-of-batch rows from ``bank.neighbours`` (see
-    :func:`bgcn.bank.computation_subgraph`).
+    :func:`bgcn.bank.computation_subgraph`); in a ``fixed`` step, which writes nothing, the batch's
+    rows too (``unmoved=True``: the lists the search would return, nothing searched).
 
     ``candidates=k′``: a selection estimator of chapter 09 (``ste``, ``identity``, ``blackbox``,
     ``imle``, ``sigmoid``, ``capped_simplex``, ``gumbel_reinforce``) runs on the k′ candidates of
@@ -113,7 +114,7 @@ def minibatch_loss(model: EndToEnd, images: torch.Tensor, batch: torch.Tensor, b
     else:
         sub = computation_subgraph(bank, feats, model.k, query_ids=b_dev, estimator=est, tau=model.tau,
                                    use_weights=use_w, chunk_size=chunk_size, bank_chunk=bank_chunk,
-                                   use_neighbours=use_neighbours)
+                                   use_neighbours=use_neighbours, unmoved=fixed and use_neighbours)
     t_search = time.perf_counter() - t0
     logp = subgraph_log_probs(model, sub)
     lab = train_mask[b_dev]
