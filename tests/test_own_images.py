@@ -6,7 +6,7 @@
 - ``bgcn.label_masks`` with the run's settings is the split the command line draws;
 - the bank engine takes exactly the estimators the page names; ``identity_linear`` / ``identity_diag``
   hold D × D / D weights;
-- :func:`bgcn.train.load_metrics` reads what a run writes; :func:`bgcn.experiments.field.propagate_labels`
+- :func:`bgcn.train.load_metrics` reads what a run writes; :func:`bgcn.experiments.propagation.propagate_labels`
   reads only the training labels and is the field's ``laplace`` row.
 """
 from __future__ import annotations
@@ -210,29 +210,30 @@ def test_load_metrics_refuses_what_is_not_a_record(tmp_path):
         load_metrics(tmp_path / "metrics.json")
 
 
-# -- bgcn.experiments.field.propagate_labels ---------------------------------------------------------
+# -- bgcn.experiments.propagation.propagate_labels ---------------------------------------------------------
 def test_propagate_labels_reads_only_the_training_labels_and_is_the_laplace_row():
     from bgcn.data import benchmark_split
     from bgcn.experiments import field
+    from bgcn.experiments.propagation import propagate_labels
 
     images, labels = bgcn.load_dataset("digits")
     tr, va, te = benchmark_split("digits-lds", 42)
-    pred = field.propagate_labels(images, labels, tr, k=10, metric="angular")
+    pred = propagate_labels(images, labels, tr, k=10, metric="angular")
     assert pred.shape == labels.shape and pred.dtype == torch.long
     scrambled = labels.clone()
     perm = torch.randperm(int((~tr).sum()), generator=torch.Generator().manual_seed(0))
     scrambled[~tr] = labels[~tr][perm]
-    assert torch.equal(pred, field.propagate_labels(images, scrambled, tr, k=10, metric="angular"))
+    assert torch.equal(pred, propagate_labels(images, scrambled, tr, k=10, metric="angular"))
     row = next(r for r in field.ROWS if r.name == "laplace")
     run = field.run_row(row, {"k": 10, "metric": "angular"}, 42, images=images, labels=labels)
     assert run["test_acc"] == pytest.approx((pred[te] == labels[te]).double().mean().item(), abs=1e-12)
     assert (pred[te] == labels[te]).double().mean() > 0.9
-    poisson = field.propagate_labels(images.flatten(1), labels, tr, k=10, method="poisson")
+    poisson = propagate_labels(images.flatten(1), labels, tr, k=10, method="poisson")
     assert (poisson[te] == labels[te]).double().mean() > 0.9
 
 
 def test_propagate_labels_refuses_bad_input():
-    from bgcn.experiments.field import propagate_labels
+    from bgcn.experiments.propagation import propagate_labels
 
     x, y = torch.rand(20, 4), torch.arange(20) % 2
     tr = torch.zeros(20, dtype=torch.bool)

@@ -50,6 +50,12 @@ BENCHMARK_SPLITS = {
                               "bgcn's: chapter 12's stratified 2 000 training images (subset seed 0), "
                               "split by the digits-lds recipe",
                               (("split", "train"), ("subset", 2000), ("seed", 0))),
+    # all 70 000 Fashion-MNIST images (train then test), as Poisson learning's table (Calder et al.
+    # 2020) uses them, 10 labels a class; the validation labels are bgcn's addition (model selection)
+    "fashion-70k": _Protocol("fashion-mnist", 10, 100, 10,
+                             "Calder et al. 2020 (jwcalder/GraphLearning): all 70 000 images, 10 labels a "
+                             "class; bgcn adds 100 validation labels, split by the digits-lds recipe",
+                             (("split", "all"),)),
 }
 
 

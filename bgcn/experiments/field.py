@@ -62,20 +62,27 @@ from ..stats import mean_std, paired_difference
 from ..train import train
 from ..utils import json_safe, versions
 from .common import Partial, results_root, write_atomic
+from .propagation import propagate_labels
 
-__all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "protocol_data", "Row", "ROWS", "ESTIMATOR_ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
+__all__ = ["PROTOCOLS", "FEATURE_PROTOCOLS", "REDUCED", "FULL_SIZE_ROWS", "PROTOCOL_ROWS", "BANK_FROM", "protocol_data", "Row", "ROWS", "ESTIMATOR_ROWS", "EXTRA_ROWS", "REFERENCE", "PUBLISHED", "run_field_experiment", "run_row", "summarize",
            "format_field_table", "load_field_results", "published_table", "chosen_runs", "verdict", "headline", "columns_table",
-           "verdict_table", "propagate_labels"]
+           "verdict_table"]
 
 #: Protocols whose input is a frozen pretrained extractor's features instead of the pixels:
 #: name -> (the split protocol, the backbone, its input side). The rows then read the features as
 #: their "pixels" (``knn_gcn_pixels`` is the frozen kNN-GCN on them, ``e2e_*`` learn a head on them).
-FEATURE_PROTOCOLS = {"fashion-2000-imagenet96": ("fashion-2000", "efficientnet_lite0_imagenet", 96)}
+FEATURE_PROTOCOLS = {"fashion-2000-imagenet96": ("fashion-2000", "efficientnet_lite0_imagenet", 96),
+                     "fashion-70k-imagenet96": ("fashion-70k", "efficientnet_lite0_imagenet", 96)}
+#: Feature protocols whose features are cached on disk and reduced to their first principal
+#: components (:mod:`bgcn.experiments.features`): name -> dimensions kept.
+REDUCED = {"fashion-70k-imagenet96": 128}
 
 PROTOCOLS = tuple(BENCHMARK_SPLITS) + tuple(FEATURE_PROTOCOLS)
 """The benchmarks this module runs: the LDS/IDGL digits split, the same split of the stamped digits
 (``"digits-stamps"``, the positive control), chapter 12's Fashion-MNIST images from the pixels
-(``"fashion-2000"``) and from the ImageNet extractor's features (``"fashion-2000-imagenet96"``)."""
+(``"fashion-2000"``) and from the ImageNet extractor's features (``"fashion-2000-imagenet96"``), and
+all 70 000 Fashion-MNIST images (``"fashion-70k"``, ``"fashion-70k-imagenet96"``: Poisson learning's
+setting, run at the settings chosen at 2 000 images, :data:`FULL_SIZE_ROWS`)."""
 
 
 def _split_name(protocol: str) -> str:
@@ -84,7 +91,8 @@ def _split_name(protocol: str) -> str:
 
 def protocol_data(protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` of a protocol: its images, or for :data:`FEATURE_PROTOCOLS` the frozen
-    extractor's features of them as (N, 1, 1, D) "images" (one pass, eval mode, no gradient).
+    extractor's features of them as (N, 1, 1, D) "images" (one pass, eval mode, no gradient; for
+    :data:`REDUCED` cached on disk and projected on their first principal components).
 
     Shapes: inputs (N, C, H, W) float32, labels (N,) long.
 
@@ -95,9 +103,14 @@ def protocol_data(protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
     if protocol in FEATURE_PROTOCOLS:
         from ..backbone import embed_images
 
-        _, name, side = FEATURE_PROTOCOLS[protocol]
-        torch.manual_seed(0)
-        feats = embed_images(create_backbone(name, img_size=side), images, batch_size=250)
+        split, name, side = FEATURE_PROTOCOLS[protocol]
+        if protocol in REDUCED:  # computed once, kept on disk; then its principal components
+            from .features import cached_features, pca_project
+
+            feats = pca_project(cached_features(split, name, side, images, labels), REDUCED[protocol])
+        else:
+            torch.manual_seed(0)
+            feats = embed_images(create_backbone(name, img_size=side), images, batch_size=250)
         images = feats.reshape(len(feats), 1, 1, -1).contiguous()
     return images, labels
 
@@ -185,6 +198,26 @@ and the frozen GCN on chapter 8's label-free MLP features (``results/pretrained_
 SimCLR-lite on the unlabelled digits), the starting point of the book's older rows."""
 
 
+FULL_SIZE_ROWS: tuple[Row, ...] = (
+    Row(REFERENCE, "gcn", ({"k": 10, "hidden": 64},), {"backbone": "pixels", "mode": "frozen", "eval_every": 10}),
+    Row("laplace", "laplace", ({"k": 10, "metric": "euclidean"},)),
+    Row("poisson", "poisson", ({"k": 10, "metric": "angular"},)),
+    Row("e2e_values_residual", "gcn", ({"k": 20, "lr_backbone": 1e-3},),
+        {**EXTRA_ROWS[0].fixed, "eval_every": 10}),
+)
+"""The rows of ``"fashion-70k-imagenet96"``: each at the one setting ``"fashion-2000-imagenet96"`` chose on
+validation labels (a test reads them back from its committed results), not re-tuned at 70 000 images;
+evaluated every 10 epochs (the best validation epoch is chosen among those)."""
+
+#: Protocols whose rows are not :data:`ROWS`.
+PROTOCOL_ROWS = {"fashion-70k-imagenet96": FULL_SIZE_ROWS}
+
+#: From this many nodes a GCN row trains as one batch of all N through the bank engine
+#: (:func:`bgcn.minibatch.train_minibatch` with ``batch_size=N``: the full-batch step, tested equal)
+#: with the FAISS inverted-file index, so that no N × N matrix is built.
+BANK_FROM = 20_000
+
+
 def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
     tr, va, te = masks
     opts = {**GCN_SETTINGS, **row.fixed, **setting}
@@ -198,22 +231,25 @@ def _gcn_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: 
     model = build_model(bb, int(labels.max()) + 1, k=opts["k"], estimator=opts.get("estimator", "hard"),
                         tau=opts.get("tau", 0.1), hidden=opts["hidden"], dropout=opts["dropout"], mode=opts["mode"])
     warm = 0 if opts["mode"] == "frozen" else opts.get("warmup", 0)
-    res = train(model, images, labels, tr, va, te, mode=opts["mode"], epochs=opts["epochs"], warmup_epochs=warm,
-                lr_gcn=opts["lr_gcn"], lr_backbone=opts.get("lr_backbone", 1e-3), weight_decay=opts["weight_decay"],
-                seed=seed, device="cpu", progress=False, analysis_labels=labels)
+    kw = dict(mode=opts["mode"], epochs=opts["epochs"], warmup_epochs=warm, lr_gcn=opts["lr_gcn"],
+              lr_backbone=opts.get("lr_backbone", 1e-3), weight_decay=opts["weight_decay"], seed=seed, device="cpu",
+              progress=False, analysis_labels=labels, eval_every=min(opts.get("eval_every", 1), opts["epochs"]))
+    if len(images) >= BANK_FROM:
+        from ..minibatch import train_minibatch
+
+        res = train_minibatch(model, images, labels, tr, va, te, batch_size=len(images), index="ivf",
+                              cache_neighbours=True, bank_refresh=kw["eval_every"], **kw)
+    else:
+        res = train(model, images, labels, tr, va, te, **kw)
     h = res.history
     at_best = h.epoch.index(res.best_epoch) if res.best_epoch in h.epoch else len(h.epoch) - 1
-    return {"val_acc": res.best_val_acc, "test_acc": res.test_acc_at_best_val,
-            "homophily_before": h.initial.get("homophily"), "homophily_after": h.homophily[at_best]}
-
-
-def _knn(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, distances) of each point's k nearest neighbours, itself first (graphlearning's format)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    xs = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12) if metric == "angular" else x
-    dist, ind = NearestNeighbors(n_neighbors=k + 1).fit(xs).kneighbors(xs)
-    return ind, dist
+    out = {"val_acc": res.best_val_acc, "test_acc": res.test_acc_at_best_val,
+           "homophily_before": h.initial.get("homophily"), "homophily_after": h.homophily[at_best]}
+    recall = res.timings.get("index_recall") if res.timings else None
+    if recall:  # [epoch, when built, after the steps] per epoch: the run's mean of each
+        out.update(recall_built=float(np.mean([r[1] for r in recall])),
+                   recall_after=float(np.mean([r[2] for r in recall])))
+    return out
 
 
 def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs: int | None) -> dict:
@@ -231,52 +267,6 @@ def _graph_run(row: Row, setting: dict, images, labels, masks, seed: int, epochs
     hom = edge_homophily(knn_indices(images.reshape(images.shape[0], -1).float(), setting["k"]), labels)
     return {"val_acc": float((pred[va] == y[va]).mean()), "test_acc": float((pred[te] == y[te]).mean()),
             "homophily_before": hom, "homophily_after": hom}
-
-
-def propagate_labels(features, labels, train_mask, k: int = 10, metric: str = "angular",
-                     method: str = "laplace") -> torch.Tensor:
-    r"""Laplace (or Poisson) learning on a kNN graph of ``features``: a class for every node from the training labels.
-
-    The graph is graphlearning's self-tuning Gaussian kNN graph (the ``laplace`` and ``poisson``
-    rows' graph): each node's ``k`` nearest points, itself counted (graphlearning's convention, so
-    k − 1 others), by Euclidean distance (``metric="euclidean"``) or by the Euclidean distance of
-    the unit-normalised rows (``"angular"``, the cosine ranking of the book's kNN graph), weighted
-    :math:`w_{ij} = \exp(-4\,d_{ij}^2 / d_k(i)^2)` with :math:`d_k(i)` the distance to the farthest
-    of them, then symmetrised, :math:`(W + W^\top)/2`. Laplace learning (Zhu,
-    Ghahramani, Lafferty 2003) predicts :math:`\hat y_i = \arg\max_c u_{ic}` for the harmonic
-    :math:`u` (:math:`(Lu)_i = 0` off the training nodes, :math:`u_i` = the one-hot label on them);
-    Poisson learning (Calder et al. 2020, ``method="poisson"``) puts the labels in as sources
-    instead, which keeps the solution from flattening with very few labels. Only
-    ``labels[train_mask]`` is read: the other labels may be anything. No training, no seed: the
-    same graph and labels give the same prediction.
-
-    Shapes:
-        features: (N, D), or images (N, C, H, W) (flattened); labels, train_mask: (N,)
-        returns: (N,) long, the predicted class of every node
-
-    Taught in: chapter 14 (chapters/14_own_images.md)
-    """
-    import graphlearning as gl
-
-    check_choice(method, "method", ("laplace", "poisson"))
-    check_choice(metric, "metric", ("euclidean", "angular"))
-    k = check_int(k, "k", 1)
-    x = torch.as_tensor(features).detach().cpu()
-    x = x.reshape(x.shape[0], -1).double().numpy()
-    y = torch.as_tensor(labels).detach().cpu().numpy()
-    tr = torch.as_tensor(train_mask).detach().cpu().numpy().astype(bool)
-    if not (len(y) == len(tr) == len(x)):
-        raise ValueError(f"features, labels and train_mask need one entry a node, got {len(x)}, {len(y)}, "
-                         f"{len(tr)}")
-    if k >= len(x):
-        raise ValueError(f"k={k} needs more than k nodes, got {len(x)}; use a smaller k")
-    if not tr.any():
-        raise ValueError("train_mask selects no node: Laplace learning needs at least one label a class")
-    ind, dist = _knn(x, k, metric)
-    w = gl.weightmatrix.knn(None, k, knn_data=(ind, dist))
-    train_ind = np.flatnonzero(tr)
-    pred = getattr(gl.ssl, method)(w).fit_predict(train_ind, y[train_ind])
-    return torch.as_tensor(np.asarray(pred), dtype=torch.long)
 
 
 def run_row(row: Row, setting: dict, seed: int, protocol: str = "digits-lds", images=None, labels=None,
@@ -386,10 +376,10 @@ def run_field_experiment(protocol: str = "digits-lds", *, out: str | Path = "res
     """
     check_choice(protocol, "protocol", PROTOCOLS)
     seeds = check_int(seeds, "seeds", 2, 10, hint="5: the field's list, 10: with 0-4")
-    names = [r.name for r in ROWS + ESTIMATOR_ROWS + EXTRA_ROWS]
+    known = PROTOCOL_ROWS.get(protocol, ROWS + ESTIMATOR_ROWS + EXTRA_ROWS)
     for r in rows or ():
-        check_choice(r, "rows", names)
-    chosen_rows = list(ROWS) if rows is None else [r for r in ROWS + ESTIMATOR_ROWS + EXTRA_ROWS if r.name in rows]
+        check_choice(r, "rows", [r.name for r in known])
+    chosen_rows = list(PROTOCOL_ROWS.get(protocol, ROWS)) if rows is None else [r for r in known if r.name in rows]
     seed_list = list((FIELD_SEEDS if seeds <= 5 else TEN_SEEDS)[:seeds])
     epochs = check_int(epochs, "epochs", 2, optional=True, hint="None: the field's 300")
     lpc = check_int(labels_per_class, "labels_per_class", 1, optional=True, hint="None: the published 5")

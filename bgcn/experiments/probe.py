@@ -22,7 +22,8 @@ from ..data import benchmark_data, benchmark_split
 from ..graph import edge_homophily
 from ..similarity import knn_indices
 from .common import results_root
-from .field import PROTOCOLS, _knn
+from .field import PROTOCOLS
+from .propagation import _knn
 
 __all__ = ["extractor_probe", "load_extractor_probe", "probe_table"]
 
