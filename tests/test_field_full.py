@@ -98,3 +98,12 @@ def test_the_protocol_runs_end_to_end_on_a_stand_in(small, tmp_path, monkeypatch
     assert [r["test_acc"] for r in again["runs"]] == [r["test_acc"] for r in res["runs"]]
     with pytest.raises(ValueError, match="rows"):
         F.run_field_experiment("fashion-70k-imagenet96", out=tmp_path, seeds=2, rows=["label_spreading"])
+
+
+def test_published_fashion_numbers_print_above_the_re_runs():
+    summary = [{"row": "poisson", "test_mean": 74.0, "test_std": 1.0, "n": 3}]
+    table = F.published_table(summary, F.PUBLISHED_FASHION, "Fashion-MNIST, 70 000 images (%)")
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| method | Fashion-MNIST, 70 000 images (%) |")
+    assert "| Poisson learning | 75.2 ± 1.5 | Calder et al. 2020" in table and lines[-1].startswith("| poisson | 74.0")
+    assert len(lines) == 2 + len(F.PUBLISHED_FASHION) + 1
