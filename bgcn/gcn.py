@@ -259,8 +259,9 @@ class GCN(nn.Module):
         matrix (rows = targets) plus its diagonal, with exactly PyG's ``gcn_norm`` weights: the degree
         sums the weights into each target, a self-loop of weight 1 is added where a node has none (an
         existing self-loop keeps its weight). Returns ``(None, None, (csr, diagonal or None))``."""
-        if a_hat is not None or torch.is_grad_enabled() or edge_index.shape[1] < SPARSE_FROM:
-            return edge_index, edge_weight, a_hat
+        if a_hat is not None or torch.is_grad_enabled() or edge_index.shape[1] < SPARSE_FROM \
+                or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
+            return edge_index, edge_weight, a_hat  # (no CSR product in half precision: PyG's path)
         n = x.shape[0]
         src, dst = edge_index[0], edge_index[1]
         w = torch.ones(src.shape[0], dtype=x.dtype, device=x.device) if edge_weight is None else edge_weight

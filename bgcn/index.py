@@ -100,7 +100,7 @@ class ExactIndex(NeighbourIndex):
 
     Args:
         chunk_size: query rows per block.
-        key_chunk: key rows per block (``None``: all N at once).
+        key_chunk: key rows per block (``None``: :data:`bgcn.similarity.KEY_CHUNK`).
 
     Shapes: see :class:`NeighbourIndex`.
 
@@ -145,8 +145,8 @@ class FaissIndex(NeighbourIndex):
             when the query's own id is excluded). More candidates: higher recall, more re-ranking.
         nlist: IVF lists (default ``4·√N``, at least 1). nprobe: IVF lists searched a query
             (default: 16 below :data:`NPROBE_8_FROM` keys, 8 from there: with 4·√N lists a probe
-            scans √N/4 rows, so a fixed 16 would make the search grow as N·√N; on a million
-            clustered rows 8 probes keep recall@10 at 1.000 at 64 µs a query against 116 µs).
+            scans √N/4 rows, so all N queries cost N·√N either way; 8 halves the constant, and on a
+            million clustered rows keeps recall@10 at 1.000 at 64 µs a query against 116 µs).
         hnsw_m, ef_search, ef_construction: HNSW's graph degree and beam widths.
         train_size: at most this many rows train the IVF quantiser (a random sample, ``seed``).
         threads: FAISS threads (default: ``torch.get_num_threads()``).

@@ -89,5 +89,19 @@ def test_a_wrong_output_is_one_error(images):
         def forward(self, x):
             return x
 
-    with pytest.raises(ValueError, match=r"returned \(4, 1, 8, 8\), expected \(B, D\) features"):
+    with pytest.raises(ValueError, match=r"returned \(4, 1, 8, 8\) for 4 images, expected \(4, D\) features"):
         embed_images(Bad(), images, 4)
+
+
+def test_embed_refuses_no_images_and_a_backbone_that_drops_rows():
+    from bgcn.backbone import embed_images
+
+    with pytest.raises(ValueError, match="no images to embed"):
+        embed_images(torch.nn.Flatten(), torch.zeros(0, 1, 4, 4))
+    with pytest.raises(ValueError, match="for 3 images"):  # never a half-written (uninitialised) table
+        embed_images(_DropsARow(), torch.zeros(3, 1, 4, 4))
+
+
+class _DropsARow(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:-1]

@@ -342,7 +342,13 @@ def test_large_graphs_without_autograd_take_one_sparse_product_with_the_same_res
     with torch.no_grad():
         messages, h_messages = m(x, ei, w), m.embed(x, ei, w)
         monkeypatch.setattr(gcn_mod, "SPARSE_FROM", 1)
+        taken = m._sparse_eval(x, ei, w, None)[2]
+        assert isinstance(taken, tuple) and taken[0].layout == torch.sparse_csr  # the CSR path runs
         torch.testing.assert_close(m(x, ei, w), messages, **TOL)
         torch.testing.assert_close(m.embed(x, ei, w), h_messages, **TOL)
         torch.testing.assert_close(m(x, ei), m(x, ei, torch.ones_like(w)), **TOL)
     assert m(x, ei, w).requires_grad  # with autograd the messages path is kept
+    with torch.no_grad():  # half precision has no CSR product on the CPU: the messages path, no error
+        assert m._sparse_eval(x.bfloat16(), ei, w, None)[2] is None
+        mb = _model(**kw).eval().bfloat16()
+        assert torch.isfinite(mb(x.bfloat16(), ei, w.bfloat16()).float()).all()

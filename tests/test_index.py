@@ -46,6 +46,22 @@ def test_ivf_probing_every_list_is_exact_and_fewer_lists_keep_most_neighbours():
     assert 0.8 < recall_at_k(some, exact) <= recall_at_k(full, exact)
 
 
+def test_ivf_probes_fewer_lists_from_its_threshold_and_blocks_give_the_same_answer(monkeypatch):
+    import bgcn.index as index_mod
+
+    x = _clustered(n=1200)
+    ids = torch.arange(len(x))
+    assert FaissIndex("ivf").build(x).index.nprobe == 16
+    monkeypatch.setattr(index_mod, "NPROBE_8_FROM", 1000)
+    assert FaissIndex("ivf").build(x).index.nprobe == 8
+    assert FaissIndex("ivf", nprobe=12).build(x).index.nprobe == 12  # an explicit value wins
+    whole = FaissIndex("ivf", nlist=40, nprobe=3).build(x).search(x, 10, ids)
+    blocks = FaissIndex("ivf", nlist=40, nprobe=3, rerank_rows=7).build(x).search(x, 10, ids)
+    assert torch.equal(whole, blocks)  # 7 queries at a time: each block its own rows and exclusions
+    with pytest.raises(ValueError, match="rerank_rows"):
+        FaissIndex("ivf", rerank_rows=0)
+
+
 def test_hnsw_keeps_the_neighbours_of_clustered_data():
     x = _clustered()
     ids = torch.arange(len(x))

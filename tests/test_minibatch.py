@@ -279,11 +279,14 @@ def test_frozen_steps_read_the_batch_rows_from_the_cache_and_search_nothing(data
     """A fixed step (frozen mode, warm-up) writes nothing into the bank, so with cached lists the batch
     rows come from the cache too: the same losses as the searching run, and no search at all."""
     images, labels, tr, va, te = data
-    kw = dict(batch_size=24, epochs=3, device="cpu", seed=4, mode="frozen")
+    pytest.importorskip("faiss")
+    # warm-up epochs over an approximate index refreshed every other epoch: the cached lists are the
+    # index's own answers, so the fixed epochs' losses equal the searching run's
+    kw = dict(batch_size=24, epochs=4, warmup_epochs=3, device="cpu", seed=4, index="ivf", bank_refresh=2,
+              eval_every=2)
     a = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, **kw)
     b = train_minibatch(tiny_model(double=True), images, labels, tr, va, te, cache_neighbours=True, **kw)
-    assert max(abs(x - y) for x, y in zip(a.history.loss, b.history.loss)) < TOL
-    assert a.history.val_acc == b.history.val_acc
+    assert max(abs(x - y) for x, y in zip(a.history.loss[:3], b.history.loss[:3])) < TOL
     rows = []
     orig = FeatureBank.search
     monkeypatch.setattr(FeatureBank, "search", lambda self, q, *args, **kw: rows.append(q.shape[0])
@@ -293,6 +296,9 @@ def test_frozen_steps_read_the_batch_rows_from_the_cache_and_search_nothing(data
     rows.clear()
     loss, _ = minibatch_loss(tiny_model(double=True), images, torch.arange(0, N, 5), bank, labels, tr,
                              use_neighbours=True, fixed=True)
-    assert rows == [] and torch.isfinite(loss)
+    assert rows == []
+    searched, _ = minibatch_loss(tiny_model(double=True), images, torch.arange(0, N, 5), bank, labels, tr,
+                                 fixed=True)
+    assert abs(float(loss) - float(searched)) < TOL  # the same loss as the step that searches
     with pytest.raises(ValueError, match="unmoved=True"):
         computation_subgraph(bank, bank.features[:3], K, unmoved=True)

@@ -67,9 +67,10 @@ def _forward_batches(backbone: nn.Module, batches: Iterable[torch.Tensor], devic
         if dtype is not None and x.dtype != dtype:
             x = x.to(dtype)
         f = backbone(x)
-        if not isinstance(f, torch.Tensor) or f.dim() != 2:
-            raise ValueError(f"the backbone returned {tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)}, "
-                             f"expected (B, D) features; create it with num_classes=0 through create_backbone")
+        if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != x.shape[0]:
+            raise ValueError(f"the backbone returned {tuple(f.shape) if isinstance(f, torch.Tensor) else type(f)} "
+                             f"for {x.shape[0]} images, expected ({x.shape[0]}, D) features; create it with "
+                             f"num_classes=0 through create_backbone")
         yield f
 
 
@@ -80,7 +81,7 @@ def _image_batches(images, mine: torch.Tensor, batch_size: int, contiguous: bool
         for _, x in images.loader(batch_size, num_workers=loader_workers, pin_memory=pin_memory):
             yield x
         return
-    for p in torch.split(mine, batch_size):
+    for p in torch.split(mine, batch_size) if mine.numel() else ():
         yield images[int(p[0]):int(p[-1]) + 1] if contiguous else image_rows(images, p)  # a slice, not a copy
 
 
@@ -130,7 +131,7 @@ def embed_images(backbone: torch.nn.Module, images, batch_size: int = 512, devic
             feats[a:a + f.shape[0]] = f
             a += f.shape[0]
     if feats is None:
-        feats = torch.cat([])  # no rows: torch's own error, as before
+        raise ValueError("there are no images to embed (images or indices has no rows); pass at least one")
     if world > 1:
         (feats,) = bd.all_gather_rows(feats)
     return feats

@@ -130,6 +130,9 @@ def computation_subgraph(bank: FeatureBank, query_feats: torch.Tensor, k: int, *
     ``use_neighbours`` and ``query_ids``) says that no bank row has changed since the lists were
     filled, as in the frozen and warm-up steps, which write nothing: the query rows' lists are then
     read from ``bank.neighbours`` too, the same lists the search would return, and nothing is searched.
+    It is the caller's promise: after a step that wrote the bank, refill the lists
+    (:meth:`FeatureBank.fill_neighbours`) before passing it again (the engine refreshes them with
+    the bank).
 
     Features: query node i gets ``query_feats[i]`` (fresh, with gradient); every other node its
     bank row (a constant). With ``query_ids`` (the query nodes are bank nodes, e.g. a training

@@ -216,9 +216,9 @@ class FeatureBank:
             \mathcal N_k(q) = \operatorname{top-k}_{j \ne e_q}\ \hat q \cdot \hat B_j
 
         ``exclude[r]`` is the bank id of query r (a query that is itself in the bank must not find
-        itself); ``None`` for new images. One ``chunk_size`` × N block exists at a time, or, with
-        ``bank_chunk``, one ``chunk_size`` × ``bank_chunk`` block whose top-k is merged into a running
-        top-k (then the peak memory does not grow with N at all): :func:`bgcn.similarity.knn_search`
+        itself); ``None`` for new images. One ``chunk_size`` × ``bank_chunk`` block exists at a time
+        (``None``: :data:`bgcn.similarity.KEY_CHUNK` keys), its top-k merged into a running top-k,
+        so the peak memory does not grow with N: :func:`bgcn.similarity.knn_search`
         of the query against the bank. With an index (:meth:`build_index`) the candidates come from
         it and are re-ranked exactly against the current rows (``chunk_size``/``bank_chunk`` unused).
 

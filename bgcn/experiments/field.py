@@ -222,8 +222,10 @@ evaluated every 10 epochs (the best validation epoch is chosen among those)."""
 PROTOCOL_ROWS = {"fashion-70k-imagenet96": FULL_SIZE_ROWS}
 
 #: From this many nodes a GCN row trains as one batch of all N through the bank engine
-#: (:func:`bgcn.minibatch.train_minibatch` with ``batch_size=N``: the full-batch step, tested equal)
-#: with the FAISS inverted-file index, so that no N × N matrix is built.
+#: (:func:`bgcn.minibatch.train_minibatch` with ``batch_size=N``, whose step with the exact search is
+#: tested equal to the full-batch one) with the FAISS inverted-file index instead of the exact search,
+#: so that no N × N matrix is built: the graph is then approximate, and each run records the index's
+#: recall@k against the exact search (``recall_built``, ``recall_after``).
 BANK_FROM = 20_000
 
 

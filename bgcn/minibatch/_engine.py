@@ -305,7 +305,8 @@ class MinibatchEngine(Engine):
 
     def evaluate(self, epoch: int):
         cfg = self.cfg
-        self._eval_index = self._new_index()
+        reuse = self._fixed and self.ema is None and self.bank.index is not None  # nothing moved: the
+        self._eval_index = self.bank.index if reuse else self._new_index()  # bank's index is the one to build
         with _diverged_features("of the evaluation pass (the epoch's steps diverged)"):
             logp, graph, self._eval_feats = evaluate_full(
                 self.model, self.images, fixed=self._fixed, chunk_size=cfg.chunk_size, bank_chunk=cfg.bank_chunk,
