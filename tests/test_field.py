@@ -148,7 +148,8 @@ def test_cli_refuses_settings_the_protocol_fixes(capsys):
 
 @pytest.mark.parametrize("name, n_seeds", [("digits-lds", 10), ("digits-stamps", 10), ("digits-lds-lpc10", 5),
                                            ("digits-lds-lpc20", 5), ("fashion-2000", 3),
-                                           ("digits-lds-estimators", 5), ("digits-lds-mlp", 10)])
+                                           ("digits-lds-estimators", 5), ("digits-lds-mlp", 10),
+                                           ("fashion-2000-imagenet96", 3), ("fashion-70k-imagenet96", 3)])
 def test_committed_results_are_reproduced_by_the_summary(name, n_seeds):
     # the committed table is what summarize() makes of the committed runs: the choice on validation,
     # the paired differences and the comparisons count (no number typed by hand)
