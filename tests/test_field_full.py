@@ -34,7 +34,8 @@ def test_pca_is_the_covariance_eigenbasis_in_float64():
 
     want = PCA(3, svd_solver="full").fit_transform(x.numpy())
     assert np.abs(np.abs(z.numpy()) - np.abs(want)).max() < 1e-4 * np.abs(want).max()
-    assert bool((FT.pca_project(x, 3).sum(0) == z.float().sum(0)).all())  # deterministic signs
+    perm = torch.randperm(200, generator=g)  # the signs are fixed by the data, not by the row order
+    torch.testing.assert_close(FT.pca_project(x[perm], 3).double(), z[perm], rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="dim"):
         FT.pca_project(x, 7)
     with pytest.raises(ValueError, match="flatten"):
